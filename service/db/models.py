@@ -1,0 +1,297 @@
+"""The whole schema as typed SQLAlchemy 2.0 models (the head revision's shape).
+
+Migrations under `alembic/versions/` build exactly this; `telemetry migrate check` compares the
+two. The three time-series tables are partitioned by their time column (a TimescaleDB hypertable
+or a native range-partitioned table), which shapes their keys: PostgreSQL only allows a unique
+index on a partitioned table when it contains the partitioning column.
+
+* `device_heartbeats` is partitioned by `bucket_start`, the start of the device's bucket
+  (`ts` floored to the bucket size). Its primary key `(device_id, bucket_start)` contains the
+  partitioning column, so "at most one heartbeat per device per bucket" is an ordinary unique
+  constraint that the database enforces across every writer.
+* `fcm_dispatches` is partitioned by `sent_at`, so `UNIQUE (request_id)` is impossible on it. The
+  idempotency key lives in the small plain table `fcm_dispatch_keys` (primary key
+  `request_id`), and every dispatch row must match its key row exactly through a composite
+  foreign key `(request_id, id, sent_at)`; together with `UNIQUE (id, sent_at)` on the dispatch
+  table this allows at most one dispatch per `request_id`, whoever inserts it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    Interval,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+NOW = text("now()")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        datetime: DateTime(timezone=True),
+        dict[str, Any]: JSONB,
+        timedelta: Interval,
+    }
+
+
+# --- core -------------------------------------------------------------------------------------
+
+
+class User(Base):
+    """An operator."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    disabled_at: Mapped[datetime | None]
+
+
+class Session(Base):
+    """An operator API token; only its SHA-256 hash is stored."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    expires_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Device(Base):
+    """An enrolled device; its credential is bound to `id` and only its hash is stored."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    enrollment_token_id: Mapped[int | None] = mapped_column(
+        ForeignKey("enrollment_tokens.id", ondelete="SET NULL")
+    )
+    enrolled_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    credential_revoked_at: Mapped[datetime | None]
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(64), server_default="device")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    expires_at: Mapped[datetime]
+    max_uses: Mapped[int] = mapped_column(Integer, server_default="1")
+    use_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("max_uses > 0", name="max_uses_positive"),
+        CheckConstraint("use_count >= 0 AND use_count <= max_uses", name="use_count_in_range"),
+    )
+
+
+# --- time series ------------------------------------------------------------------------------
+
+
+class DeviceHeartbeat(Base):
+    __tablename__ = "device_heartbeats"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    ts: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    status: Mapped[str] = mapped_column(String(64))
+    battery_pct: Mapped[int] = mapped_column(SmallInteger)
+    app_version: Mapped[str | None] = mapped_column(String(64))
+    network: Mapped[str | None] = mapped_column(String(32))
+    extra: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (
+        CheckConstraint("battery_pct BETWEEN 0 AND 100", name="battery_pct_range"),
+        CheckConstraint("bucket_start <= ts", name="bucket_start_not_after_ts"),
+        Index("ix_device_heartbeats_device_id_ts", "device_id", text("ts DESC")),
+    )
+
+
+class FcmDispatchKey(Base):
+    """The idempotency key of a dispatch: at most one row per `request_id`, ever."""
+
+    __tablename__ = "fcm_dispatch_keys"
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dispatch_id: Mapped[int] = mapped_column(BigInteger)
+    sent_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("request_id", "dispatch_id", "sent_at"),)
+
+
+class FcmDispatch(Base):
+    __tablename__ = "fcm_dispatches"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sent_at: Mapped[datetime] = mapped_column(primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(String(32), server_default="pending")
+    created_by: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["request_id", "id", "sent_at"],
+            [
+                "fcm_dispatch_keys.request_id",
+                "fcm_dispatch_keys.dispatch_id",
+                "fcm_dispatch_keys.sent_at",
+            ],
+            ondelete="CASCADE",
+        ),
+        Index("ix_fcm_dispatches_request_id", "request_id"),
+        Index("ix_fcm_dispatches_device_id_sent_at", "device_id", text("sent_at DESC")),
+    )
+
+
+class ApkDownloadEvent(Base):
+    __tablename__ = "apk_download_events"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, server_default=text("nextval('apk_download_events_id_seq')")
+    )
+    ts: Mapped[datetime] = mapped_column(primary_key=True)
+    build_id: Mapped[str] = mapped_column(String(128))
+    device_id: Mapped[str] = mapped_column(String(128))
+    token_id: Mapped[int | None] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(32))
+    bytes_downloaded: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_apk_download_events_build_id_ts", "build_id", text("ts DESC")),
+        Index("ix_apk_download_events_token_id_ts", "token_id", text("ts DESC")),
+    )
+
+
+# --- APK management ---------------------------------------------------------------------------
+
+
+class ApkVersion(Base):
+    __tablename__ = "apk_versions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    package_name: Mapped[str] = mapped_column(String(255))
+    version_code: Mapped[int] = mapped_column(Integer)
+    version_name: Mapped[str] = mapped_column(String(64))
+    build_id: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    ci_commit_sha: Mapped[str | None] = mapped_column(String(64))
+    ci_run_id: Mapped[str | None] = mapped_column(String(128))
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (UniqueConstraint("package_name", "version_code"),)
+
+
+class ApkInstallation(Base):
+    __tablename__ = "apk_installations"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    apk_version_id: Mapped[int] = mapped_column(ForeignKey("apk_versions.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    installed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+
+# --- audit ------------------------------------------------------------------------------------
+
+
+class DeviceEvent(Base):
+    """Device lifecycle: enrolled, credential revoked, ..."""
+
+    __tablename__ = "device_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128))
+    event_type: Mapped[str] = mapped_column(String(64))
+    details: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+    __table_args__ = (Index("ix_device_events_device_id_created_at", "device_id", "created_at"),)
+
+
+class EnrollmentEvent(Base):
+    __tablename__ = "enrollment_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    enrollment_token_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    device_id: Mapped[str | None] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(32))
+    remote_addr: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+
+class Command(Base):
+    """A remote command an operator issued to a device (the long-lived record)."""
+
+    __tablename__ = "commands"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), index=True)
+    command: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any] | None]
+    status: Mapped[str] = mapped_column(String(32), server_default="queued")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    updated_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+
+# --- retention configuration ------------------------------------------------------------------
+
+
+class RetentionPolicy(Base):
+    """Retention window per time-series table, shared by every service instance."""
+
+    __tablename__ = "retention_policies"
+
+    table_name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    drop_after: Mapped[timedelta]
+    partition_interval: Mapped[timedelta]
+    updated_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+    __table_args__ = (CheckConstraint("drop_after > interval '0'", name="drop_after_positive"),)

@@ -1,0 +1,198 @@
+"""The time-series tables and the DDL that makes them time-partitioned, in both storage modes.
+
+This is the one module that knows TimescaleDB's and native partitioning's DDL; revisions call it
+instead of carrying their own copies. Everything here is emitted as SQL text through
+`op.execute`, so it works online and in offline (`--sql`) mode alike: anything that depends on
+the current time (which partitions cover "now") is computed by the server, in the PL/pgSQL
+functions created by `create_partition_functions`, never by Python at generation time.
+
+Chunk/partition intervals. Retention drops whole chunks (or partitions), so a row can outlive
+its window by up to one interval; a smaller interval means tighter retention but more
+chunks to plan over. The intervals below keep that overshoot at or under ~1/8 of the window
+while keeping each chunk's indexes small enough to stay in memory at the fleet rates
+the benchmarks simulate (10,000 devices every 10 s is ~7 M heartbeat rows per 2-hour chunk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from service.settings import StorageMode
+
+PARTITION_SCHEMA = "telemetry_partitions"
+
+
+@dataclass(frozen=True, slots=True)
+class TimeSeriesTable:
+    name: str
+    time_column: str
+    chunk_interval: timedelta
+    default_window: timedelta
+
+
+HEARTBEATS = TimeSeriesTable("device_heartbeats", "bucket_start", timedelta(hours=2), timedelta(days=2))
+DISPATCHES = TimeSeriesTable("fcm_dispatches", "sent_at", timedelta(hours=6), timedelta(days=2))
+DOWNLOADS = TimeSeriesTable("apk_download_events", "ts", timedelta(days=1), timedelta(days=7))
+TIME_SERIES_TABLES: tuple[TimeSeriesTable, ...] = (HEARTBEATS, DISPATCHES, DOWNLOADS)
+BY_NAME = {t.name: t for t in TIME_SERIES_TABLES}
+
+Execute = Callable[[str], object]
+
+
+def interval_literal(value: timedelta) -> str:
+    """A PostgreSQL interval literal, exact to the microsecond."""
+    micros = (value.days * 86_400 + value.seconds) * 1_000_000 + value.microseconds
+    if micros % 1_000_000 == 0:
+        return f"INTERVAL '{micros // 1_000_000} seconds'"
+    return f"INTERVAL '{micros / 1_000_000:.6f} seconds'"
+
+
+# --- plain PostgreSQL: range partitions -------------------------------------------------------
+
+_ENSURE_PARTITIONS = f"""
+CREATE OR REPLACE FUNCTION telemetry_ensure_partitions(
+    parent text, step interval, from_ts timestamptz, to_ts timestamptz
+) RETURNS integer LANGUAGE plpgsql AS $fn$
+DECLARE
+    lo timestamptz := date_bin(step, from_ts, timestamptz '2000-01-01 00:00:00+00');
+    part text;
+    created integer := 0;
+BEGIN
+    -- One creator per table at a time: concurrent CREATE TABLE IF NOT EXISTS can still collide.
+    PERFORM pg_advisory_xact_lock(hashtext('telemetry_partitions:' || parent));
+    WHILE lo <= to_ts LOOP
+        part := format('%s_p%s', parent, to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MI'));
+        IF to_regclass(format('{PARTITION_SCHEMA}.%I', part)) IS NULL THEN
+            BEGIN
+                EXECUTE format(
+                    'CREATE TABLE {PARTITION_SCHEMA}.%I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                    part, parent, lo, lo + step);
+                created := created + 1;
+            EXCEPTION WHEN invalid_object_definition THEN
+                -- Overlaps a partition made with an older interval: that range is covered.
+                NULL;
+            END;
+        END IF;
+        lo := lo + step;
+    END LOOP;
+    RETURN created;
+END
+$fn$
+"""
+
+_PARTITION_BOUNDS = f"""
+CREATE OR REPLACE FUNCTION telemetry_partition_bounds(parent text)
+RETURNS TABLE(partition_name text, range_start timestamptz, range_end timestamptz)
+LANGUAGE sql STABLE AS $fn$
+    SELECT c.relname::text,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \\(''([^'']+)''\\)'))[1]::timestamptz,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \\(''([^'']+)''\\)'))[1]::timestamptz
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE i.inhparent = parent::regclass AND n.nspname = '{PARTITION_SCHEMA}'
+    ORDER BY 2
+$fn$
+"""
+
+_DROP_EXPIRED = f"""
+CREATE OR REPLACE FUNCTION telemetry_drop_expired_partitions(parent text, older_than timestamptz)
+RETURNS TABLE(partition_name text, range_start timestamptz, range_end timestamptz)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('telemetry_partitions:' || parent));
+    FOR r IN SELECT * FROM telemetry_partition_bounds(parent) b WHERE b.range_end <= older_than
+    LOOP
+        EXECUTE format('DROP TABLE {PARTITION_SCHEMA}.%I', r.partition_name);
+        partition_name := r.partition_name;
+        range_start := r.range_start;
+        range_end := r.range_end;
+        RETURN NEXT;
+    END LOOP;
+END
+$fn$
+"""
+
+
+def create_partition_functions(execute: Execute) -> None:
+    execute(f"CREATE SCHEMA IF NOT EXISTS {PARTITION_SCHEMA}")
+    execute(_ENSURE_PARTITIONS)
+    execute(_PARTITION_BOUNDS)
+    execute(_DROP_EXPIRED)
+
+
+def drop_partition_functions(execute: Execute) -> None:
+    execute("DROP FUNCTION IF EXISTS telemetry_drop_expired_partitions(text, timestamptz)")
+    execute("DROP FUNCTION IF EXISTS telemetry_partition_bounds(text)")
+    execute("DROP FUNCTION IF EXISTS telemetry_ensure_partitions(text, interval, timestamptz, timestamptz)")
+    execute(f"DROP SCHEMA IF EXISTS {PARTITION_SCHEMA} CASCADE")
+
+
+def ensure_partitions_sql(
+    table: TimeSeriesTable, window: timedelta, lookahead: timedelta, interval: timedelta | None = None
+) -> str:
+    """SQL creating the partitions that cover [now - window - interval, now + lookahead]."""
+    step = interval_literal(interval or table.chunk_interval)
+    return (
+        f"SELECT telemetry_ensure_partitions('{table.name}', {step}, "
+        f"now() - {interval_literal(window)} - {step}, now() + {interval_literal(lookahead)})"
+    )
+
+
+# --- TimescaleDB: hypertables and retention policies ------------------------------------------
+
+
+def create_extension(execute: Execute) -> None:
+    execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+
+
+def make_hypertable(execute: Execute, table: TimeSeriesTable, window: timedelta) -> None:
+    """Turn an empty table into a hypertable with exactly one retention policy at `window`."""
+    # create_default_indexes => false: our indexes are declared in the models; Timescale's
+    # default time index would be redundant and show up as drift.
+    execute(
+        f"SELECT create_hypertable('{table.name}', by_range('{table.time_column}', "
+        f"{interval_literal(table.chunk_interval)}), create_default_indexes => false)"
+    )
+    execute(
+        f"SELECT add_retention_policy('{table.name}', drop_after => {interval_literal(window)})"
+    )
+
+
+def remove_retention_policy(execute: Execute, table: TimeSeriesTable) -> None:
+    execute(f"SELECT remove_retention_policy('{table.name}', if_exists => true)")
+
+
+def postgres_partition_by(table: TimeSeriesTable) -> str:
+    return f"RANGE ({table.time_column})"
+
+
+def after_create(
+    execute: Execute,
+    mode: StorageMode,
+    table: TimeSeriesTable,
+    window: timedelta,
+    lookahead: timedelta,
+) -> None:
+    """Make a freshly created (empty) time-series table time-partitioned in `mode`."""
+    if mode == "timescale":
+        make_hypertable(execute, table, window)
+    else:
+        execute(ensure_partitions_sql(table, window, lookahead))
+    execute(
+        "INSERT INTO retention_policies (table_name, drop_after, partition_interval) "
+        f"VALUES ('{table.name}', {interval_literal(window)}, "
+        f"{interval_literal(table.chunk_interval)}) "
+        "ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, "
+        "partition_interval = EXCLUDED.partition_interval, updated_at = now()"
+    )
+
+
+def before_drop(execute: Execute, mode: StorageMode, table: TimeSeriesTable) -> None:
+    if mode == "timescale":
+        remove_retention_policy(execute, table)
+    execute(f"DELETE FROM retention_policies WHERE table_name = '{table.name}'")

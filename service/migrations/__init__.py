@@ -1,0 +1,1 @@
+"""Schema migrations: the Alembic environment, the advisory lock and the migrate commands."""

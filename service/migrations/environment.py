@@ -1,0 +1,118 @@
+"""What `alembic/env.py` runs: online (async, asyncpg) or offline (SQL text) migrations.
+
+Guarantees:
+* Online runs take a transaction-scoped PostgreSQL advisory lock before Alembic reads the
+  version table, so any number of instances can migrate one database at once: one does the
+  work, the others wait and then find the database at head.
+* The storage mode is decided once per run (see `service.db.storage_mode`) and handed to the
+  revisions in the migration context's options (`storage_mode(op)` reads it back).
+* Autogenerate and `check` compare only the default schema's own tables: TimescaleDB's chunks
+  and catalogs, and the native partitions kept in their own schema, are not drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import Connection, pool, text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.db import models
+from service.db.storage_mode import PROBE_SQL, Probe, decide
+from service.db.urls import sqlalchemy_async_url
+from service.settings import Settings, StorageMode
+
+MIGRATION_LOCK_KEY = 0x7E1E_3E7  # any constant shared by every instance of this service
+
+_IGNORED_SCHEMAS_PREFIXES = ("_timescaledb", "timescaledb_", "telemetry_partitions")
+
+
+def include_name(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+    if type_ == "schema":
+        return name is None or not name.startswith(_IGNORED_SCHEMAS_PREFIXES)
+    return True
+
+
+def _options(context: Any) -> tuple[Settings, dict[str, Any]]:
+    config = context.config
+    settings: Settings = config.attributes.get("settings") or Settings.from_env()
+    x_args = context.get_x_argument(as_dictionary=True)
+    return settings, x_args
+
+
+def _run_offline(context: Any) -> None:
+    settings, x_args = _options(context)
+    mode = config_mode = context.config.attributes.get("storage_mode") or x_args.get("mode")
+    if config_mode not in ("timescale", "postgres"):
+        mode = settings.storage_mode
+    if mode not in ("timescale", "postgres"):
+        raise SystemExit(
+            "offline SQL needs the storage mode: pass --mode timescale|postgres "
+            "(or -x mode=... to plain alembic)"
+        )
+    context.configure(
+        url="postgresql://",
+        dialect_name="postgresql",
+        target_metadata=models.Base.metadata,
+        literal_binds=True,
+        include_name=include_name,
+        storage_mode=mode,
+        settings=settings,
+    )
+    with context.begin_transaction():
+        context.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        context.run_migrations()
+
+
+def _do_run_online(connection: Connection, context: Any) -> None:
+    settings, x_args = _options(context)
+    forced = context.config.attributes.get("storage_mode") or x_args.get("mode")
+    forced = forced or settings.storage_mode
+    row = connection.execute(text(PROBE_SQL)).mappings().one()
+    mode: StorageMode = decide(Probe(**row), forced)
+    connection.commit()
+    context.configure(
+        connection=connection,
+        target_metadata=models.Base.metadata,
+        include_name=include_name,
+        compare_server_default=False,
+        storage_mode=mode,
+        settings=settings,
+    )
+    with context.begin_transaction():
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        context.run_migrations()
+
+
+async def _run_online_async(context: Any, url: str) -> None:
+    engine = create_async_engine(sqlalchemy_async_url(url), poolclass=pool.NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_do_run_online, context)
+    finally:
+        await engine.dispose()
+
+
+def run(context: Any) -> None:
+    if context.is_offline_mode():
+        _run_offline(context)
+        return
+    settings, _ = _options(context)
+    url = context.config.attributes.get("database_url") or settings.database_url
+    if not url:
+        raise SystemExit(
+            "DATABASE_URL is not set: set it, or use `telemetry migrate ...`, which starts the "
+            "embedded PostgreSQL when DATABASE_URL is absent"
+        )
+    asyncio.run(_run_online_async(context, url))
+
+
+def storage_mode(op: Any) -> StorageMode:
+    """The storage mode of this migration run, for revisions."""
+    return op.get_context().opts["storage_mode"]
+
+
+def run_settings(op: Any) -> Settings:
+    """The settings of this migration run (retention windows, partition look-ahead)."""
+    return op.get_context().opts["settings"]

@@ -1,0 +1,148 @@
+"""The one typed settings object. Nothing else in the package reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+StorageMode = Literal["timescale", "postgres"]
+ModeChoice = Literal["auto", "timescale", "postgres"]
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionWindows:
+    """How long each time-series table keeps its rows (the guides' defaults)."""
+
+    device_heartbeats: timedelta = timedelta(days=2)
+    fcm_dispatches: timedelta = timedelta(days=2)
+    apk_download_events: timedelta = timedelta(days=7)
+
+    def as_dict(self) -> dict[str, timedelta]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    data_dir: Path = Path(".telemetry-data")
+    storage_mode: ModeChoice = "auto"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    migrate_on_start: bool = True
+    # Group commit: a flush starts when `batch_max_rows` rows wait or `batch_window` has passed
+    # since the first row of the batch arrived, whichever comes first.
+    batch_window: timedelta = timedelta(milliseconds=5)
+    batch_max_rows: int = 5000
+    queue_max_rows: int = 50_000
+    retry_after_seconds: int = 1
+    flush_retry_attempts: int = 5
+    pool_size: int = 10
+    heartbeat_bucket_seconds: int = 10
+    max_clock_skew: timedelta = timedelta(minutes=5)
+    max_batch_heartbeats: int = 500
+    max_body_bytes: int = 1024 * 1024
+    retention: RetentionWindows = field(default_factory=RetentionWindows)
+    partition_lookahead: timedelta = timedelta(days=1)
+    maintenance_interval: timedelta = timedelta(minutes=5)
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read `TELEMETRY_*` variables (and `DATABASE_URL`); absent ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        d = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        def as_int(name: str, default: int, minimum: int = 0) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+            if value < minimum:
+                raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+            return value
+
+        def as_seconds(name: str, default: timedelta) -> timedelta:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
+            if value < 0:
+                raise SettingsError(f"{name} must not be negative, got {raw}")
+            return timedelta(seconds=value)
+
+        def as_bool(name: str, default: bool) -> bool:
+            raw = get(name)
+            if raw is None:
+                return default
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise SettingsError(f"{name} must be a boolean, got {raw!r}")
+
+        mode = get("TELEMETRY_STORAGE_MODE") or d.storage_mode
+        if mode not in ("auto", "timescale", "postgres"):
+            raise SettingsError(
+                f"TELEMETRY_STORAGE_MODE must be auto, timescale or postgres, got {mode!r}"
+            )
+        retention = RetentionWindows(
+            device_heartbeats=as_seconds(
+                "TELEMETRY_RETENTION_HEARTBEATS_SECONDS", d.retention.device_heartbeats
+            ),
+            fcm_dispatches=as_seconds(
+                "TELEMETRY_RETENTION_DISPATCHES_SECONDS", d.retention.fcm_dispatches
+            ),
+            apk_download_events=as_seconds(
+                "TELEMETRY_RETENTION_DOWNLOADS_SECONDS", d.retention.apk_download_events
+            ),
+        )
+        return cls(
+            database_url=get("DATABASE_URL"),
+            data_dir=Path(get("TELEMETRY_DATA_DIR") or d.data_dir),
+            storage_mode=mode,  # type: ignore[arg-type]
+            host=get("TELEMETRY_HOST") or d.host,
+            port=as_int("TELEMETRY_PORT", d.port),
+            migrate_on_start=as_bool("TELEMETRY_MIGRATE_ON_START", d.migrate_on_start),
+            batch_window=as_seconds("TELEMETRY_BATCH_WINDOW_SECONDS", d.batch_window),
+            batch_max_rows=as_int("TELEMETRY_BATCH_MAX_ROWS", d.batch_max_rows, 1),
+            queue_max_rows=as_int("TELEMETRY_QUEUE_MAX_ROWS", d.queue_max_rows, 1),
+            retry_after_seconds=as_int("TELEMETRY_RETRY_AFTER_SECONDS", d.retry_after_seconds, 1),
+            flush_retry_attempts=as_int(
+                "TELEMETRY_FLUSH_RETRY_ATTEMPTS", d.flush_retry_attempts, 1
+            ),
+            pool_size=as_int("TELEMETRY_POOL_SIZE", d.pool_size, 2),
+            heartbeat_bucket_seconds=as_int(
+                "TELEMETRY_HEARTBEAT_BUCKET_SECONDS", d.heartbeat_bucket_seconds, 1
+            ),
+            max_clock_skew=as_seconds("TELEMETRY_MAX_CLOCK_SKEW_SECONDS", d.max_clock_skew),
+            max_batch_heartbeats=as_int(
+                "TELEMETRY_MAX_BATCH_HEARTBEATS", d.max_batch_heartbeats, 1
+            ),
+            max_body_bytes=as_int("TELEMETRY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
+            retention=retention,
+            partition_lookahead=as_seconds(
+                "TELEMETRY_PARTITION_LOOKAHEAD_SECONDS", d.partition_lookahead
+            ),
+            maintenance_interval=as_seconds(
+                "TELEMETRY_MAINTENANCE_INTERVAL_SECONDS", d.maintenance_interval
+            ),
+            log_level=get("TELEMETRY_LOG_LEVEL") or d.log_level,
+        )
