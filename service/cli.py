@@ -17,15 +17,18 @@ log = logging.getLogger("telemetry")
 
 def _add_migrate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     migrate = sub.add_parser("migrate", help="schema migrations (Alembic)")
-    migrate.add_argument("--mode", choices=["auto", "timescale", "postgres"], default=None,
-                         help="storage mode (default: detected; required with --sql)")
+    migrate.add_argument(
+        "--mode",
+        choices=["auto", "timescale", "postgres"],
+        default=None,
+        help="storage mode (default: detected; required with --sql)",
+    )
     verbs = migrate.add_subparsers(dest="verb", required=True)
     verbs.add_parser("current", help="the database's revision").add_argument(
-        "-v", "--verbose", action="store_true")
-    verbs.add_parser("history", help="all revisions").add_argument(
-        "-v", "--verbose", action="store_true")
-    verbs.add_parser("heads", help="head revisions").add_argument(
-        "-v", "--verbose", action="store_true")
+        "-v", "--verbose", action="store_true"
+    )
+    verbs.add_parser("history", help="all revisions").add_argument("-v", "--verbose", action="store_true")
+    verbs.add_parser("heads", help="head revisions").add_argument("-v", "--verbose", action="store_true")
     verbs.add_parser("show", help="one revision").add_argument("revision")
     up = verbs.add_parser("upgrade", help="upgrade (default: to head)")
     up.add_argument("--revision", default="head")
@@ -51,8 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--no-migrate", action="store_true",
-                       help="do not run migrations at start")
+    serve.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
 
     _add_migrate(sub)
 
@@ -134,8 +136,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             case "serve":
                 from service.serve import serve
 
-                return asyncio.run(serve(settings, host=args.host, port=args.port,
-                                         migrate=not args.no_migrate))
+                return asyncio.run(
+                    serve(settings, host=args.host, port=args.port, migrate=not args.no_migrate)
+                )
             case "retention":
                 from service.retention.commands import run_retention_command
 
@@ -144,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 from service.admin import run_admin_command
 
                 return run_admin_command(args, settings)
-    except (MigrationError, CommandError, StorageModeError, EmbeddedPostgresError,
-            ValueError) as exc:
+    except (MigrationError, CommandError, StorageModeError, EmbeddedPostgresError, ValueError) as exc:
         print(f"telemetry: {exc}", file=sys.stderr)
         return 2
     return 0

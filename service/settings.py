@@ -100,16 +100,12 @@ class Settings:
 
         mode = get("TELEMETRY_STORAGE_MODE") or d.storage_mode
         if mode not in ("auto", "timescale", "postgres"):
-            raise SettingsError(
-                f"TELEMETRY_STORAGE_MODE must be auto, timescale or postgres, got {mode!r}"
-            )
+            raise SettingsError(f"TELEMETRY_STORAGE_MODE must be auto, timescale or postgres, got {mode!r}")
         retention = RetentionWindows(
             device_heartbeats=as_seconds(
                 "TELEMETRY_RETENTION_HEARTBEATS_SECONDS", d.retention.device_heartbeats
             ),
-            fcm_dispatches=as_seconds(
-                "TELEMETRY_RETENTION_DISPATCHES_SECONDS", d.retention.fcm_dispatches
-            ),
+            fcm_dispatches=as_seconds("TELEMETRY_RETENTION_DISPATCHES_SECONDS", d.retention.fcm_dispatches),
             apk_download_events=as_seconds(
                 "TELEMETRY_RETENTION_DOWNLOADS_SECONDS", d.retention.apk_download_events
             ),
@@ -125,24 +121,16 @@ class Settings:
             batch_max_rows=as_int("TELEMETRY_BATCH_MAX_ROWS", d.batch_max_rows, 1),
             queue_max_rows=as_int("TELEMETRY_QUEUE_MAX_ROWS", d.queue_max_rows, 1),
             retry_after_seconds=as_int("TELEMETRY_RETRY_AFTER_SECONDS", d.retry_after_seconds, 1),
-            flush_retry_attempts=as_int(
-                "TELEMETRY_FLUSH_RETRY_ATTEMPTS", d.flush_retry_attempts, 1
-            ),
+            flush_retry_attempts=as_int("TELEMETRY_FLUSH_RETRY_ATTEMPTS", d.flush_retry_attempts, 1),
             pool_size=as_int("TELEMETRY_POOL_SIZE", d.pool_size, 2),
             heartbeat_bucket_seconds=as_int(
                 "TELEMETRY_HEARTBEAT_BUCKET_SECONDS", d.heartbeat_bucket_seconds, 1
             ),
             max_clock_skew=as_seconds("TELEMETRY_MAX_CLOCK_SKEW_SECONDS", d.max_clock_skew),
-            max_batch_heartbeats=as_int(
-                "TELEMETRY_MAX_BATCH_HEARTBEATS", d.max_batch_heartbeats, 1
-            ),
+            max_batch_heartbeats=as_int("TELEMETRY_MAX_BATCH_HEARTBEATS", d.max_batch_heartbeats, 1),
             max_body_bytes=as_int("TELEMETRY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
             retention=retention,
-            partition_lookahead=as_seconds(
-                "TELEMETRY_PARTITION_LOOKAHEAD_SECONDS", d.partition_lookahead
-            ),
-            maintenance_interval=as_seconds(
-                "TELEMETRY_MAINTENANCE_INTERVAL_SECONDS", d.maintenance_interval
-            ),
+            partition_lookahead=as_seconds("TELEMETRY_PARTITION_LOOKAHEAD_SECONDS", d.partition_lookahead),
+            maintenance_interval=as_seconds("TELEMETRY_MAINTENANCE_INTERVAL_SECONDS", d.maintenance_interval),
             log_level=get("TELEMETRY_LOG_LEVEL") or d.log_level,
         )

@@ -55,8 +55,9 @@ def upgrade() -> None:
         sa.Column("expires_at", TZ, nullable=True),
         sa.Column("last_used_at", TZ, nullable=True),
         sa.Column("revoked_at", TZ, nullable=True),
-        sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE",
-                                name="fk_sessions_user_id_users"),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], ondelete="CASCADE", name="fk_sessions_user_id_users"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_sessions"),
         sa.UniqueConstraint("token_hash", name="uq_sessions_token_hash"),
     )
@@ -73,10 +74,12 @@ def upgrade() -> None:
         sa.Column("revoked_at", TZ, nullable=True),
         sa.Column("note", sa.Text(), nullable=True),
         sa.CheckConstraint("max_uses > 0", name="ck_enrollment_tokens_max_uses_positive"),
-        sa.CheckConstraint("use_count >= 0 AND use_count <= max_uses",
-                           name="ck_enrollment_tokens_use_count_in_range"),
-        sa.ForeignKeyConstraint(["created_by"], ["users.id"], ondelete="SET NULL",
-                                name="fk_enrollment_tokens_created_by_users"),
+        sa.CheckConstraint(
+            "use_count >= 0 AND use_count <= max_uses", name="ck_enrollment_tokens_use_count_in_range"
+        ),
+        sa.ForeignKeyConstraint(
+            ["created_by"], ["users.id"], ondelete="SET NULL", name="fk_enrollment_tokens_created_by_users"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_enrollment_tokens"),
         sa.UniqueConstraint("token_hash", name="uq_enrollment_tokens_token_hash"),
     )
@@ -87,9 +90,12 @@ def upgrade() -> None:
         sa.Column("enrollment_token_id", sa.BigInteger(), nullable=True),
         sa.Column("enrolled_at", TZ, server_default=NOW, nullable=False),
         sa.Column("credential_revoked_at", TZ, nullable=True),
-        sa.ForeignKeyConstraint(["enrollment_token_id"], ["enrollment_tokens.id"],
-                                ondelete="SET NULL",
-                                name="fk_devices_enrollment_token_id_enrollment_tokens"),
+        sa.ForeignKeyConstraint(
+            ["enrollment_token_id"],
+            ["enrollment_tokens.id"],
+            ondelete="SET NULL",
+            name="fk_devices_enrollment_token_id_enrollment_tokens",
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_devices"),
         sa.UniqueConstraint("token_hash", name="uq_devices_token_hash"),
     )
@@ -100,8 +106,7 @@ def upgrade() -> None:
         sa.Column("drop_after", sa.Interval(), nullable=False),
         sa.Column("partition_interval", sa.Interval(), nullable=False),
         sa.Column("updated_at", TZ, server_default=NOW, nullable=False),
-        sa.CheckConstraint("drop_after > interval '0'",
-                           name="ck_retention_policies_drop_after_positive"),
+        sa.CheckConstraint("drop_after > interval '0'", name="ck_retention_policies_drop_after_positive"),
         sa.PrimaryKeyConstraint("table_name", name="pk_retention_policies"),
     )
 
@@ -117,14 +122,13 @@ def upgrade() -> None:
         sa.Column("app_version", sa.String(64), nullable=True),
         sa.Column("network", sa.String(32), nullable=True),
         sa.Column("extra", postgresql.JSONB(), nullable=True),
-        sa.CheckConstraint("battery_pct BETWEEN 0 AND 100",
-                           name="ck_device_heartbeats_battery_pct_range"),
-        sa.CheckConstraint("bucket_start <= ts",
-                           name="ck_device_heartbeats_bucket_start_not_after_ts"),
+        sa.CheckConstraint("battery_pct BETWEEN 0 AND 100", name="ck_device_heartbeats_battery_pct_range"),
+        sa.CheckConstraint("bucket_start <= ts", name="ck_device_heartbeats_bucket_start_not_after_ts"),
         sa.PrimaryKeyConstraint("device_id", "bucket_start", name="pk_device_heartbeats"),
     )
-    op.create_index("ix_device_heartbeats_device_id_ts", "device_heartbeats",
-                    ["device_id", sa.text("ts DESC")])
+    op.create_index(
+        "ix_device_heartbeats_device_id_ts", "device_heartbeats", ["device_id", sa.text("ts DESC")]
+    )
 
     op.create_table(
         "fcm_dispatch_keys",
@@ -132,8 +136,9 @@ def upgrade() -> None:
         sa.Column("dispatch_id", sa.BigInteger(), nullable=False),
         sa.Column("sent_at", TZ, nullable=False),
         sa.PrimaryKeyConstraint("request_id", name="pk_fcm_dispatch_keys"),
-        sa.UniqueConstraint("request_id", "dispatch_id", "sent_at",
-                            name="uq_fcm_dispatch_keys_request_id_dispatch_id_sent_at"),
+        sa.UniqueConstraint(
+            "request_id", "dispatch_id", "sent_at", name="uq_fcm_dispatch_keys_request_id_dispatch_id_sent_at"
+        ),
     )
     op.execute("CREATE SEQUENCE fcm_dispatches_id_seq AS bigint")
     _time_series(
@@ -148,8 +153,7 @@ def upgrade() -> None:
         sa.Column("created_by", sa.BigInteger(), nullable=True),
         sa.ForeignKeyConstraint(
             ["request_id", "id", "sent_at"],
-            ["fcm_dispatch_keys.request_id", "fcm_dispatch_keys.dispatch_id",
-             "fcm_dispatch_keys.sent_at"],
+            ["fcm_dispatch_keys.request_id", "fcm_dispatch_keys.dispatch_id", "fcm_dispatch_keys.sent_at"],
             ondelete="CASCADE",
             name="fk_fcm_dispatches_request_id_id_sent_at_fcm_dispatch_keys",
         ),
@@ -160,8 +164,12 @@ def upgrade() -> None:
     op.execute("CREATE SEQUENCE apk_download_events_id_seq AS bigint")
     _time_series(
         ts.DOWNLOADS,
-        sa.Column("id", sa.BigInteger(),
-                  server_default=sa.text("nextval('apk_download_events_id_seq')"), nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger(),
+            server_default=sa.text("nextval('apk_download_events_id_seq')"),
+            nullable=False,
+        ),
         sa.Column("ts", TZ, nullable=False),
         sa.Column("build_id", sa.String(128), nullable=False),
         sa.Column("device_id", sa.String(128), nullable=False),
@@ -186,8 +194,7 @@ def upgrade() -> None:
         sa.Column("created_at", TZ, server_default=NOW, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_apk_versions"),
         sa.UniqueConstraint("build_id", name="uq_apk_versions_build_id"),
-        sa.UniqueConstraint("package_name", "version_code",
-                            name="uq_apk_versions_package_name_version_code"),
+        sa.UniqueConstraint("package_name", "version_code", name="uq_apk_versions_package_name_version_code"),
     )
     op.create_table(
         "apk_installations",
@@ -197,15 +204,16 @@ def upgrade() -> None:
         sa.Column("status", sa.String(32), nullable=False),
         sa.Column("installed_at", TZ, nullable=True),
         sa.Column("updated_at", TZ, server_default=NOW, nullable=False),
-        sa.ForeignKeyConstraint(["device_id"], ["devices.id"], ondelete="CASCADE",
-                                name="fk_apk_installations_device_id_devices"),
-        sa.ForeignKeyConstraint(["apk_version_id"], ["apk_versions.id"],
-                                name="fk_apk_installations_apk_version_id_apk_versions"),
+        sa.ForeignKeyConstraint(
+            ["device_id"], ["devices.id"], ondelete="CASCADE", name="fk_apk_installations_device_id_devices"
+        ),
+        sa.ForeignKeyConstraint(
+            ["apk_version_id"], ["apk_versions.id"], name="fk_apk_installations_apk_version_id_apk_versions"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_apk_installations"),
     )
     op.create_index("ix_apk_installations_device_id", "apk_installations", ["device_id"])
-    op.create_index("ix_apk_installations_apk_version_id", "apk_installations",
-                    ["apk_version_id"])
+    op.create_index("ix_apk_installations_apk_version_id", "apk_installations", ["apk_version_id"])
 
     # --- audit ---
     op.create_table(
@@ -217,8 +225,7 @@ def upgrade() -> None:
         sa.Column("created_at", TZ, server_default=NOW, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_device_events"),
     )
-    op.create_index("ix_device_events_device_id_created_at", "device_events",
-                    ["device_id", "created_at"])
+    op.create_index("ix_device_events_device_id_created_at", "device_events", ["device_id", "created_at"])
     op.create_table(
         "enrollment_events",
         sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False),
@@ -229,8 +236,7 @@ def upgrade() -> None:
         sa.Column("created_at", TZ, server_default=NOW, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_enrollment_events"),
     )
-    op.create_index("ix_enrollment_events_enrollment_token_id", "enrollment_events",
-                    ["enrollment_token_id"])
+    op.create_index("ix_enrollment_events_enrollment_token_id", "enrollment_events", ["enrollment_token_id"])
     op.create_table(
         "commands",
         sa.Column("id", sa.BigInteger(), sa.Identity(), nullable=False),
@@ -241,8 +247,9 @@ def upgrade() -> None:
         sa.Column("created_by", sa.BigInteger(), nullable=True),
         sa.Column("created_at", TZ, server_default=NOW, nullable=False),
         sa.Column("updated_at", TZ, server_default=NOW, nullable=False),
-        sa.ForeignKeyConstraint(["created_by"], ["users.id"], ondelete="SET NULL",
-                                name="fk_commands_created_by_users"),
+        sa.ForeignKeyConstraint(
+            ["created_by"], ["users.id"], ondelete="SET NULL", name="fk_commands_created_by_users"
+        ),
         sa.PrimaryKeyConstraint("id", name="pk_commands"),
     )
     op.create_index("ix_commands_device_id", "commands", ["device_id"])
@@ -250,8 +257,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     mode = storage_mode(op)
-    for table in ("commands", "enrollment_events", "device_events", "apk_installations",
-                  "apk_versions"):
+    for table in ("commands", "enrollment_events", "device_events", "apk_installations", "apk_versions"):
         op.drop_table(table)
     for table in ts.TIME_SERIES_TABLES:
         ts.before_drop(op.execute, mode, table)

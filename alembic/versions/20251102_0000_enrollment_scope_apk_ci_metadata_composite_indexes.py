@@ -18,22 +18,25 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("enrollment_tokens",
-                  sa.Column("scope", sa.String(64), server_default="device", nullable=False))
-    op.add_column("enrollment_tokens",
-                  sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True))
+    op.add_column(
+        "enrollment_tokens", sa.Column("scope", sa.String(64), server_default="device", nullable=False)
+    )
+    op.add_column("enrollment_tokens", sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True))
 
     op.add_column("apk_versions", sa.Column("ci_commit_sha", sa.String(64), nullable=True))
     op.add_column("apk_versions", sa.Column("ci_run_id", sa.String(128), nullable=True))
     op.add_column("apk_versions", sa.Column("sha256", sa.String(64), nullable=True))
     op.add_column("apk_versions", sa.Column("size_bytes", sa.BigInteger(), nullable=True))
 
-    op.create_index("ix_fcm_dispatches_device_id_sent_at", "fcm_dispatches",
-                    ["device_id", sa.text("sent_at DESC")])
-    op.create_index("ix_apk_download_events_build_id_ts", "apk_download_events",
-                    ["build_id", sa.text("ts DESC")])
-    op.create_index("ix_apk_download_events_token_id_ts", "apk_download_events",
-                    ["token_id", sa.text("ts DESC")])
+    op.create_index(
+        "ix_fcm_dispatches_device_id_sent_at", "fcm_dispatches", ["device_id", sa.text("sent_at DESC")]
+    )
+    op.create_index(
+        "ix_apk_download_events_build_id_ts", "apk_download_events", ["build_id", sa.text("ts DESC")]
+    )
+    op.create_index(
+        "ix_apk_download_events_token_id_ts", "apk_download_events", ["token_id", sa.text("ts DESC")]
+    )
 
 
 def downgrade() -> None:

@@ -138,8 +138,14 @@ class EmbeddedPostgres:
     def initdb(self) -> None:
         self._prepare_dir()
         self._exec(
-            "initdb", "-D", str(self.pgdata), "-U", SUPERUSER, "--auth=trust",
-            "--encoding=UTF8", "--locale=C.UTF-8",
+            "initdb",
+            "-D",
+            str(self.pgdata),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C.UTF-8",
         )
 
     def start(self) -> str:
@@ -154,10 +160,13 @@ class EmbeddedPostgres:
                 self._exec("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
                 self.server_options["shared_preload_libraries"] = "timescaledb"
                 self._pg_ctl_start()
-        self.timescale_available = self._query_scalar(
-            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-            " AND current_setting('shared_preload_libraries') LIKE '%timescaledb%'"
-        ) == "1"
+        self.timescale_available = (
+            self._query_scalar(
+                "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+                " AND current_setting('shared_preload_libraries') LIKE '%timescaledb%'"
+            )
+            == "1"
+        )
         if self._query_scalar(f"SELECT count(*) FROM pg_database WHERE datname = '{DATABASE}'") == "0":
             self._psql("postgres", f"CREATE DATABASE {DATABASE}")
         return self.url
@@ -176,8 +185,9 @@ class EmbeddedPostgres:
             options.pop("timescaledb.telemetry_level")
         opt_text = " ".join(f"-c {k}={v!s}" if v != "" else f"-c {k}=''" for k, v in options.items())
         logfile = self.pgdata / "server.log"
-        self._exec("pg_ctl", "-D", str(self.pgdata), "-l", str(logfile), "-o", opt_text, "-w",
-                   "-t", "60", "start")
+        self._exec(
+            "pg_ctl", "-D", str(self.pgdata), "-l", str(logfile), "-o", opt_text, "-w", "-t", "60", "start"
+        )
 
     def _psql_bin(self) -> str:
         local = self.bindir / "psql"
@@ -185,9 +195,27 @@ class EmbeddedPostgres:
 
     def _psql(self, database: str, sql: str) -> str:
         result = subprocess.run(
-            [self._psql_bin(), "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
-             "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", database, "-c", sql],
-            capture_output=True, text=True,
+            [
+                self._psql_bin(),
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                database,
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
             raise EmbeddedPostgresError(f"psql failed: {result.stderr.strip()}")
@@ -197,9 +225,10 @@ class EmbeddedPostgres:
         return self._psql("postgres", sql)
 
     def _timescale_installable(self) -> bool:
-        return self._query_scalar(
-            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-        ) == "1"
+        return (
+            self._query_scalar("SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'")
+            == "1"
+        )
 
     def stop(self, mode: str = "fast") -> None:
         if self.running_pid() is None:
@@ -209,8 +238,9 @@ class EmbeddedPostgres:
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port or 0), timeout=0.5
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port or 0), timeout=0.5),
             ):
                 return
             time.sleep(0.1)

@@ -229,9 +229,7 @@ class ApkInstallation(Base):
     __tablename__ = "apk_installations"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    device_id: Mapped[str] = mapped_column(
-        ForeignKey("devices.id", ondelete="CASCADE"), index=True
-    )
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
     apk_version_id: Mapped[int] = mapped_column(ForeignKey("apk_versions.id"), index=True)
     status: Mapped[str] = mapped_column(String(32))
     installed_at: Mapped[datetime | None]

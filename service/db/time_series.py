@@ -158,9 +158,7 @@ def make_hypertable(execute: Execute, table: TimeSeriesTable, window: timedelta)
         f"SELECT create_hypertable('{table.name}', by_range('{table.time_column}', "
         f"{interval_literal(table.chunk_interval)}), create_default_indexes => false)"
     )
-    execute(
-        f"SELECT add_retention_policy('{table.name}', drop_after => {interval_literal(window)})"
-    )
+    execute(f"SELECT add_retention_policy('{table.name}', drop_after => {interval_literal(window)})")
 
 
 def remove_retention_policy(execute: Execute, table: TimeSeriesTable) -> None:

@@ -108,9 +108,7 @@ class Migrator:
             )
             try:
                 async with engine.connect() as conn:
-                    heads = await conn.run_sync(
-                        lambda c: MigrationContext.configure(c).get_current_heads()
-                    )
+                    heads = await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_heads())
                     return set(heads)
             finally:
                 await engine.dispose()

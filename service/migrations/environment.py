@@ -54,6 +54,8 @@ def _run_offline(context: Any) -> None:
     context.configure(
         url="postgresql://",
         dialect_name="postgresql",
+        # "named" keeps '%' literal (pyformat would double it inside PL/pgSQL format() calls).
+        dialect_opts={"paramstyle": "named"},
         target_metadata=models.Base.metadata,
         literal_binds=True,
         include_name=include_name,

@@ -1,0 +1,148 @@
+"""Test harness: a real PostgreSQL cluster started for the session (or TEST_DATABASE_URL).
+
+`TEST_ENGINE=postgres|timescale|auto` picks the storage modes: `auto` (default) runs every mode
+the server can run and skips the others, saying why; a mode named explicitly that cannot run
+fails the run. Tests that take the `mode` fixture run once per mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from service.db.embedded import EmbeddedPostgres
+from service.migrations.commands import Migrator
+from service.settings import Settings, StorageMode
+
+ENGINE = os.environ.get("TEST_ENGINE", "auto")
+if ENGINE not in ("auto", "postgres", "timescale"):
+    raise pytest.UsageError(f"TEST_ENGINE must be auto, postgres or timescale, not {ENGINE!r}")
+
+
+@dataclass
+class TestServer:
+    __test__ = False
+
+    admin_url: str  # a URL to the maintenance database, used to create per-test databases
+    timescale: bool
+    why_no_timescale: str
+    cluster: EmbeddedPostgres | None
+
+    def url_for(self, database: str) -> str:
+        base, _, _ = self.admin_url.rpartition("/")
+        return f"{base}/{database}"
+
+
+async def _probe_timescale(admin_url: str) -> tuple[bool, str]:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        available = await conn.fetchval(
+            "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+        )
+        preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+    finally:
+        await conn.close()
+    if not available:
+        return False, "TimescaleDB is not installed on this PostgreSQL server"
+    if "timescaledb" not in preload:
+        return False, "TimescaleDB is installed but not in shared_preload_libraries"
+    return True, ""
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[TestServer]:
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        ok, why = asyncio.run(_probe_timescale(given))
+        yield TestServer(given, ok, why, None)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="telemetry-test-pg-"))
+    cluster = EmbeddedPostgres(
+        tmp,
+        server_options={
+            "fsync": "off",
+            "synchronous_commit": "off",
+            "full_page_writes": "off",
+            "max_connections": "300",
+            "timescaledb.max_background_workers": "4",
+        },
+    )
+    cluster.start()
+    try:
+        ok, why = asyncio.run(_probe_timescale(cluster.admin_url()))
+        yield TestServer(cluster.admin_url(), ok, why, cluster)
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _modes() -> list[str]:
+    return ["postgres", "timescale"] if ENGINE == "auto" else [ENGINE]
+
+
+@pytest.fixture(params=_modes())
+def mode(request: pytest.FixtureRequest, pg_server: TestServer) -> StorageMode:
+    wanted: StorageMode = request.param
+    if wanted == "timescale" and not pg_server.timescale:
+        if ENGINE == "timescale":
+            pytest.fail(f"TEST_ENGINE=timescale but {pg_server.why_no_timescale}")
+        pytest.skip(f"timescale mode skipped: {pg_server.why_no_timescale}")
+    return wanted
+
+
+async def create_database(pg_server: TestServer) -> str:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_server.admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return pg_server.url_for(name)
+
+
+def settings_for(url: str, mode: StorageMode, **overrides: object) -> Settings:
+    return Settings(database_url=url, storage_mode=mode, **overrides)  # type: ignore[arg-type]
+
+
+def migrator_for(url: str, mode: StorageMode, settings: Settings | None = None) -> Migrator:
+    import io
+
+    return Migrator(
+        settings=settings or settings_for(url, mode), database_url=url, mode=mode, stdout=io.StringIO()
+    )
+
+
+async def migrate(
+    url: str, mode: StorageMode, revision: str = "head", settings: Settings | None = None
+) -> None:
+    await asyncio.to_thread(migrator_for(url, mode, settings).upgrade, revision)
+
+
+@pytest.fixture
+async def empty_db(pg_server: TestServer, mode: StorageMode) -> str:
+    return await create_database(pg_server)
+
+
+@pytest.fixture
+async def db_url(empty_db: str, mode: StorageMode) -> str:
+    """A database migrated to head in `mode`."""
+    await migrate(empty_db, mode)
+    return empty_db
+
+
+@pytest.fixture
+async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(db_url)
+    try:
+        yield connection
+    finally:
+        await connection.close()

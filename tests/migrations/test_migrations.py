@@ -1,0 +1,241 @@
+"""Migrations build the same schema in both storage modes, round-trip, and are safe to run at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+
+import asyncpg
+import pytest
+
+from service.db.time_series import TIME_SERIES_TABLES
+from service.migrations.commands import Migrator
+from tests.conftest import TestServer, create_database, migrate, migrator_for
+
+PROJECT_TABLES = {
+    "users",
+    "sessions",
+    "devices",
+    "enrollment_tokens",
+    "device_heartbeats",
+    "fcm_dispatches",
+    "fcm_dispatch_keys",
+    "apk_download_events",
+    "apk_versions",
+    "apk_installations",
+    "device_events",
+    "enrollment_events",
+    "commands",
+    "retention_policies",
+}
+BASELINE = "7ac6ecbe4e31"
+HEAD = "a43a2b52588a"
+
+
+async def user_tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            " UNION SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind = 'p'"
+        )
+    finally:
+        await conn.close()
+    return {r[0] for r in rows} - {"alembic_version"}
+
+
+async def check(url: str, mode: str) -> tuple[int, str]:
+    migrator = migrator_for(url, mode)  # type: ignore[arg-type]
+    code = await asyncio.to_thread(migrator.check)
+    return code, migrator.stdout.getvalue()  # type: ignore[attr-defined]
+
+
+async def test_upgrade_check_downgrade_base_upgrade_check(empty_db: str, mode: str) -> None:
+    await migrate(empty_db, mode)  # type: ignore[arg-type]
+    code, out = await check(empty_db, mode)
+    assert code == 0, out
+    assert await user_tables(empty_db) == PROJECT_TABLES
+
+    await asyncio.to_thread(migrator_for(empty_db, mode).downgrade, "base")  # type: ignore[arg-type]
+    assert await user_tables(empty_db) == set()
+
+    await migrate(empty_db, mode)  # type: ignore[arg-type]
+    code, out = await check(empty_db, mode)
+    assert code == 0, out
+    assert await user_tables(empty_db) == PROJECT_TABLES
+
+
+async def test_time_series_tables_are_partitioned_with_retention(
+    db_url: str, mode: str, conn: asyncpg.Connection
+) -> None:
+    if mode == "timescale":
+        hypertables = {
+            r[0] for r in await conn.fetch("SELECT hypertable_name FROM timescaledb_information.hypertables")
+        }
+        assert hypertables == {t.name for t in TIME_SERIES_TABLES}
+        jobs = await conn.fetch(
+            "SELECT hypertable_name, (config->>'drop_after')::interval AS drop_after"
+            " FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'"
+        )
+        by_table: dict[str, list[timedelta]] = {}
+        for job in jobs:
+            by_table.setdefault(job["hypertable_name"], []).append(job["drop_after"])
+        assert by_table == {
+            "device_heartbeats": [timedelta(days=2)],
+            "fcm_dispatches": [timedelta(days=2)],
+            "apk_download_events": [timedelta(days=7)],
+        }
+    else:
+        for table in TIME_SERIES_TABLES:
+            kind = await conn.fetchval(
+                "SELECT relkind::text FROM pg_class WHERE oid = $1::regclass", table.name
+            )
+            assert kind == "p", table.name
+            covering = await conn.fetchval(
+                "SELECT count(*) FROM telemetry_partition_bounds($1)"
+                " WHERE range_start <= now() AND now() < range_end",
+                table.name,
+            )
+            assert covering == 1, table.name
+            ahead = await conn.fetchval(
+                "SELECT max(range_end) FROM telemetry_partition_bounds($1)", table.name
+            )
+            now = await conn.fetchval("SELECT now()")
+            assert ahead - now >= timedelta(hours=23), table.name
+    windows = {
+        r["table_name"]: r["drop_after"]
+        for r in await conn.fetch("SELECT table_name, drop_after FROM retention_policies")
+    }
+    assert windows == {
+        "device_heartbeats": timedelta(days=2),
+        "fcm_dispatches": timedelta(days=2),
+        "apk_download_events": timedelta(days=7),
+    }
+
+
+async def test_retention_windows_come_from_configuration_at_migrate_time(empty_db: str, mode: str) -> None:
+    from service.settings import RetentionWindows
+    from tests.conftest import settings_for
+
+    settings = settings_for(
+        empty_db,
+        mode,
+        retention=RetentionWindows(device_heartbeats=timedelta(hours=36)),  # type: ignore[arg-type]
+    )
+    await migrate(empty_db, mode, settings=settings)  # type: ignore[arg-type]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        window = await conn.fetchval(
+            "SELECT drop_after FROM retention_policies WHERE table_name = 'device_heartbeats'"
+        )
+        assert window == timedelta(hours=36)
+        if mode == "timescale":
+            job_window = await conn.fetchval(
+                "SELECT (config->>'drop_after')::interval FROM timescaledb_information.jobs"
+                " WHERE proc_name = 'policy_retention' AND hypertable_name = 'device_heartbeats'"
+            )
+            assert job_window == timedelta(hours=36)
+    finally:
+        await conn.close()
+
+
+async def test_check_names_the_pending_revision_when_one_behind(empty_db: str, mode: str) -> None:
+    await migrate(empty_db, mode, BASELINE)  # type: ignore[arg-type]
+    code, out = await check(empty_db, mode)
+    assert code == 1
+    assert HEAD in out and "pending" in out
+    assert BASELINE not in out
+
+
+def _telemetry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def _env(url: str, mode: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env.update(DATABASE_URL=url, TELEMETRY_STORAGE_MODE=mode, TELEMETRY_LOG_LEVEL="WARNING")
+    return env
+
+
+async def test_eight_concurrent_upgrades_all_succeed(empty_db: str, mode: str) -> None:
+    env = _env(empty_db, mode)
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "migrate",
+            "upgrade",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(8)
+    ]
+    results = await asyncio.gather(*(p.communicate() for p in procs))
+    for proc, (_, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err.decode()
+        assert b"already exists" not in err
+    code, out = await check(empty_db, mode)
+    assert code == 0, out
+    assert await user_tables(empty_db) == PROJECT_TABLES
+
+
+async def test_check_cli_exit_codes(empty_db: str, mode: str) -> None:
+    env = _env(empty_db, mode)
+    await migrate(empty_db, mode, BASELINE)  # type: ignore[arg-type]
+    behind = await asyncio.to_thread(_telemetry, "migrate", "check", env=env)
+    assert behind.returncode == 1
+    assert HEAD in behind.stdout
+    up = await asyncio.to_thread(_telemetry, "migrate", "upgrade", env=env)
+    assert up.returncode == 0, up.stderr
+    clean = await asyncio.to_thread(_telemetry, "migrate", "check", env=env)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+
+@pytest.mark.skipif(shutil.which("psql") is None, reason="psql client not installed")
+async def test_offline_sql_applied_with_psql_is_at_head_and_clean(pg_server: TestServer, mode: str) -> None:
+    url = await create_database(pg_server)
+    env = _env("", mode)
+    del env["DATABASE_URL"]
+    sql = await asyncio.to_thread(_telemetry, "migrate", "--mode", mode, "upgrade", "--sql", env=env)
+    assert sql.returncode == 0, sql.stderr
+    assert "CREATE TABLE device_heartbeats" in sql.stdout
+    applied = await asyncio.to_thread(
+        subprocess.run,
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-q", url],
+        input=sql.stdout,
+        capture_output=True,
+        text=True,
+    )
+    assert applied.returncode == 0, applied.stderr
+    code, out = await check(url, mode)
+    assert code == 0, out
+    assert await user_tables(url) == PROJECT_TABLES
+
+
+async def test_offline_sql_requires_a_mode(empty_db: str, mode: str) -> None:
+    env = _env("", "auto")
+    del env["DATABASE_URL"]
+    result = await asyncio.to_thread(_telemetry, "migrate", "upgrade", "--sql", env=env)
+    assert result.returncode == 2
+    assert "--mode" in result.stderr
+
+
+def test_history_lists_both_revisions_in_order() -> None:
+    import io
+
+    from service.settings import Settings
+
+    out = io.StringIO()
+    Migrator(settings=Settings(), database_url=None, stdout=out).history()
+    lines = out.getvalue().strip().splitlines()
+    assert lines[0].startswith(f"{BASELINE} -> {HEAD} (head)")
+    assert lines[-1].startswith(f"<base> -> {BASELINE}")
