@@ -168,7 +168,7 @@ class EmbeddedPostgres:
             == "1"
         )
         if self._query_scalar(f"SELECT count(*) FROM pg_database WHERE datname = '{DATABASE}'") == "0":
-            self._psql("postgres", f"CREATE DATABASE {DATABASE}")
+            self._query("postgres", f"CREATE DATABASE {DATABASE}")
         return self.url
 
     def _pg_ctl_start(self) -> None:
@@ -189,40 +189,42 @@ class EmbeddedPostgres:
             "pg_ctl", "-D", str(self.pgdata), "-l", str(logfile), "-o", opt_text, "-w", "-t", "60", "start"
         )
 
-    def _psql_bin(self) -> str:
-        local = self.bindir / "psql"
-        return str(local) if local.exists() else (shutil.which("psql") or "psql")
+    def _query(self, database: str, sql: str) -> str:
+        """Run one statement and return the first column of the first row as text.
 
-    def _psql(self, database: str, sql: str) -> str:
-        result = subprocess.run(
-            [
-                self._psql_bin(),
-                "-X",
-                "-q",
-                "-t",
-                "-A",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                SUPERUSER,
-                "-d",
-                database,
-                "-c",
-                sql,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if result.returncode != 0:
-            raise EmbeddedPostgresError(f"psql failed: {result.stderr.strip()}")
-        return result.stdout.strip()
+        Runs asyncpg in a helper thread with its own event loop, so it works both from plain
+        code and from inside a running loop."""
+        import asyncio
+        import threading
+
+        import asyncpg
+
+        result: list[str] = []
+        errors: list[BaseException] = []
+
+        async def query() -> None:
+            conn = await asyncpg.connect(self.admin_url(database))
+            try:
+                value = await conn.fetchval(sql)
+                result.append("" if value is None else str(value))
+            finally:
+                await conn.close()
+
+        def run() -> None:
+            try:
+                asyncio.run(query())
+            except BaseException as exc:  # handed to the calling thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        if errors:
+            raise EmbeddedPostgresError(f"query failed: {errors[0]}") from errors[0]
+        return result[0]
 
     def _query_scalar(self, sql: str) -> str:
-        return self._psql("postgres", sql)
+        return self._query("postgres", sql)
 
     def _timescale_installable(self) -> bool:
         return (
