@@ -25,6 +25,10 @@ CREATE TEMP TABLE IF NOT EXISTS stage_dispatches (
     ord integer NOT NULL, request_id text NOT NULL, device_id text NOT NULL, action text NOT NULL,
     payload jsonb, sent_at timestamptz NOT NULL, created_by bigint
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_downloads (
+    id bigint NOT NULL, ts timestamptz NOT NULL, build_id text NOT NULL, device_id text NOT NULL,
+    token_id bigint, outcome text NOT NULL, bytes_downloaded bigint
+) ON COMMIT DELETE ROWS;
 """
 
 HEARTBEAT_COLUMNS = (
@@ -38,7 +42,23 @@ HEARTBEAT_COLUMNS = (
     "extra",
 )
 DISPATCH_COLUMNS = ("ord", "request_id", "device_id", "action", "payload", "sent_at", "created_by")
-DOWNLOAD_COLUMNS = ("ts", "build_id", "device_id", "token_id", "outcome", "bytes_downloaded")
+DOWNLOAD_COLUMNS = ("id", "ts", "build_id", "device_id", "token_id", "outcome", "bytes_downloaded")
+
+# Download events carry ids chosen by the writer, so that re-running a flush whose COMMIT
+# outcome was unknown (connection lost mid-commit) cannot store an event twice.
+MERGE_DOWNLOADS = """
+INSERT INTO apk_download_events (id, ts, build_id, device_id, token_id, outcome, bytes_downloaded)
+SELECT id, ts, build_id, device_id, token_id, outcome, bytes_downloaded FROM stage_downloads
+ON CONFLICT DO NOTHING
+"""
+
+# Plain-PostgreSQL mode: make sure partitions cover every accepted timestamp (used when an
+# insert found no partition, e.g. after the maintenance task could not run for a while).
+ENSURE_PARTITIONS_NOW = """
+SELECT telemetry_ensure_partitions(
+    table_name, partition_interval, now() - drop_after - partition_interval, now() + interval '1 day'
+) FROM retention_policies
+"""
 
 # The first heartbeat of a (device, bucket) in the flush is the candidate; it is stored unless
 # the bucket already holds one (from an earlier flush or another instance). Returns the `ord`
@@ -155,5 +175,10 @@ async def merge_dispatches(
     return created, existing
 
 
-async def insert_downloads(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    await conn.copy_records_to_table("apk_download_events", records=rows, columns=DOWNLOAD_COLUMNS)
+async def merge_downloads(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    await conn.copy_records_to_table("stage_downloads", records=rows, columns=DOWNLOAD_COLUMNS)
+    await conn.execute(MERGE_DOWNLOADS)
+
+
+def is_missing_partition(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.CheckViolationError) and "no partition of relation" in str(exc)

@@ -1,0 +1,69 @@
+"""`GET /v1/devices/{device_id}` and `POST /v1/devices/{device_id}/revoke` (operator)."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from service.api.auth import require_operator
+from service.api.errors import not_found
+from service.api.responses import json_response
+from service.api.schemas import DeviceSummary
+from service.api.state import services
+
+
+async def ensure_device_exists(conn: asyncpg.Connection, device_id: str) -> None:
+    if not await conn.fetchval("SELECT EXISTS (SELECT 1 FROM devices WHERE id = $1)", device_id):
+        raise not_found(f"no device {device_id!r}", field="device_id")
+
+
+async def get_device(request: web.Request) -> web.Response:
+    await require_operator(request)
+    device_id = request.match_info["device_id"]
+    row = await services(request).pool.fetchrow(
+        """
+        SELECT d.id, d.enrolled_at, d.credential_revoked_at IS NOT NULL AS revoked,
+               h.ts, h.status, h.battery_pct
+        FROM devices d
+        LEFT JOIN LATERAL (
+            SELECT ts, status, battery_pct FROM device_heartbeats
+            WHERE device_id = d.id ORDER BY ts DESC LIMIT 1
+        ) h ON true
+        WHERE d.id = $1
+        """,
+        device_id,
+    )
+    if row is None:
+        raise not_found(f"no device {device_id!r}", field="device_id")
+    return json_response(
+        DeviceSummary(
+            device_id=row["id"],
+            enrolled_at=row["enrolled_at"],
+            credential_revoked=row["revoked"],
+            last_seen_at=row["ts"],
+            last_status=row["status"],
+            last_battery_pct=row["battery_pct"],
+        )
+    )
+
+
+async def revoke_device(request: web.Request) -> web.Response:
+    operator = await require_operator(request)
+    svc = services(request)
+    device_id = request.match_info["device_id"]
+    async with svc.pool.acquire() as conn, conn.transaction():
+        revoked = await conn.fetchval(
+            "UPDATE devices SET credential_revoked_at = coalesce(credential_revoked_at, now())"
+            " WHERE id = $1 RETURNING id",
+            device_id,
+        )
+        if revoked is None:
+            raise not_found(f"no device {device_id!r}", field="device_id")
+        await conn.execute(
+            "INSERT INTO device_events (device_id, event_type, details)"
+            " VALUES ($1, 'credential_revoked', $2)",
+            device_id,
+            {"by": operator.username},
+        )
+    svc.auth.forget_device(device_id)
+    return json_response({"device_id": device_id, "credential_revoked": True})

@@ -1,0 +1,70 @@
+"""`POST /v1/heartbeats` (device) and `GET /v1/devices/{device_id}/heartbeats` (operator)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+
+from service.api.auth import require_device, require_operator
+from service.api.devices import ensure_device_exists
+from service.api.responses import json_response
+from service.api.schemas import HeartbeatList, HeartbeatResult, HeartbeatsResponse, StoredHeartbeat
+from service.api.state import services
+from service.api.validation import check_no_nul, check_timestamp, heartbeats_of, query_limit
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def bucket_start(ts: datetime, bucket_seconds: int) -> datetime:
+    """The same bucket the database computes with date_bin(…, 'epoch')."""
+    micros = (ts - EPOCH) // timedelta(microseconds=1)
+    size = bucket_seconds * 1_000_000
+    return EPOCH + timedelta(microseconds=micros - micros % size)
+
+
+async def post_heartbeats(request: web.Request) -> web.Response:
+    device = await require_device(request)
+    svc = services(request)
+    settings = svc.settings
+    heartbeats, is_batch = await heartbeats_of(request, settings.max_batch_heartbeats)
+    now = datetime.now(UTC)
+    rows = []
+    for i, hb in enumerate(heartbeats):
+        prefix = f"heartbeats[{i}]." if is_batch else ""
+        ts = check_timestamp(
+            hb.ts,
+            prefix + "ts",
+            now=now,
+            window=settings.retention.device_heartbeats,
+            skew=settings.max_clock_skew,
+        )
+        check_no_nul(hb, prefix)
+        rows.append(
+            (0, device.device_id, ts, hb.status, hb.battery_pct, hb.app_version, hb.network, hb.extra)
+        )
+    stored = await svc.writer.submit_heartbeats(rows)
+    bucket = settings.heartbeat_bucket_seconds
+    results = [
+        HeartbeatResult(ts=row[2], bucket_start=bucket_start(row[2], bucket), stored=ok)
+        for row, ok in zip(rows, stored, strict=True)
+    ]
+    return json_response(HeartbeatsResponse(device_id=device.device_id, results=results))
+
+
+async def list_heartbeats(request: web.Request) -> web.Response:
+    await require_operator(request)
+    svc = services(request)
+    device_id = request.match_info["device_id"]
+    limit = query_limit(request)
+    async with svc.pool.acquire() as conn:
+        await ensure_device_exists(conn, device_id)
+        rows = await conn.fetch(
+            "SELECT ts, bucket_start, received_at, status, battery_pct, app_version, network, extra"
+            " FROM device_heartbeats WHERE device_id = $1 ORDER BY ts DESC LIMIT $2",
+            device_id,
+            limit,
+        )
+    return json_response(
+        HeartbeatList(device_id=device_id, heartbeats=[StoredHeartbeat(**dict(r)) for r in rows])
+    )

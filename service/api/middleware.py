@@ -1,0 +1,66 @@
+"""Request middleware: JSON error bodies for every failure, and per-route metrics."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import asyncpg
+from aiohttp import web
+
+from service.api.errors import ApiError, unavailable
+from service.api.state import SERVICES
+from service.ingest.writer import QueueFull, WriteFailed, WriterClosed
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _to_error(request: web.Request, exc: BaseException) -> ApiError:
+    retry_after = request.app[SERVICES].settings.retry_after_seconds
+    match exc:
+        case ApiError():
+            return exc
+        case QueueFull():
+            return unavailable("write queue is full; retry later", retry_after, code="queue_full")
+        case WriterClosed():
+            return unavailable(
+                "the service is shutting down; retry on another instance", retry_after, code="shutting_down"
+            )
+        case WriteFailed(transient=True):
+            return unavailable(
+                "the database is unavailable; nothing was stored", retry_after, code="storage_unavailable"
+            )
+        case WriteFailed():
+            return ApiError(422, "rejected", f"the database refused the rows; nothing was stored: {exc}")
+        case web.HTTPException():
+            return ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
+        case asyncpg.PostgresConnectionError() | asyncpg.CannotConnectNowError() | OSError() | TimeoutError():
+            return unavailable("the database is unavailable", retry_after, code="storage_unavailable")
+        case _:
+            log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+            return ApiError(500, "internal", "internal error")
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except Exception as exc:  # every failure becomes a JSON error body
+        error = _to_error(request, exc)
+        if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | WriterClosed):
+            log.warning("%s %s → %d %s", request.method, route, error.status, error.code)
+        response = error.response()
+    metrics = request.app[SERVICES].metrics
+    metrics.requests.labels(request.method, route, str(response.status)).inc()
+    metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+    return response

@@ -1,0 +1,97 @@
+"""`GET /openapi.json`: OpenAPI 3.1 built from the endpoint table and the msgspec schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+OPENAPI = web.AppKey("openapi", dict)
+
+
+def build_openapi() -> dict[str, Any]:
+    from service.api import schemas
+    from service.api.routes import ENDPOINTS
+
+    _, components = msgspec.json.schema_components(
+        schemas.SCHEMA_TYPES, ref_template="#/components/schemas/{name}"
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in ENDPOINTS:
+        op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__}
+        params = [
+            {"name": name[1:-1], "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+            for name in ep.path.split("/")
+            if name.startswith("{")
+        ]
+        params += [
+            {
+                "name": q,
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            }
+            for q in ep.query
+        ]
+        if params:
+            op["parameters"] = params
+        if ep.auth != "none":
+            op["security"] = [{ep.auth: []}]
+        if ep.request is not None:
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{ep.request.__name__}"}}
+                },
+            }
+        responses: dict[str, Any] = {}
+        for status, body in ep.responses.items():
+            entry: dict[str, Any] = {"description": _describe(status)}
+            if body is not None:
+                entry["content"] = {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
+                }
+            responses[str(status)] = entry
+        op["responses"] = responses
+        paths.setdefault(ep.path, {})[ep.method.lower()] = op
+    if "/v1/heartbeats" in paths:
+        body = paths["/v1/heartbeats"]["post"]["requestBody"]["content"]["application/json"]
+        body["schema"] = {
+            "oneOf": [
+                {"$ref": "#/components/schemas/Heartbeat"},
+                {"$ref": "#/components/schemas/HeartbeatBatch"},
+            ]
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Device telemetry API", "version": "1.0.0"},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "operator": {"type": "http", "scheme": "bearer", "description": "Operator API token (op_…)"},
+                "device": {"type": "http", "scheme": "bearer", "description": "Device credential (dev_…)"},
+            },
+        },
+    }
+
+
+def _describe(status: int) -> str:
+    return {
+        200: "OK",
+        201: "Created",
+        400: "Malformed request",
+        401: "Missing or invalid credentials",
+        403: "Credential of the wrong kind",
+        404: "Not found",
+        409: "Conflict",
+        413: "Body too large",
+        422: "Invalid field (named in error.field)",
+        429: "Too many attempts",
+        503: "Overloaded or database unavailable (see Retry-After)",
+    }.get(status, "Response")
+
+
+async def serve_openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])

@@ -1,0 +1,184 @@
+"""Every endpoint in one table: the app factory registers it and the OpenAPI document is built
+from it, so the two cannot disagree."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from aiohttp import web
+
+from service.api import devices, dispatches, downloads, enrollment, health, heartbeats, openapi_doc
+from service.api import schemas as s
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Auth = Literal["none", "operator", "device"]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    auth: Auth
+    summary: str
+    request: type | None = None
+    responses: dict[int, type | None] = field(default_factory=dict)
+    query: tuple[str, ...] = ()
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        "/v1/enroll",
+        enrollment.enroll,
+        "none",
+        "Exchange an enrollment token for a device credential",
+        s.EnrollRequest,
+        {
+            201: s.EnrollResponse,
+            400: s.ErrorBody,
+            401: s.ErrorBody,
+            409: s.ErrorBody,
+            422: s.ErrorBody,
+            429: s.ErrorBody,
+        },
+    ),
+    Endpoint(
+        "POST",
+        "/v1/heartbeats",
+        heartbeats.post_heartbeats,
+        "device",
+        'Record one heartbeat, or a batch as {"heartbeats": [...]} (at most '
+        "TELEMETRY_MAX_BATCH_HEARTBEATS, default 500); answered after commit",
+        s.Heartbeat,
+        {
+            200: s.HeartbeatsResponse,
+            400: s.ErrorBody,
+            401: s.ErrorBody,
+            403: s.ErrorBody,
+            413: s.ErrorBody,
+            422: s.ErrorBody,
+            503: s.ErrorBody,
+        },
+    ),
+    Endpoint(
+        "POST",
+        "/v1/apk-downloads",
+        downloads.post_download,
+        "device",
+        "Record an APK download event of the calling device",
+        s.ApkDownload,
+        {
+            201: s.ApkDownloadResponse,
+            400: s.ErrorBody,
+            401: s.ErrorBody,
+            403: s.ErrorBody,
+            422: s.ErrorBody,
+            503: s.ErrorBody,
+        },
+    ),
+    Endpoint(
+        "POST",
+        "/v1/enrollment-tokens",
+        enrollment.post_enrollment_token,
+        "operator",
+        "Mint an enrollment token (shown once)",
+        s.EnrollmentTokenRequest,
+        {
+            201: s.EnrollmentTokenResponse,
+            400: s.ErrorBody,
+            401: s.ErrorBody,
+            403: s.ErrorBody,
+            422: s.ErrorBody,
+        },
+    ),
+    Endpoint(
+        "DELETE",
+        "/v1/enrollment-tokens/{token_id}",
+        enrollment.revoke_enrollment_token,
+        "operator",
+        "Revoke an enrollment token",
+        None,
+        {200: None, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/v1/dispatches",
+        dispatches.create_dispatch,
+        "operator",
+        "Create a dispatch once per request_id (201 created, 200 existing, 409 conflicting)",
+        s.DispatchRequest,
+        {
+            200: s.Dispatch,
+            201: s.Dispatch,
+            400: s.ErrorBody,
+            401: s.ErrorBody,
+            403: s.ErrorBody,
+            404: s.ErrorBody,
+            409: s.ErrorBody,
+            422: s.ErrorBody,
+            503: s.ErrorBody,
+        },
+    ),
+    Endpoint(
+        "GET",
+        "/v1/dispatches/{request_id}",
+        dispatches.get_dispatch,
+        "operator",
+        "Look up a dispatch by request_id",
+        None,
+        {200: s.Dispatch, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        "GET",
+        "/v1/devices/{device_id}",
+        devices.get_device,
+        "operator",
+        "A device: enrollment, last seen, last battery and status",
+        None,
+        {200: s.DeviceSummary, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/v1/devices/{device_id}/revoke",
+        devices.revoke_device,
+        "operator",
+        "Revoke a device's credential",
+        None,
+        {200: None, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        "GET",
+        "/v1/devices/{device_id}/heartbeats",
+        heartbeats.list_heartbeats,
+        "operator",
+        "A device's heartbeats, newest first",
+        None,
+        {200: s.HeartbeatList, 400: s.ErrorBody, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
+        query=("limit",),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/devices/{device_id}/dispatches",
+        dispatches.list_device_dispatches,
+        "operator",
+        "A device's dispatches, newest first",
+        None,
+        {200: s.DispatchList, 400: s.ErrorBody, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
+        query=("limit",),
+    ),
+    Endpoint(
+        "GET",
+        "/health",
+        health.health,
+        "none",
+        "Liveness and readiness",
+        None,
+        {200: s.Health, 503: s.Health},
+    ),
+    Endpoint("GET", "/health/live", health.live, "none", "Liveness only", None, {200: None}),
+    Endpoint("GET", "/metrics", health.metrics, "none", "Prometheus metrics", None, {200: None}),
+    Endpoint("GET", "/openapi.json", openapi_doc.serve_openapi, "none", "This document", None, {200: None}),
+)

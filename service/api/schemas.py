@@ -1,0 +1,191 @@
+"""Request and response bodies as msgspec structs: the validation rules and the OpenAPI schemas
+come from these same declarations.
+
+Structural rules (types, required and unknown fields, lengths, ranges) live in the structs;
+rules that depend on the clock or configuration (timestamps inside the retention window and
+the accepted clock skew, batch size) are checked by `service.api.validation`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+
+DeviceId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=128,
+        pattern=IDENTIFIER,
+        description="Device identifier: letters, digits and . _ : @ -",
+    ),
+]
+RequestId = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=IDENTIFIER, description="Idempotency key of the dispatch")
+]
+Timestamp = Annotated[datetime, Meta(tz=True, description="RFC 3339 with a UTC offset")]
+ShortText = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class Struct(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=False):
+    pass
+
+
+# --- device side ------------------------------------------------------------------------------
+
+
+class Heartbeat(Struct):
+    status: ShortText
+    battery_pct: Annotated[int, Meta(ge=0, le=100)]
+    ts: Timestamp | None = None
+    app_version: Annotated[str, Meta(max_length=64)] | None = None
+    network: Annotated[str, Meta(max_length=32)] | None = None
+    extra: Annotated[dict[str, Any], Meta(max_length=32)] | None = None
+
+
+class HeartbeatBatch(Struct):
+    heartbeats: Annotated[list[Heartbeat], Meta(min_length=1)]
+
+
+class HeartbeatResult(Struct):
+    ts: datetime
+    bucket_start: datetime
+    stored: bool
+
+
+class HeartbeatsResponse(Struct):
+    device_id: str
+    results: list[HeartbeatResult]
+
+
+class ApkDownload(Struct):
+    build_id: Annotated[str, Meta(min_length=1, max_length=128)]
+    outcome: Annotated[str, Meta(pattern=r"^(started|completed|failed|cancelled)$")]
+    ts: Timestamp | None = None
+    enrollment_token_id: Annotated[int, Meta(ge=1)] | None = None
+    bytes_downloaded: Annotated[int, Meta(ge=0)] | None = None
+
+
+class ApkDownloadResponse(Struct):
+    id: int
+    device_id: str
+    ts: datetime
+
+
+class EnrollRequest(Struct):
+    enrollment_token: Annotated[str, Meta(min_length=1, max_length=256)]
+    device_id: DeviceId
+
+
+class EnrollResponse(Struct):
+    device_id: str
+    device_token: str
+
+
+# --- operator side ----------------------------------------------------------------------------
+
+
+class EnrollmentTokenRequest(Struct):
+    expires_in_seconds: Annotated[int, Meta(ge=60, le=365 * 86400)] = 86400
+    max_uses: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
+    scope: Annotated[str, Meta(pattern=r"^(device)$")] = "device"
+    note: Annotated[str, Meta(max_length=500)] | None = None
+
+
+class EnrollmentTokenResponse(Struct):
+    id: int
+    token: str
+    scope: str
+    expires_at: datetime
+    max_uses: int
+
+
+class DispatchRequest(Struct):
+    request_id: RequestId
+    device_id: DeviceId
+    action: ShortText
+    payload: Annotated[dict[str, Any], Meta(max_length=64)] | None = None
+
+
+class Dispatch(Struct):
+    id: int
+    request_id: str
+    device_id: str | None
+    action: str | None
+    payload: dict[str, Any] | None
+    sent_at: datetime
+    status: str
+
+
+class DispatchList(Struct):
+    device_id: str
+    dispatches: list[Dispatch]
+
+
+class StoredHeartbeat(Struct):
+    ts: datetime
+    bucket_start: datetime
+    received_at: datetime
+    status: str
+    battery_pct: int
+    app_version: str | None
+    network: str | None
+    extra: dict[str, Any] | None
+
+
+class HeartbeatList(Struct):
+    device_id: str
+    heartbeats: list[StoredHeartbeat]
+
+
+class DeviceSummary(Struct):
+    device_id: str
+    enrolled_at: datetime
+    credential_revoked: bool
+    last_seen_at: datetime | None
+    last_status: str | None
+    last_battery_pct: int | None
+
+
+class ErrorDetail(Struct):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(Struct):
+    error: ErrorDetail
+
+
+class Health(Struct):
+    status: str
+    live: bool
+    ready: bool
+    database: str
+    schema: str
+    storage_mode: str | None = None
+
+
+SCHEMA_TYPES: tuple[type, ...] = (
+    Heartbeat,
+    HeartbeatBatch,
+    HeartbeatsResponse,
+    ApkDownload,
+    ApkDownloadResponse,
+    EnrollRequest,
+    EnrollResponse,
+    EnrollmentTokenRequest,
+    EnrollmentTokenResponse,
+    DispatchRequest,
+    Dispatch,
+    DispatchList,
+    HeartbeatList,
+    DeviceSummary,
+    ErrorBody,
+    Health,
+)

@@ -1,0 +1,33 @@
+"""What request handlers share: the collaborators wired by `service.app.create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+
+from service.api.credentials import Authenticator
+from service.api.throttle import FailureThrottle
+from service.ingest.writer import GroupCommitWriter
+from service.metrics import Metrics
+from service.settings import Settings, StorageMode
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: asyncpg.Pool
+    writer: GroupCommitWriter
+    metrics: Metrics
+    auth: Authenticator
+    enrollment_throttle: FailureThrottle
+    storage_mode: StorageMode
+    head_revisions: frozenset[str]
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]

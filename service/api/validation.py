@@ -1,0 +1,119 @@
+"""Request body decoding and the rules that depend on the clock or configuration.
+
+A body is decoded as a whole before anything is queued: a batch with one bad element is
+refused whole (422 naming the element's field) and writes nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from service.api.errors import bad_request, from_validation, unprocessable
+from service.api.schemas import Heartbeat, HeartbeatBatch
+
+T = TypeVar("T")
+
+_json = msgspec.json.Decoder()
+
+
+async def read_json(request: web.Request) -> Any:
+    body = await request.read()
+    if not body.strip():
+        raise bad_request("request body is empty; a JSON object is required", code="empty_body")
+    try:
+        value = _json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise bad_request(f"malformed JSON: {exc}", code="malformed_json") from None
+    if not isinstance(value, dict):
+        raise unprocessable("the body must be a JSON object", code="invalid_type")
+    return value
+
+
+def convert(value: Any, type_: type[T]) -> T:
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as exc:
+        raise from_validation(exc) from None
+
+
+async def decode(request: web.Request, type_: type[T]) -> T:
+    return convert(await read_json(request), type_)
+
+
+def check_timestamp(
+    ts: datetime | None, field: str, *, now: datetime, window: timedelta, skew: timedelta
+) -> datetime:
+    """`ts` (default: now) must lie in [now - window, now + skew]: older rows would be dropped
+    by retention at once, and future ones mean a wrong device clock."""
+    if ts is None:
+        return now
+    if ts > now + skew:
+        raise unprocessable(
+            f"timestamp is more than {int(skew.total_seconds())} s in the future",
+            field=field,
+            code="timestamp_in_future",
+        )
+    if ts < now - window:
+        raise unprocessable(
+            f"timestamp is older than the retention window ({window})",
+            field=field,
+            code="timestamp_too_old",
+        )
+    return ts.astimezone(UTC)
+
+
+async def heartbeats_of(request: web.Request, max_batch: int) -> tuple[list[Heartbeat], bool]:
+    """One heartbeat or `{"heartbeats": [...]}`; returns (heartbeats, was_batch)."""
+    value = await read_json(request)
+    if "heartbeats" in value:
+        batch = convert(value, HeartbeatBatch)
+        if len(batch.heartbeats) > max_batch:
+            raise unprocessable(
+                f"at most {max_batch} heartbeats per request", field="heartbeats", code="batch_too_large"
+            )
+        return batch.heartbeats, True
+    return [convert(value, Heartbeat)], False
+
+
+def query_limit(request: web.Request, default: int = 100, maximum: int = 1000) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return default
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise bad_request("limit must be an integer", field="limit") from None
+    if not 1 <= limit <= maximum:
+        raise bad_request(f"limit must be between 1 and {maximum}", field="limit")
+    return limit
+
+
+def check_no_nul(value: Any, prefix: str = "") -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming the field."""
+
+    def walk(v: Any, path: str) -> None:
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise unprocessable(
+                    "text must not contain NUL (U+0000) characters",
+                    field=path or None,
+                    code="invalid_character",
+                )
+        elif isinstance(v, dict):
+            for key, item in v.items():
+                walk(key, path)
+                walk(item, f"{path}.{key}" if path else str(key))
+        elif isinstance(v, list):
+            for i, item in enumerate(v):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(v, msgspec.Struct):
+            for name in v.__struct_fields__:
+                walk(
+                    getattr(v, name), f"{path}{name}" if not path or path.endswith(".") else f"{path}.{name}"
+                )
+
+    walk(value, prefix)

@@ -1,0 +1,75 @@
+"""The app factory: explicit wiring of settings, pool, writer, authentication and routes."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from service.api.credentials import Authenticator
+from service.api.middleware import errors_and_metrics
+from service.api.openapi_doc import OPENAPI, build_openapi
+from service.api.routes import ENDPOINTS
+from service.api.state import SERVICES, Services
+from service.api.throttle import FailureThrottle
+from service.db.urls import asyncpg_dsn
+from service.ingest.statements import prepare_connection
+from service.ingest.writer import GroupCommitWriter
+from service.metrics import Metrics
+from service.settings import Settings, StorageMode
+
+
+async def create_pool(database_url: str, settings: Settings) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        asyncpg_dsn(database_url),
+        min_size=2,
+        max_size=settings.pool_size,
+        init=prepare_connection,
+        # A stalled server must not hold a flush forever: the writer retries, then fails it.
+        command_timeout=10,
+    )
+
+
+def create_app(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    *,
+    storage_mode: StorageMode,
+    head_revisions: frozenset[str],
+    metrics: Metrics | None = None,
+) -> web.Application:
+    """The aiohttp application. The writer starts with the app and, on shutdown, refuses new
+    writes and commits everything queued before the pool may be closed."""
+    metrics = metrics or Metrics()
+    writer = GroupCommitWriter(
+        pool,
+        metrics,
+        batch_window=settings.batch_window,
+        batch_max_rows=settings.batch_max_rows,
+        queue_max_rows=settings.queue_max_rows,
+        bucket_seconds=settings.heartbeat_bucket_seconds,
+        retry_attempts=settings.flush_retry_attempts,
+    )
+    app = web.Application(middlewares=[errors_and_metrics], client_max_size=settings.max_body_bytes)
+    app[SERVICES] = Services(
+        settings=settings,
+        pool=pool,
+        writer=writer,
+        metrics=metrics,
+        auth=Authenticator(pool),
+        enrollment_throttle=FailureThrottle(),
+        storage_mode=storage_mode,
+        head_revisions=head_revisions,
+    )
+    app[OPENAPI] = build_openapi()
+    for endpoint in ENDPOINTS:
+        app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+
+    async def start_writer(_: web.Application) -> None:
+        await writer.start()
+
+    async def drain_writer(_: web.Application) -> None:
+        await writer.stop()
+
+    app.on_startup.append(start_writer)
+    app.on_shutdown.append(drain_writer)
+    return app

@@ -1,0 +1,338 @@
+"""The group-commit writer: bounded queue → batch → COPY → one commit → wake the waiters.
+
+States: `created` → `running` (after `start`) → `draining` (after `stop` begins) → `stopped`.
+
+Guarantees:
+* A `submit_*` call returns only after its rows are committed (or found already stored: a
+  heartbeat absorbed by its bucket, a dispatch whose `request_id` exists). Rows of many
+  requests share one transaction: one binary COPY per table into a staging table, one
+  set-based `INSERT … ON CONFLICT` per table, one COMMIT.
+* A batch starts when `batch_max_rows` rows wait or `batch_window` after its first row arrived,
+  whichever is first; `flushers` batches may be in flight at once.
+* The queue holds at most `queue_max_rows` rows: past that, `submit_*` raises `QueueFull`
+  at once (the API answers 503 with Retry-After), so memory stays bounded.
+* A transient failure (connection lost, server restarting, deadlock victim) makes the writer
+  retry the whole batch on a fresh connection with exponential backoff, up to
+  `retry_attempts` times; the statements are idempotent, so a batch whose COMMIT outcome was
+  unknown can be re-run without storing anything twice. When retries are exhausted every
+  request of the batch gets `WriteFailed`, never a success.
+* A non-transient database error (a row the database refuses) fails only the requests that
+  cause it: the batch is re-run request by request.
+* `stop()` refuses new submissions (`WriterClosed`), flushes everything already queued, then
+  returns. It does not cut in-flight flushes short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Literal
+
+import asyncpg
+
+from service.ingest import statements
+from service.ingest.recording import TRANSIENT_ERRORS
+from service.ingest.statements import DispatchRecord
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["heartbeats", "dispatches", "downloads"]
+TABLE_OF: dict[Kind, str] = {
+    "heartbeats": "device_heartbeats",
+    "dispatches": "fcm_dispatches",
+    "downloads": "apk_download_events",
+}
+
+RETRYABLE: tuple[type[BaseException], ...] = (
+    *TRANSIENT_ERRORS,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+class WriterState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class WriterError(Exception):
+    """Base of the writer's errors; none of them means rows were committed."""
+
+
+class QueueFull(WriterError):
+    pass
+
+
+class WriterClosed(WriterError):
+    pass
+
+
+class WriteFailed(WriterError):
+    """The rows could not be committed; `transient` says whether retrying later may work."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOutcome:
+    created: bool
+    dispatch: DispatchRecord
+
+
+@dataclass(eq=False)
+class _Request:
+    kind: Kind
+    rows: Sequence[tuple[Any, ...]]
+    future: asyncio.Future[Any]
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class GroupCommitWriter:
+    pool: asyncpg.Pool
+    metrics: Metrics
+    batch_window: timedelta = timedelta(milliseconds=5)
+    batch_max_rows: int = 5000
+    queue_max_rows: int = 50_000
+    bucket_seconds: int = 10
+    retry_attempts: int = 5
+    retry_base_delay: float = 0.05
+    retry_max_delay: float = 2.0
+    flushers: int = 2
+
+    def __post_init__(self) -> None:
+        self.state = WriterState.CREATED
+        self._queue: deque[_Request] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.state is not WriterState.CREATED:
+            raise RuntimeError(f"writer cannot start from state {self.state.value}")
+        self.state = WriterState.RUNNING
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name=f"group-commit-flusher-{i}")
+            for i in range(self.flushers)
+        ]
+
+    async def stop(self) -> None:
+        """Refuse new writes, commit everything queued, stop the flushers."""
+        if self.state in (WriterState.CREATED, WriterState.STOPPED):
+            self.state = WriterState.STOPPED
+            return
+        self.state = WriterState.DRAINING
+        self._wakeup.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.state = WriterState.STOPPED
+        log.info("writer stopped; queue drained")
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    # -- submission ----------------------------------------------------------------------------
+
+    async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]]) -> Any:
+        if self.state is not WriterState.RUNNING:
+            self.metrics.rejected_writes.labels("closed").inc()
+            raise WriterClosed("the writer is shutting down")
+        if self._queued_rows + len(rows) > self.queue_max_rows and self._queued_rows > 0:
+            self.metrics.rejected_writes.labels("queue_full").inc()
+            raise QueueFull(f"write queue full ({self._queued_rows} rows waiting)")
+        request = _Request(kind, rows, asyncio.get_running_loop().create_future())
+        self._queue.append(request)
+        self._queued_rows += len(rows)
+        self.metrics.queue_rows.set(self._queued_rows)
+        self._wakeup.set()
+        # The flush goes on even if this caller is cancelled (client went away).
+        return await asyncio.shield(request.future)
+
+    async def submit_heartbeats(self, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+        """Rows as `statements.HEARTBEAT_COLUMNS` (any `ord`); returns stored (True) or
+        absorbed by the device's bucket (False), per row."""
+        return await self._submit("heartbeats", rows)
+
+    async def submit_dispatches(self, rows: Sequence[tuple[Any, ...]]) -> list[DispatchOutcome]:
+        """Rows as `statements.DISPATCH_COLUMNS`; returns per row whether it created the
+        dispatch, and the dispatch stored under its request_id."""
+        return await self._submit("dispatches", rows)
+
+    async def submit_downloads(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Rows as `statements.DOWNLOAD_COLUMNS` (ids chosen by the caller)."""
+        await self._submit("downloads", rows)
+
+    # -- flushing ------------------------------------------------------------------------------
+
+    async def _next_batch(self) -> list[_Request] | None:
+        """Wait for a batch: None once draining and empty."""
+        while not self._queue:
+            if self.state is not WriterState.RUNNING:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        window = self.batch_window.total_seconds()
+        deadline = self._queue[0].enqueued_at + window
+        while (
+            self.state is WriterState.RUNNING
+            and self._queued_rows < self.batch_max_rows
+            and (remaining := deadline - time.monotonic()) > 0
+        ):
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        batch: list[_Request] = []
+        rows = 0
+        while self._queue and (not batch or rows + len(self._queue[0].rows) <= self.batch_max_rows):
+            request = self._queue.popleft()
+            batch.append(request)
+            rows += len(request.rows)
+        if not batch:
+            return await self._next_batch()
+        self._queued_rows -= rows
+        self.metrics.queue_rows.set(self._queued_rows)
+        return batch
+
+    async def _flush_loop(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            try:
+                await self._flush(batch)
+            except Exception as exc:  # never let a flusher die with waiters pending
+                log.exception("unexpected flush failure")
+                self._fail(batch, WriteFailed(f"internal error: {type(exc).__name__}", transient=False))
+
+    async def _flush(self, batch: list[_Request]) -> None:
+        started = time.monotonic()
+        try:
+            results = await self._with_retries(batch)
+        except WriteFailed as exc:
+            if exc.transient or len(batch) == 1:
+                self._fail(batch, exc)
+                return
+            # One request's rows were refused: isolate it so the others still commit.
+            for request in batch:
+                await self._flush([request])
+            return
+        self.metrics.flush_seconds.observe(time.monotonic() - started)
+        self.metrics.batch_rows.observe(sum(len(r.rows) for r in batch))
+        for request, result in zip(batch, results, strict=True):
+            if not request.future.done():
+                request.future.set_result(result)
+
+    def _fail(self, batch: list[_Request], exc: WriteFailed) -> None:
+        for request in batch:
+            self.metrics.failed_writes.labels("unavailable" if exc.transient else "rejected").inc()
+            if not request.future.done():
+                request.future.set_exception(exc)
+
+    async def _with_retries(self, batch: list[_Request]) -> list[Any]:
+        delay = self.retry_base_delay
+        for attempt in range(1, self.retry_attempts + 1):
+            try:
+                async with self.pool.acquire() as conn:
+                    return await self._commit(conn, batch)
+            except RETRYABLE as exc:
+                if attempt == self.retry_attempts:
+                    raise WriteFailed(f"database unavailable: {type(exc).__name__}", transient=True) from exc
+                self.metrics.flush_retries.inc()
+                log.warning(
+                    "flush attempt %d failed (%s); retrying in %.2fs", attempt, type(exc).__name__, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_delay)
+            except asyncpg.PostgresError as exc:
+                if statements.is_missing_partition(exc):
+                    await self._create_missing_partitions()
+                    continue
+                raise WriteFailed(f"rows refused by the database: {exc}", transient=False) from exc
+        raise WriteFailed("database unavailable", transient=True)
+
+    async def _create_missing_partitions(self) -> None:
+        log.warning("insert found no partition; creating partitions now")
+        async with self.pool.acquire() as conn:
+            await conn.execute(statements.ENSURE_PARTITIONS_NOW)
+
+    async def _commit(self, conn: asyncpg.Connection, batch: list[_Request]) -> list[Any]:
+        """Stage and merge every table of the batch in one transaction; per-request results."""
+        by_kind: dict[Kind, list[tuple[int, _Request]]] = {}
+        for index, request in enumerate(batch):
+            by_kind.setdefault(request.kind, []).append((index, request))
+        results: list[Any] = [None] * len(batch)
+        written: dict[str, tuple[int, int]] = {}
+        async with conn.transaction():
+            if "heartbeats" in by_kind:
+                written["device_heartbeats"] = await self._heartbeats(conn, by_kind["heartbeats"], results)
+            if "dispatches" in by_kind:
+                written["fcm_dispatches"] = await self._dispatches(conn, by_kind["dispatches"], results)
+            if "downloads" in by_kind:
+                rows = [row for _, request in by_kind["downloads"] for row in request.rows]
+                await statements.merge_downloads(conn, rows)
+                written["apk_download_events"] = (len(rows), 0)
+        for table, (stored, absorbed) in written.items():
+            self.metrics.rows_written.labels(table).inc(stored)
+            if absorbed:
+                self.metrics.rows_absorbed.labels(table).inc(absorbed)
+        return results
+
+    async def _heartbeats(
+        self, conn: asyncpg.Connection, items: list[tuple[int, _Request]], results: list[Any]
+    ) -> tuple[int, int]:
+        rows: list[tuple[Any, ...]] = []
+        for _, request in items:
+            for row in request.rows:
+                rows.append((len(rows), *row[1:]))
+        stored = await statements.merge_heartbeats(conn, rows, self.bucket_seconds)
+        ord_ = 0
+        for index, request in items:
+            results[index] = [(ord_ + i) in stored for i in range(len(request.rows))]
+            ord_ += len(request.rows)
+        return len(stored), len(rows) - len(stored)
+
+    async def _dispatches(
+        self, conn: asyncpg.Connection, items: list[tuple[int, _Request]], results: list[Any]
+    ) -> tuple[int, int]:
+        rows: list[tuple[Any, ...]] = []
+        for _, request in items:
+            for row in request.rows:
+                rows.append((len(rows), *row[1:]))
+        created, existing = await statements.merge_dispatches(conn, rows)
+        first_ord: dict[str, int] = {}
+        for row in rows:
+            first_ord.setdefault(row[1], row[0])
+        ord_ = 0
+        for index, request in items:
+            outcomes = []
+            for i, row in enumerate(request.rows):
+                request_id = row[1]
+                if request_id in created:
+                    was_first = first_ord[request_id] == ord_ + i
+                    outcomes.append(DispatchOutcome(was_first, created[request_id]))
+                else:
+                    outcomes.append(DispatchOutcome(False, existing[request_id]))
+            results[index] = outcomes
+            ord_ += len(request.rows)
+        return len(created), len(rows) - len(created)

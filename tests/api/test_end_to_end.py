@@ -1,0 +1,123 @@
+"""The contract clients are built against, end to end over HTTP on a real database."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from tests.api.conftest import Api
+
+
+def dev(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_enroll_post_heartbeats_read_them_newest_first(api: Api) -> None:
+    token = await api.enroll("phone-1")
+    base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    base -= timedelta(seconds=base.second % 10)
+    single = await api.client.post(
+        "/v1/heartbeats", json={"ts": base.isoformat(), "status": "ok", "battery_pct": 90}, headers=dev(token)
+    )
+    assert single.status == 200, await single.text()
+    body = await single.json()
+    assert body["device_id"] == "phone-1"
+    assert body["results"][0]["stored"] is True
+
+    batch = {
+        "heartbeats": [
+            {"ts": (base + timedelta(seconds=3)).isoformat(), "status": "ok", "battery_pct": 89},
+            {"ts": (base + timedelta(seconds=11)).isoformat(), "status": "charging", "battery_pct": 88},
+            {
+                "ts": (base + timedelta(seconds=25)).isoformat(),
+                "status": "ok",
+                "battery_pct": 87,
+                "app_version": "1.2.3",
+                "network": "wifi",
+                "extra": {"temp_c": 31},
+            },
+        ]
+    }
+    r = await api.client.post("/v1/heartbeats", json=batch, headers=dev(token))
+    assert r.status == 200
+    assert [x["stored"] for x in (await r.json())["results"]] == [False, True, True]
+
+    r = await api.client.get("/v1/devices/phone-1/heartbeats", headers=api.op())
+    assert r.status == 200
+    listed = (await r.json())["heartbeats"]
+    assert [h["battery_pct"] for h in listed] == [87, 88, 90]
+    assert listed[0]["extra"] == {"temp_c": 31}
+
+    r = await api.client.get("/v1/devices/phone-1/heartbeats?limit=1", headers=api.op())
+    assert [h["battery_pct"] for h in (await r.json())["heartbeats"]] == [87]
+
+    r = await api.client.get("/v1/devices/phone-1", headers=api.op())
+    summary = await r.json()
+    assert summary["last_battery_pct"] == 87 and summary["last_status"] == "ok"
+    assert await api.count("SELECT count(*) FROM enrollment_events WHERE outcome = 'enrolled'") == 1
+    assert await api.count("SELECT count(*) FROM device_events WHERE event_type = 'enrolled'") == 1
+
+
+async def test_same_dispatch_request_id_twice_gives_201_then_200_with_same_dispatch(api: Api) -> None:
+    await api.enroll("phone-2")
+    req = {"request_id": "cmd-1", "device_id": "phone-2", "action": "ping", "payload": {"a": 1}}
+    first = await api.client.post("/v1/dispatches", json=req, headers=api.op())
+    second = await api.client.post("/v1/dispatches", json=req, headers=api.op())
+    assert (first.status, second.status) == (201, 200)
+    assert await first.json() == await second.json()
+    looked_up = await api.client.get("/v1/dispatches/cmd-1", headers=api.op())
+    assert await looked_up.json() == await first.json()
+    listed = await api.client.get("/v1/devices/phone-2/dispatches", headers=api.op())
+    assert [d["request_id"] for d in (await listed.json())["dispatches"]] == ["cmd-1"]
+    conflicting = await api.client.post("/v1/dispatches", json={**req, "action": "wipe"}, headers=api.op())
+    assert conflicting.status == 409
+    assert (await conflicting.json())["error"]["field"] == "request_id"
+
+
+async def test_fifty_concurrent_dispatches_with_one_request_id_make_one_row(api: Api) -> None:
+    await api.enroll("phone-3")
+    req = {"request_id": "cmd-50", "device_id": "phone-3", "action": "ping"}
+    responses = await asyncio.gather(
+        *(api.client.post("/v1/dispatches", json=req, headers=api.op()) for _ in range(50))
+    )
+    statuses = [r.status for r in responses]
+    bodies = [await r.json() for r in responses]
+    assert statuses.count(201) == 1 and statuses.count(200) == 49
+    assert len({b["id"] for b in bodies}) == 1
+    assert await api.count("SELECT count(*) FROM fcm_dispatches WHERE request_id = 'cmd-50'") == 1
+
+
+async def test_apk_download_event_is_stored_for_the_calling_device(api: Api) -> None:
+    token = await api.enroll("phone-4")
+    r = await api.client.post(
+        "/v1/apk-downloads",
+        json={"build_id": "b-42", "outcome": "completed", "bytes_downloaded": 1024},
+        headers=dev(token),
+    )
+    assert r.status == 201, await r.text()
+    event = await r.json()
+    assert event["device_id"] == "phone-4"
+    assert (
+        await api.count(
+            "SELECT count(*) FROM apk_download_events WHERE id = $1 AND device_id = 'phone-4'", event["id"]
+        )
+        == 1
+    )
+
+
+async def test_health_metrics_and_openapi(api: Api) -> None:
+    r = await api.client.get("/health")
+    assert r.status == 200
+    health = await r.json()
+    assert health["ready"] and health["schema"] == "head" and health["database"] == "ok"
+    token = await api.enroll("phone-5")
+    await api.client.post("/v1/heartbeats", json={"status": "ok", "battery_pct": 1}, headers=dev(token))
+    metrics = await (await api.client.get("/metrics")).text()
+    assert 'telemetry_rows_written_total{table="device_heartbeats"} 1.0' in metrics
+    assert "telemetry_write_queue_rows" in metrics
+    spec = await (await api.client.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.")
+    assert {"/v1/heartbeats", "/v1/dispatches", "/v1/enroll", "/v1/devices/{device_id}/heartbeats"} <= set(
+        spec["paths"]
+    )
+    assert spec["paths"]["/v1/dispatches"]["post"]["security"] == [{"operator": []}]
