@@ -26,7 +26,7 @@ async def read_json(request: web.Request) -> Any:
         raise bad_request("request body is empty; a JSON object is required", code="empty_body")
     try:
         value = _json.decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"malformed JSON: {exc}", code="malformed_json") from None
     if not isinstance(value, dict):
         raise unprocessable("the body must be a JSON object", code="invalid_type")
