@@ -194,3 +194,109 @@ def before_drop(execute: Execute, mode: StorageMode, table: TimeSeriesTable) -> 
     if mode == "timescale":
         remove_retention_policy(execute, table)
     execute(f"DELETE FROM retention_policies WHERE table_name = '{table.name}'")
+
+
+# --- dispatch idempotency keys: expiry --------------------------------------------------------
+#
+# `fcm_dispatch_keys` is a plain table (it must be: its primary key `request_id` cannot live on a
+# partitioned table), so retention never drops it and it would grow forever. A key is expired
+# once its `sent_at` is older than the dispatch window plus one dispatch chunk interval: by then
+# the chunk/partition holding its dispatch row is past the window as a whole, so the row is gone
+# or due to go (deleting the key cascades to a row not dropped yet). The window and interval are
+# read from `retention_policies` at run time, so `telemetry retention set fcm_dispatches ...`
+# moves the key expiry with it. After expiry a retried request_id counts as new: idempotency is
+# guaranteed for at least the dispatch window.
+
+DISPATCH_KEY_CUTOFF_FUNCTION = "telemetry_dispatch_key_cutoff"
+DISPATCH_KEY_EXPIRE_FUNCTION = "telemetry_expire_dispatch_keys"
+DISPATCH_KEY_EXPIRY_PROCEDURE = "telemetry_dispatch_key_expiry_job"
+DISPATCH_KEY_EXPIRY_SCHEDULE = timedelta(hours=1)
+DISPATCH_KEY_EXPIRY_BATCH = 10_000
+
+# NULL (expire nothing) when the dispatch table has no retention row.
+_DISPATCH_KEY_CUTOFF = f"""
+CREATE OR REPLACE FUNCTION {DISPATCH_KEY_CUTOFF_FUNCTION}()
+RETURNS timestamptz LANGUAGE sql STABLE AS $fn$
+    SELECT now() - drop_after - partition_interval
+    FROM retention_policies WHERE table_name = '{DISPATCHES.name}'
+$fn$
+"""
+
+# One bounded step: deletes at most `batch_size` expired keys and returns how many it deleted.
+# No ORDER BY: without an index on sent_at it would sort the whole table, while a plain LIMIT
+# stops scanning at the first `batch_size` matches (old keys sit early in the heap).
+# SKIP LOCKED: a key a writer holds right now is not expired under it.
+_DISPATCH_KEY_EXPIRE = f"""
+CREATE OR REPLACE FUNCTION {DISPATCH_KEY_EXPIRE_FUNCTION}(batch_size integer)
+RETURNS bigint LANGUAGE plpgsql AS $fn$
+DECLARE
+    cutoff timestamptz := {DISPATCH_KEY_CUTOFF_FUNCTION}();
+    deleted bigint;
+BEGIN
+    IF cutoff IS NULL THEN
+        RETURN 0;
+    END IF;
+    WITH doomed AS (
+        SELECT request_id FROM fcm_dispatch_keys WHERE sent_at < cutoff
+        LIMIT batch_size FOR UPDATE SKIP LOCKED
+    )
+    DELETE FROM fcm_dispatch_keys k USING doomed d WHERE k.request_id = d.request_id;
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN deleted;
+END
+$fn$
+"""
+
+# The TimescaleDB job (`add_job` wants a (job_id, config) procedure). It commits after every
+# batch so that no transaction holds row locks for long, and stops at the first short batch.
+_DISPATCH_KEY_EXPIRY_JOB = f"""
+CREATE OR REPLACE PROCEDURE {DISPATCH_KEY_EXPIRY_PROCEDURE}(job_id integer, config jsonb)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    batch integer := coalesce((config->>'batch_size')::integer, {DISPATCH_KEY_EXPIRY_BATCH});
+BEGIN
+    LOOP
+        EXIT WHEN {DISPATCH_KEY_EXPIRE_FUNCTION}(batch) < batch;
+        COMMIT;
+    END LOOP;
+END
+$fn$
+"""
+
+
+def create_dispatch_key_expiry(execute: Execute, mode: StorageMode) -> None:
+    """Create the key-expiry functions (both modes); in timescale mode also schedule exactly one
+    job running them every `DISPATCH_KEY_EXPIRY_SCHEDULE`. In postgres mode the service's
+    partition maintenance and `telemetry retention run` call the batch function instead."""
+    execute(_DISPATCH_KEY_CUTOFF)
+    execute(_DISPATCH_KEY_EXPIRE)
+    execute(_DISPATCH_KEY_EXPIRY_JOB)
+    if mode == "timescale":
+        execute(
+            f"SELECT add_job('{DISPATCH_KEY_EXPIRY_PROCEDURE}', "
+            f"{interval_literal(DISPATCH_KEY_EXPIRY_SCHEDULE)}, "
+            f"config => '{{\"batch_size\": {DISPATCH_KEY_EXPIRY_BATCH}}}'::jsonb) "
+            "WHERE NOT EXISTS (SELECT 1 FROM timescaledb_information.jobs "
+            f"WHERE proc_name = '{DISPATCH_KEY_EXPIRY_PROCEDURE}')"
+        )
+
+
+def drop_dispatch_key_expiry(execute: Execute, mode: StorageMode) -> None:
+    """Undo `create_dispatch_key_expiry`: unschedule every job running the procedure (so none
+    is left pointing at a dropped procedure), then drop the procedure and functions."""
+    if mode == "timescale":
+        execute(
+            "SELECT delete_job(job_id) FROM timescaledb_information.jobs "
+            f"WHERE proc_name = '{DISPATCH_KEY_EXPIRY_PROCEDURE}'"
+        )
+    execute(f"DROP PROCEDURE IF EXISTS {DISPATCH_KEY_EXPIRY_PROCEDURE}(integer, jsonb)")
+    execute(f"DROP FUNCTION IF EXISTS {DISPATCH_KEY_EXPIRE_FUNCTION}(integer)")
+    execute(f"DROP FUNCTION IF EXISTS {DISPATCH_KEY_CUTOFF_FUNCTION}()")
+
+
+# --- retention locks ---------------------------------------------------------------------------
+
+# The advisory lock key text the partition functions above take per table
+# (`hashtext('telemetry_partitions:' || parent)`); callers that must not interleave with them
+# (counting a partition's rows right before it is dropped) take the same transaction lock.
+PARTITION_LOCK_PREFIX = "telemetry_partitions:"

@@ -33,7 +33,8 @@ PROJECT_TABLES = {
     "retention_policies",
 }
 BASELINE = "7ac6ecbe4e31"
-HEAD = "a43a2b52588a"
+PREVIOUS = "a43a2b52588a"
+HEAD = "aadd574780ab"
 
 
 async def user_tables(url: str) -> set[str]:
@@ -145,11 +146,11 @@ async def test_retention_windows_come_from_configuration_at_migrate_time(empty_d
 
 
 async def test_check_names_the_pending_revision_when_one_behind(empty_db: str, mode: str) -> None:
-    await migrate(empty_db, mode, BASELINE)  # type: ignore[arg-type]
+    await migrate(empty_db, mode, PREVIOUS)  # type: ignore[arg-type]
     code, out = await check(empty_db, mode)
     assert code == 1
     assert HEAD in out and "pending" in out
-    assert BASELINE not in out
+    assert PREVIOUS not in out and BASELINE not in out
 
 
 def _telemetry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -229,7 +230,7 @@ async def test_offline_sql_requires_a_mode(empty_db: str, mode: str) -> None:
     assert "--mode" in result.stderr
 
 
-def test_history_lists_both_revisions_in_order() -> None:
+def test_history_lists_the_revisions_in_order() -> None:
     import io
 
     from service.settings import Settings
@@ -237,5 +238,6 @@ def test_history_lists_both_revisions_in_order() -> None:
     out = io.StringIO()
     Migrator(settings=Settings(), database_url=None, stdout=out).history()
     lines = out.getvalue().strip().splitlines()
-    assert lines[0].startswith(f"{BASELINE} -> {HEAD} (head)")
+    assert lines[0].startswith(f"{PREVIOUS} -> {HEAD} (head)")
+    assert lines[1].startswith(f"{BASELINE} -> {PREVIOUS}")
     assert lines[-1].startswith(f"<base> -> {BASELINE}")
