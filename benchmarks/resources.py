@@ -1,0 +1,147 @@
+"""What each process used during a phase: CPU per process (to say what limited a figure) and
+the service's resident memory, sampled in a background thread.
+
+CPU is reported in percent of one core: on a 2-core machine 200% is everything. The database's
+share is the machine's busy time minus the load generator's and the server's (PostgreSQL
+backends come and go with connections, so the machine-wide figure is the robust one).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+
+def _busy(times: Any) -> float:
+    return float(
+        times.user + times.system + getattr(times, "nice", 0.0) + getattr(times, "irq", 0.0)
+    ) + float(getattr(times, "softirq", 0.0) + getattr(times, "steal", 0.0))
+
+
+def _proc_cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    try:
+        t = proc.cpu_times()
+    except psutil.Error:
+        return 0.0
+    return float(t.user + t.system)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuShare:
+    """Percent of one core, over one phase."""
+
+    generator: float
+    server: float
+    database_and_rest: float
+    cores: int
+
+    @property
+    def total(self) -> float:
+        return self.generator + self.server + self.database_and_rest
+
+    def limited_by(self) -> str:
+        """A plain reading of the shares: which process pinned a core, or the whole machine."""
+        capacity = 100.0 * self.cores
+        notes = []
+        if self.generator >= 90.0:
+            notes.append("load generator CPU-bound (one Python core)")
+        if self.server >= 90.0:
+            notes.append("server CPU-bound (one Python core)")
+        if self.total >= 0.9 * capacity:
+            notes.append(f"machine CPU saturated ({self.total:.0f}% of {capacity:.0f}%)")
+        return "; ".join(notes) or "not CPU-bound (latency/IO-bound)"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "generator_pct": round(self.generator, 1),
+            "server_pct": round(self.server, 1),
+            "database_and_rest_pct": round(self.database_and_rest, 1),
+            "cores": self.cores,
+            "limited_by": self.limited_by(),
+        }
+
+
+class CpuMeter:
+    """`start()` … `stop()` → CpuShare of the generator (this process), the server and the rest."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.me = psutil.Process(os.getpid())
+        self.server = psutil.Process(server_pid) if server_pid else None
+        self.cores = psutil.cpu_count() or 1
+        self._t0 = 0.0
+        self._start: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    def _snapshot(self) -> tuple[float, float, float]:
+        return (_proc_cpu(self.me), _proc_cpu(self.server), _busy(psutil.cpu_times()))
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+        self._start = self._snapshot()
+
+    def stop(self) -> CpuShare:
+        wall = max(time.perf_counter() - self._t0, 1e-9)
+        gen, srv, total = (b - a for a, b in zip(self._start, self._snapshot(), strict=True))
+        rest = max(total - gen - srv, 0.0)
+        return CpuShare(100 * gen / wall, 100 * srv / wall, 100 * rest / wall, self.cores)
+
+
+class MemorySampler:
+    """Samples the server's RSS every `interval` seconds; `peak()` since the last `reset()`.
+    Optionally counts the server's established TCP connections on its port."""
+
+    def __init__(self, pid: int, port: int, interval: float = 0.2) -> None:
+        self.proc = psutil.Process(pid)
+        self.port = port
+        self.interval = interval
+        self._peak = 0
+        self._peak_connections = 0
+        self.count_connections = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self.samples: list[tuple[float, int]] = []
+
+    def _connections(self) -> int:
+        try:
+            conns = self.proc.net_connections(kind="tcp")
+        except psutil.Error:
+            return 0
+        return sum(1 for c in conns if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == self.port)
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.wait(self.interval):
+            try:
+                rss = int(self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+            self._peak = max(self._peak, rss)
+            self.samples.append((time.monotonic() - t0, rss))
+            if self.count_connections:
+                self._peak_connections = max(self._peak_connections, self._connections())
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def reset(self) -> None:
+        self._peak = int(self.proc.memory_info().rss)
+        self._peak_connections = 0
+
+    def peak_mb(self) -> float:
+        return self._peak / 1e6
+
+    def peak_connections(self) -> int:
+        return self._peak_connections
+
+    def current_mb(self) -> float:
+        return float(self.proc.memory_info().rss) / 1e6
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
