@@ -1,0 +1,134 @@
+"""The database-side baselines the service's batched ingest is compared with, on the same
+table, the same row shape and the same time distribution as the batched-ingest phase:
+
+* raw COPY: asyncpg `copy_records_to_table` straight into `device_heartbeats` (no staging, no
+  conflict handling), in batches the size of the writer's largest flush: the database ceiling.
+* per-row `INSERT … ON CONFLICT DO NOTHING`, one statement and one transaction per heartbeat,
+  over a pool as large as the service's: the guides' approach.
+
+Rows are generated before the clock starts; only the database work (and asyncpg's encoding)
+is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from benchmarks.fleet import NETWORKS, STATUSES, BucketCursor, floor_bucket
+from benchmarks.prefill import HEARTBEAT_COLUMNS, set_codecs
+
+PER_ROW_INSERT = """
+INSERT INTO device_heartbeats (device_id, bucket_start, ts, status, battery_pct, app_version, network, extra)
+VALUES ($1, date_bin(interval '10 seconds', $2, timestamptz 'epoch'), $2, $3, $4, $5, $6, $7)
+ON CONFLICT (device_id, bucket_start) DO NOTHING
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    rows: int
+    seconds: float
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "seconds": round(self.seconds, 3), "rows_per_s": round(self.rows_per_s, 1)}
+
+
+def ingest_like_rows(
+    prefix: str, devices: int, requests: int, batch_size: int, cursor: BucketCursor, seed: int = 5
+) -> list[tuple[Any, ...]]:
+    """Rows as the batched-ingest phase sends them: request k comes from device k % devices
+    and carries the device's next `batch_size` buckets."""
+    rng = random.Random(seed)
+    rows: list[tuple[Any, ...]] = []
+    for k in range(requests):
+        device = f"{prefix}-{k % devices:05d}"
+        for ts in cursor.take(device, batch_size):
+            rows.append(
+                (
+                    device,
+                    floor_bucket(ts),
+                    ts,
+                    rng.choice(STATUSES),
+                    rng.randint(5, 100),
+                    "4.12.0",
+                    rng.choice(NETWORKS),
+                    None,
+                )
+            )
+    return rows
+
+
+async def raw_copy(
+    dsn: str,
+    rows: list[tuple[Any, ...]],
+    *,
+    batch: int,
+    connections: int = 2,
+    advance: Callable[[int], None] | None = None,
+) -> Throughput:
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    try:
+        for conn in conns:
+            await set_codecs(conn)
+        chunks = iter(range(0, len(rows), batch))
+
+        async def worker(conn: asyncpg.Connection) -> None:
+            for lo in chunks:
+                part = rows[lo : lo + batch]
+                await conn.copy_records_to_table("device_heartbeats", records=part, columns=HEARTBEAT_COLUMNS)
+                if advance:
+                    advance(len(part))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in conns))
+        return Throughput(len(rows), time.perf_counter() - t0)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def per_row_insert(
+    dsn: str,
+    rows: list[tuple[Any, ...]],
+    *,
+    seconds: float,
+    connections: int,
+    advance: Callable[[float], None] | None = None,
+) -> Throughput:
+    """As many rows as `connections` connections insert one at a time in `seconds`."""
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    try:
+        for conn in conns:
+            await set_codecs(conn)
+        source = iter(rows)
+        done = 0
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+
+        async def worker(conn: asyncpg.Connection) -> None:
+            nonlocal done
+            stmt = await conn.prepare(PER_ROW_INSERT)
+            for row in source:
+                if time.perf_counter() >= deadline:
+                    return
+                await stmt.fetch(row[0], row[2], row[3], row[4], row[5], row[6], row[7])
+                done += 1
+                if advance and done % 200 == 0:
+                    advance(min(time.perf_counter() - t0, seconds))
+
+        await asyncio.gather(*(worker(c) for c in conns))
+        return Throughput(done, time.perf_counter() - t0)
+    finally:
+        for conn in conns:
+            await conn.close()

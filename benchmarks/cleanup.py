@@ -1,0 +1,169 @@
+"""Retention cleanup of the expired part of the history, and `DELETE` of the same rows.
+
+The rows cleanup will drop are those in the chunks (timescale) or partitions (postgres) that
+lie wholly before now - window: their upper bound is `boundary`. `DELETE … WHERE bucket_start <
+boundary` is timed first, inside a transaction that is then rolled back, so the rows are still
+there for the real cleanup. A rolled-back DELETE skips the commit and the VACUUM a real one
+needs afterwards, so the ratio it gives is a lower bound of what dropping saves.
+
+Cleanup is the product's own path: `telemetry retention run device_heartbeats` when the command
+exists, else what it runs (timescale: `CALL run_job(<retention policy job>)`; postgres:
+`telemetry_drop_expired_partitions`). The command is timed in-process (its entry point is
+called directly), so the figure does not include a Python interpreter start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import io
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+WINDOW_SQL = "now() - (SELECT drop_after FROM retention_policies WHERE table_name = 'device_heartbeats')"
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupResult:
+    method: str
+    boundary: datetime | None
+    expired_rows: int
+    rows_left_after: int
+    cleanup_seconds: float
+    delete_seconds: float | None
+    deleted_rows: int | None
+    chunks_dropped: int
+
+    @property
+    def speedup(self) -> float | None:
+        if not self.delete_seconds or self.cleanup_seconds <= 0:
+            return None
+        return self.delete_seconds / self.cleanup_seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "boundary": self.boundary.isoformat() if self.boundary else None,
+            "expired_rows": self.expired_rows,
+            "rows_left_after": self.rows_left_after,
+            "cleanup_s": round(self.cleanup_seconds, 4),
+            "delete_s": None if self.delete_seconds is None else round(self.delete_seconds, 3),
+            "deleted_rows": self.deleted_rows,
+            "chunks_dropped": self.chunks_dropped,
+            "delete_over_cleanup": None if self.speedup is None else round(self.speedup, 1),
+        }
+
+
+async def retention_jobs(conn: asyncpg.Connection) -> list[int]:
+    return [
+        r["job_id"]
+        for r in await conn.fetch(
+            "SELECT job_id FROM timescaledb_information.jobs WHERE proc_name = 'policy_retention'"
+            " AND hypertable_name = 'device_heartbeats'"
+        )
+    ]
+
+
+async def pause_scheduled_retention(dsn: str, mode: str) -> None:
+    """Keep Timescale's scheduler from dropping the expired history before it is measured."""
+    if mode != "timescale":
+        return
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(
+            "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+            " WHERE proc_name = 'policy_retention'"
+        )
+    finally:
+        await conn.close()
+
+
+async def _boundary(conn: asyncpg.Connection, mode: str) -> tuple[datetime | None, int]:
+    if mode == "timescale":
+        row = await conn.fetchrow(
+            "SELECT max(range_end) AS b, count(*) AS n FROM timescaledb_information.chunks"
+            f" WHERE hypertable_name = 'device_heartbeats' AND range_end < {WINDOW_SQL}"
+        )
+    else:
+        row = await conn.fetchrow(
+            "SELECT max(range_end) AS b, count(*) AS n FROM telemetry_partition_bounds('device_heartbeats')"
+            f" WHERE range_end <= {WINDOW_SQL}"
+        )
+    return row["b"], int(row["n"])
+
+
+def _command_available() -> bool:
+    return importlib.util.find_spec("service.retention.commands") is not None
+
+
+def _run_command(database_url: str, mode: str) -> None:
+    """`telemetry retention run device_heartbeats`, in this process, output discarded."""
+    from service.cli import main
+
+    env = {"DATABASE_URL": database_url, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_LOG_LEVEL": "WARNING"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = main(["retention", "run", "device_heartbeats"])
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    if code != 0:
+        raise RuntimeError(f"telemetry retention run exited with {code}")
+
+
+async def _direct(conn: asyncpg.Connection, mode: str, prefix: str) -> tuple[str, float]:
+    """What the command runs, without it."""
+    if mode == "timescale":
+        (job,) = await retention_jobs(conn)
+        t = time.perf_counter()
+        await conn.execute(f"CALL run_job({job})")
+        return f"{prefix}CALL run_job({job}) (policy_retention)", time.perf_counter() - t
+    t = time.perf_counter()
+    await conn.fetch(f"SELECT * FROM telemetry_drop_expired_partitions('device_heartbeats', {WINDOW_SQL})")
+    return f"{prefix}telemetry_drop_expired_partitions(…)", time.perf_counter() - t
+
+
+async def measure(dsn: str, database_url: str, mode: str, *, use_command: bool = True) -> CleanupResult:
+    conn = await asyncpg.connect(dsn)
+    try:
+        boundary, chunks = await _boundary(conn, mode)
+        if boundary is None:
+            return CleanupResult("none", None, 0, 0, 0.0, None, None, 0)
+        expired = int(
+            await conn.fetchval("SELECT count(*) FROM device_heartbeats WHERE bucket_start < $1", boundary)
+        )
+        tx = conn.transaction()
+        await tx.start()
+        t = time.perf_counter()
+        status = await conn.execute("DELETE FROM device_heartbeats WHERE bucket_start < $1", boundary)
+        delete_seconds = time.perf_counter() - t
+        await tx.rollback()
+        deleted = int(status.split()[-1])
+
+        method, cleanup_seconds = "", None
+        if use_command and _command_available():
+            t = time.perf_counter()
+            try:
+                await asyncio.to_thread(_run_command, database_url, mode)
+                method, cleanup_seconds = "telemetry retention run device_heartbeats", time.perf_counter() - t
+            except Exception as exc:  # reported in `method`, then measured the direct way
+                method = f"(command failed: {exc}) "
+        if cleanup_seconds is None:
+            method, cleanup_seconds = await _direct(conn, mode, method)
+        left = int(
+            await conn.fetchval("SELECT count(*) FROM device_heartbeats WHERE bucket_start < $1", boundary)
+        )
+    finally:
+        await conn.close()
+    return CleanupResult(method, boundary, expired, left, cleanup_seconds, delete_seconds, deleted, chunks)

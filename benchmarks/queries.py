@@ -1,0 +1,68 @@
+"""The operator queries timed straight through asyncpg (no HTTP, no service): the same SQL the
+endpoints run, so the gap to the HTTP figures is what the service and the network add."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+
+import asyncpg
+
+from benchmarks.latency import Summary, summarize
+from service.ingest.statements import EXISTING_DISPATCHES
+
+# The statement `GET /v1/devices/{device_id}/heartbeats` runs (service/api/heartbeats.py).
+LAST_100 = (
+    "SELECT ts, bucket_start, received_at, status, battery_pct, app_version, network, extra"
+    " FROM device_heartbeats WHERE device_id = $1 ORDER BY ts DESC LIMIT $2"
+)
+
+
+async def time_queries(
+    dsn: str, request_ids: list[str], device_ids: list[str], samples: int, seed: int = 3
+) -> tuple[dict[str, Summary], dict[str, list[float]]]:
+    """Summaries and the raw samples (ms) of both statements, run alternately on one connection."""
+    rng = random.Random(seed)
+    conn = await asyncpg.connect(dsn)
+    try:
+        lookups: list[float] = []
+        last100: list[float] = []
+        lookup = await conn.prepare(EXISTING_DISPATCHES)
+        recent = await conn.prepare(LAST_100)
+        for _ in range(samples):
+            rid = rng.choice(request_ids)
+            t = time.perf_counter()
+            await lookup.fetch([rid])
+            lookups.append(time.perf_counter() - t)
+            dev = rng.choice(device_ids)
+            t = time.perf_counter()
+            await recent.fetch(dev, 100)
+            last100.append(time.perf_counter() - t)
+    finally:
+        await conn.close()
+    summaries = {
+        "dispatch_lookup_sql": summarize(lookups, Counter({"200": len(lookups)}), sum(lookups)),
+        "last100_sql": summarize(last100, Counter({"200": len(last100)}), sum(last100)),
+    }
+    samples = {
+        "dispatch_lookup_sql": [x * 1000 for x in lookups],
+        "last100_sql": [x * 1000 for x in last100],
+    }
+    return summaries, samples
+
+
+async def explain(dsn: str, request_id: str, device: str) -> dict[str, str]:
+    """EXPLAIN ANALYZE of both statements, for the report's notes."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        plans = {}
+        for name, sql, args in (
+            ("dispatch_lookup", EXISTING_DISPATCHES, ([request_id],)),
+            ("last100", LAST_100, (device, 100)),
+        ):
+            rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", *args)
+            plans[name] = "\n".join(r[0] for r in rows)
+        return plans
+    finally:
+        await conn.close()
