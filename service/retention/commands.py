@@ -1,0 +1,165 @@
+"""`telemetry retention show | set TABLE WINDOW | run [TABLE] [--dry-run]`.
+
+Exit codes: 0 done; 1 the database could not be reached or a step failed (the others still ran,
+and the report names the failed one); 2 the command cannot run as asked (malformed window,
+unknown table, storage mode forced against the database's). Messages go to stderr, prefixed
+`telemetry retention:`; reports go to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TextIO
+
+import asyncpg
+
+from service.db.embedded import resolve_database_url
+from service.db.storage_mode import StorageModeError
+from service.db.time_series import TIME_SERIES_TABLES, TimeSeriesTable
+from service.db.urls import asyncpg_dsn
+from service.retention.cleanup import CleanupReport, KeyExpiry, TableCleanup, run_cleanup
+from service.retention.policies import (
+    SchemaNotReadyError,
+    UnknownTableError,
+    detect_storage_mode,
+    read_policy,
+    resolve_table,
+    set_window,
+)
+from service.retention.show import collect, format_time, render_plain, render_rich
+from service.retention.windows import WindowError, format_window, parse_window
+from service.settings import Settings, StorageMode
+
+PREFIX = "telemetry retention"
+
+
+def _fail(message: object) -> None:
+    print(f"{PREFIX}: {message}", file=sys.stderr)
+
+
+def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the parsed `retention` subcommand; returns the process exit code."""
+    # Input is checked before touching the database, so a typo fails fast and changes nothing.
+    try:
+        match args.verb:
+            case "set":
+                table = resolve_table(args.table)
+                window = parse_window(args.window)
+
+                async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
+                    return await _set(conn, mode, table, window, settings)
+
+            case "run":
+                tables = [resolve_table(args.table)] if args.table else list(TIME_SERIES_TABLES)
+
+                async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
+                    report = await run_cleanup(conn, mode, tables, dry_run=args.dry_run)
+                    print_cleanup(report, sys.stdout)
+                    return 0 if report.ok else 1
+
+            case "show":
+
+                async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
+                    tables_, keys = await collect(conn, mode, settings)
+                    render = render_rich if sys.stdout.isatty() else render_plain
+                    render(tables_, keys, sys.stdout)
+                    return 0
+
+            case _:
+                _fail(f"unknown verb {args.verb!r}")
+                return 2
+    except (UnknownTableError, WindowError) as exc:
+        _fail(exc)
+        return 2
+
+    url, _ = resolve_database_url(settings.database_url, settings.data_dir)
+    try:
+        return asyncio.run(_with_connection(url, settings, work))
+    except StorageModeError as exc:
+        _fail(exc)
+        return 2
+    except SchemaNotReadyError as exc:
+        _fail(exc)
+        return 1
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        _fail(f"database error: {exc}")
+        return 1
+
+
+async def _with_connection(
+    url: str, settings: Settings, work: Callable[[asyncpg.Connection, StorageMode], Awaitable[int]]
+) -> int:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        mode = await detect_storage_mode(conn, settings.storage_mode)
+        return await work(conn, mode)
+    finally:
+        await conn.close()
+
+
+async def _set(
+    conn: asyncpg.Connection,
+    mode: StorageMode,
+    table: TimeSeriesTable,
+    window: timedelta,
+    settings: Settings,
+) -> int:
+    before = await read_policy(conn, mode, table)
+    after = await set_window(conn, mode, table, window, settings.partition_lookahead)
+    where = f"retention job {after.job_id}" if after.job_id is not None else "retention_policies"
+    print(
+        f"{table.name}: window {format_window(after.window)} (was {format_window(before.window)}), "
+        f"{mode} mode, stored in {where}"
+    )
+    return 0
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def _table_line(result: TableCleanup) -> str:
+    unit = "chunks" if result.mode == "timescale" else "partitions"
+    verb = "would drop" if result.dry_run else "dropped"
+    rows = "rows not counted" if result.rows is None else f"{result.rows} rows"
+    return (
+        f"{result.table}: {verb} {len(result.dropped)} {unit} ({rows}) in {result.seconds:.3f}s; "
+        f"window {format_window(result.window)}, cutoff {format_time(result.cutoff)}, "
+        f"{result.remaining} {unit} left"
+    )
+
+
+def _keys_line(keys: KeyExpiry) -> str:
+    verb = "would expire" if keys.dry_run else "expired"
+    if keys.cutoff is None:
+        return "fcm_dispatch_keys: no dispatch window stored, nothing expires"
+    more = "" if keys.complete else " (more remain)"
+    return (
+        f"fcm_dispatch_keys: {verb} {keys.expired} keys sent before {format_time(keys.cutoff)}"
+        f"{more} in {keys.seconds:.3f}s"
+    )
+
+
+def print_cleanup(report: CleanupReport, out: TextIO) -> None:
+    """Per table one summary line, then one line per dropped range; failures also on stderr."""
+    for result in report.tables:
+        if result.error is not None:
+            print(f"{result.table}: FAILED: {result.error}", file=out)
+            _fail(f"{result.table}: {result.error}")
+            continue
+        print(_table_line(result), file=out)
+        for d in result.dropped:
+            rows = "?" if d.rows is None else str(d.rows)
+            print(
+                f"  {d.name}  [{format_time(d.range_start)}, {format_time(d.range_end)})  {rows} rows",
+                file=out,
+            )
+    if report.keys is not None:
+        if report.keys.error is not None:
+            print(f"fcm_dispatch_keys: FAILED: {report.keys.error}", file=out)
+            _fail(f"fcm_dispatch_keys: {report.keys.error}")
+        else:
+            print(_keys_line(report.keys), file=out)

@@ -1,0 +1,181 @@
+"""Partition maintenance in the service (postgres mode): create ahead, drop expired, expire keys.
+
+TimescaleDB creates chunks on demand and runs retention and key expiry as database jobs, so in
+timescale mode a round does nothing. In postgres mode a round, run by exactly one instance at a
+time, does in this order:
+
+1. for each time-series table, makes sure partitions cover `[now - window, now + horizon]`,
+   with `horizon = max(partition_lookahead, max_clock_skew + 2 * maintenance_interval)`: a write
+   carries a time no later than `now + max_clock_skew`, and the next round is at most one
+   interval away (two, if one round is skipped or fails), so a write never waits for a
+   partition. The oldest partition covers `now - window`, the oldest time a write may carry.
+   (This relies on the heartbeat bucket dividing the partition interval, as the defaults do, so
+   a bucket's start lies in the same partition as its heartbeat.)
+2. drops the partitions past the window (see `service.retention.cleanup` for the rule), without
+   counting their rows, to keep rounds cheap;
+3. expires dispatch idempotency keys, at most `KEY_BATCHES_PER_ROUND` batches per round, so a
+   backlog is worked off over several bounded rounds rather than in one unbounded one.
+
+Creation comes first: if dropping fails (for example on its lock timeout) the round still leaves
+the partitions writes need.
+
+One instance at a time: a round starts by `pg_try_advisory_lock(MAINTENANCE_LOCK_KEY)` on its
+connection; when another instance holds it, this instance skips the round (`ran` is False)
+instead of queueing behind it. The partition functions additionally serialize per table with
+transaction locks, so even a concurrent `telemetry retention run` never drops a partition twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import asyncpg
+
+from service.db.time_series import TIME_SERIES_TABLES
+from service.retention.cleanup import DROP_LOCK_TIMEOUT, DroppedRange, clean_table, expire_dispatch_keys
+from service.retention.policies import ENSURE_PARTITIONS, detect_storage_mode, read_policy
+from service.settings import Settings, StorageMode
+
+log = logging.getLogger(__name__)
+
+# Any constant shared by every instance of this service (distinct from the migration lock).
+MAINTENANCE_LOCK_KEY = 0x7E1E_3E8
+KEY_BATCHES_PER_ROUND = 100
+
+
+@dataclass(frozen=True, slots=True)
+class MaintenanceReport:
+    """What one round did. `ran` is False when it had nothing to do (timescale mode) or another
+    instance held the maintenance lock; `skipped_because` says which."""
+
+    mode: StorageMode
+    ran: bool
+    skipped_because: str | None = None
+    created: dict[str, int] = field(default_factory=dict)  # partitions created, per table
+    dropped: dict[str, tuple[DroppedRange, ...]] = field(default_factory=dict)
+    keys_expired: int = 0
+    errors: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+class PartitionMaintenance:
+    """Keeps a postgres-mode database's partitions ahead of writes and within their windows.
+
+    `run_once` runs one round and returns its report. It raises only when it cannot run a round
+    at all: the database is unreachable (asyncpg/OS errors), or, on the first round, the storage
+    mode cannot be settled (`SchemaNotReadyError`, `StorageModeError`). A failed step inside a
+    round is reported in `errors`, and the other steps still run.
+
+    `run_forever` runs a round at once, then one every `settings.maintenance_interval` until
+    `stop` is set, and never raises for a failed round: it logs it and tries again next time.
+
+    Windows and partition intervals are read from `retention_policies` at every round, so
+    `telemetry retention set` takes effect at the next round of every instance.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, mode: StorageMode | None = None) -> None:
+        self._pool = pool
+        self._settings = settings
+        self._mode = mode
+
+    @property
+    def horizon(self) -> timedelta:
+        """How far ahead of now partitions exist after a round (see the module docstring)."""
+        s = self._settings
+        return max(s.partition_lookahead, s.max_clock_skew + 2 * s.maintenance_interval)
+
+    async def run_once(self) -> MaintenanceReport:
+        started = time.perf_counter()
+        async with self._pool.acquire() as conn:
+            if self._mode is None:
+                self._mode = await detect_storage_mode(conn, self._settings.storage_mode)
+            if self._mode == "timescale":
+                return MaintenanceReport(
+                    mode="timescale", ran=False, skipped_because="TimescaleDB runs retention and key expiry"
+                )
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_KEY):
+                return MaintenanceReport(
+                    mode="postgres", ran=False, skipped_because="another instance holds the maintenance lock"
+                )
+            try:
+                return await self._round(conn, started)
+            finally:
+                # A broken connection cannot unlock, but the server releases its locks with it.
+                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_KEY)
+
+    async def _round(self, conn: asyncpg.Connection, started: float) -> MaintenanceReport:
+        created: dict[str, int] = {}
+        dropped: dict[str, tuple[DroppedRange, ...]] = {}
+        errors: list[str] = []
+        for table in TIME_SERIES_TABLES:
+            try:
+                policy = await read_policy(conn, "postgres", table)
+                async with conn.transaction():
+                    # CREATE ... PARTITION OF also locks the parent exclusively: same reasoning
+                    # as for DROP; the horizon leaves room for a round that gives up.
+                    await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
+                    created[table.name] = await conn.fetchval(
+                        ENSURE_PARTITIONS, table.name, policy.interval, policy.window, self.horizon
+                    )
+            except asyncpg.PostgresError as exc:
+                errors.append(f"{table.name}: creating partitions failed: {exc}")
+        for table in TIME_SERIES_TABLES:
+            result = await clean_table(conn, "postgres", table, count_rows=False)
+            if result.error is not None:
+                errors.append(f"{table.name}: dropping expired partitions failed: {result.error}")
+            elif result.dropped:
+                dropped[table.name] = result.dropped
+        keys = await expire_dispatch_keys(conn, max_batches=KEY_BATCHES_PER_ROUND)
+        if keys.error is not None:
+            errors.append(f"fcm_dispatch_keys: expiring keys failed: {keys.error}")
+        return MaintenanceReport(
+            mode="postgres",
+            ran=True,
+            created=created,
+            dropped=dropped,
+            keys_expired=keys.expired,
+            errors=tuple(errors),
+            seconds=time.perf_counter() - started,
+        )
+
+    async def run_forever(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                report = await self.run_once()
+            except Exception:
+                # Database down, schema not migrated yet, ...: the service keeps running and
+                # the next round tries again.
+                log.exception("partition maintenance round failed; retrying in %s", self._interval)
+            else:
+                _log_report(report)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=self._interval.total_seconds())
+
+    @property
+    def _interval(self) -> timedelta:
+        return self._settings.maintenance_interval
+
+
+def _log_report(report: MaintenanceReport) -> None:
+    if not report.ran:
+        log.debug("partition maintenance skipped: %s", report.skipped_because)
+        return
+    for error in report.errors:
+        log.warning("partition maintenance: %s", error)
+    created = sum(report.created.values())
+    dropped = sum(len(d) for d in report.dropped.values())
+    level = logging.INFO if created or dropped or report.keys_expired else logging.DEBUG
+    log.log(
+        level,
+        "partition maintenance: %d partitions created, %d dropped, %d dispatch keys expired in %.3fs",
+        created,
+        dropped,
+        report.keys_expired,
+        report.seconds,
+    )
