@@ -11,8 +11,8 @@ import numpy as np
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """One kind of request in one phase. Latencies of successful (2xx) requests only;
-    `rate` counts every answered request per second of the phase."""
+    """One kind of request in one phase. Latencies of successful (2xx) requests only (503s are
+    summarized apart); `rate` counts every answered request per second of the phase."""
 
     count: int
     ok: int
@@ -42,11 +42,21 @@ class Recorder:
 
     latencies: dict[str, list[float]] = field(default_factory=dict)
     statuses: dict[str, Counter[str]] = field(default_factory=dict)
+    refused: dict[str, list[float]] = field(default_factory=dict)
 
     def record(self, kind: str, seconds: float, status: int | str) -> None:
         self.statuses.setdefault(kind, Counter())[str(status)] += 1
         if isinstance(status, int) and 200 <= status < 300:
             self.latencies.setdefault(kind, []).append(seconds)
+        elif status == 503:
+            self.refused.setdefault(kind, []).append(seconds)
+
+    def refused_summary(self, kind: str, elapsed: float) -> Summary | None:
+        """Latencies of the 503 answers (how fast a client learns to back off)."""
+        samples = self.refused.get(kind)
+        if not samples:
+            return None
+        return summarize(samples, Counter({"503": len(samples)}), elapsed)
 
     def summary(self, kind: str, elapsed: float) -> Summary:
         return summarize(self.latencies.get(kind, []), self.statuses.get(kind, Counter()), elapsed)

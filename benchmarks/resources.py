@@ -2,8 +2,11 @@
 the service's resident memory, sampled in a background thread.
 
 CPU is reported in percent of one core: on a 2-core machine 200% is everything. The database's
-share is the machine's busy time minus the load generator's and the server's (PostgreSQL
-backends come and go with connections, so the machine-wide figure is the robust one).
+share is the CPU time of the embedded cluster's postmaster and its children (backends that
+exit during a phase take their time with them: they are few, the service's pool and the
+benchmark's connections live through a phase). "Other" is the machine's busy time minus all of
+those: anything else running on the machine, which distorts the figures when it is large.
+With `--database-url` the database's processes are unknown and fall into "other".
 """
 
 from __future__ import annotations
@@ -39,44 +42,61 @@ class CpuShare:
 
     generator: float
     server: float
-    database_and_rest: float
+    database: float
+    other: float
     cores: int
 
     @property
     def total(self) -> float:
-        return self.generator + self.server + self.database_and_rest
+        return self.generator + self.server + self.database + self.other
 
     def limited_by(self) -> str:
         """A plain reading of the shares: which process pinned a core, or the whole machine."""
         capacity = 100.0 * self.cores
         notes = []
         if self.generator >= 90.0:
-            notes.append("load generator CPU-bound (one Python core)")
+            notes.append("load generator CPU-bound")
         if self.server >= 90.0:
-            notes.append("server CPU-bound (one Python core)")
+            notes.append("server CPU-bound")
         if self.total >= 0.9 * capacity:
             notes.append(f"machine CPU saturated ({self.total:.0f}% of {capacity:.0f}%)")
-        return "; ".join(notes) or "not CPU-bound (latency/IO-bound)"
+        if self.other >= 25.0:
+            notes.append(f"other processes used {self.other:.0f}%")
+        return "; ".join(notes) or "not CPU-bound (waits: commit, network, locks)"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "generator_pct": round(self.generator, 1),
             "server_pct": round(self.server, 1),
-            "database_and_rest_pct": round(self.database_and_rest, 1),
+            "database_pct": round(self.database, 1),
+            "other_pct": round(self.other, 1),
             "cores": self.cores,
             "limited_by": self.limited_by(),
         }
 
 
-class CpuMeter:
-    """`start()` … `stop()` → CpuShare of the generator (this process), the server and the rest."""
+def _tree_cpu(root: psutil.Process | None) -> dict[int, float]:
+    if root is None:
+        return {}
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    return {p.pid: _proc_cpu(p) for p in procs}
 
-    def __init__(self, server_pid: int | None) -> None:
+
+class CpuMeter:
+    """`start()` … `stop()` → CpuShare of the generator (this process), the server, the
+    database cluster and everything else."""
+
+    def __init__(self, server_pid: int | None, postmaster_pid: int | None = None) -> None:
         self.me = psutil.Process(os.getpid())
         self.server = psutil.Process(server_pid) if server_pid else None
+        self.postmaster = psutil.Process(postmaster_pid) if postmaster_pid else None
         self.cores = psutil.cpu_count() or 1
         self._t0 = 0.0
         self._start: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        self._db_start: dict[int, float] = {}
 
     def _snapshot(self) -> tuple[float, float, float]:
         return (_proc_cpu(self.me), _proc_cpu(self.server), _busy(psutil.cpu_times()))
@@ -84,12 +104,14 @@ class CpuMeter:
     def start(self) -> None:
         self._t0 = time.perf_counter()
         self._start = self._snapshot()
+        self._db_start = _tree_cpu(self.postmaster)
 
     def stop(self) -> CpuShare:
         wall = max(time.perf_counter() - self._t0, 1e-9)
         gen, srv, total = (b - a for a, b in zip(self._start, self._snapshot(), strict=True))
-        rest = max(total - gen - srv, 0.0)
-        return CpuShare(100 * gen / wall, 100 * srv / wall, 100 * rest / wall, self.cores)
+        db = sum(cpu - self._db_start.get(pid, 0.0) for pid, cpu in _tree_cpu(self.postmaster).items())
+        other = max(total - gen - srv - db, 0.0)
+        return CpuShare(100 * gen / wall, 100 * srv / wall, 100 * db / wall, 100 * other / wall, self.cores)
 
 
 class MemorySampler:

@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, help="PNG latency plot (default: OUT/latency.png)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a guide target is missed")
     parser.add_argument("--keep-data", action="store_true", help="keep the embedded cluster's data directory")
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="scheduling priority increment for the benchmark and every process it starts (the "
+        "service, the database); negative values need root. For a machine shared with other work.",
+    )
     overrides = parser.add_argument_group("profile overrides")
     for name, kind, help_text in (
         ("devices", int, "fleet size N"),
@@ -152,6 +159,7 @@ async def run(args: argparse.Namespace, profile: Profile, console: Console) -> R
                     out_dir=out,
                     console=console,
                     progress=progress,
+                    postmaster_pid=cluster.postmaster_pid if cluster else None,
                 )
                 results.append(await runner.run())
             if cluster is not None and not args.keep_data:
@@ -159,6 +167,20 @@ async def run(args: argparse.Namespace, profile: Profile, console: Console) -> R
     finally:
         if cluster is not None:
             cluster.close()
+    if args.nice:
+        notes.append(
+            f"Ran at nice {args.nice}: the benchmark, the service and the database were favoured over "
+            "other work on the machine; the 'other CPU' column shows what that work still took."
+        )
+    for r in results:
+        ceiling = r.phases.get("ceiling")
+        if ceiling is not None and ceiling.cpu["generator_pct"] >= 90:
+            notes.append(
+                f"{r.mode}: the HTTP ceiling phase pinned the load generator's core "
+                f"({ceiling.cpu['generator_pct']:.0f}%): the trivial handler could go faster than one Python "
+                "client process can drive it, so the ceiling is a lower bound and the service's share of it "
+                "an upper bound."
+            )
     command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return Report(profile.as_dict(), command.strip(), machine, results, time.perf_counter() - started, notes)
 
@@ -177,6 +199,8 @@ def write_outputs(report: Report, args: argparse.Namespace, console: Console) ->
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.nice:
+        os.nice(args.nice)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     profile = PROFILES[args.profile].with_overrides(overrides)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -134,8 +134,10 @@ class ModeRun:
         out_dir: Path,
         console: Console,
         progress: Progress,
+        postmaster_pid: int | None = None,
     ) -> None:
         self.mode = mode
+        self.postmaster_pid = postmaster_pid
         self.url = database_url
         self.dsn = asyncpg_dsn(database_url)
         self.profile = profile
@@ -186,7 +188,7 @@ class ModeRun:
         seconds: float,
         **kwargs: Any,
     ) -> Phase:
-        meter = CpuMeter(server_pid)
+        meter = CpuMeter(server_pid, self.postmaster_pid)
         tick, _, task = self._task(label, seconds)
         self.memory.reset()
         self.stored = 0
@@ -203,7 +205,7 @@ class ModeRun:
         )
         self.log(
             f"{name}: {brief} · cpu gen {cpu.generator:.0f}% srv {cpu.server:.0f}%"
-            f" db+ {cpu.database_and_rest:.0f}%"
+            f" db {cpu.database:.0f}% other {cpu.other:.0f}%"
         )
         return phase
 
@@ -522,6 +524,9 @@ class ModeRun:
         )
         self.memory.count_connections = False
         phase.run.extra["queue_full_503"] = queue_full
+        refused = phase.run.recorder.refused_summary("overload_batch", phase.run.elapsed)
+        if refused is not None:
+            phase.summaries["overload_batch_503"] = refused
         self.result.memory.update(
             overload_peak_mb=round(self.memory.peak_mb(), 1),
             overload_peak_connections=self.memory.peak_connections(),
