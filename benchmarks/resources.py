@@ -114,6 +114,14 @@ class CpuMeter:
         return CpuShare(100 * gen / wall, 100 * srv / wall, 100 * db / wall, 100 * other / wall, self.cores)
 
 
+def other_cpu_pct(postmaster_pid: int | None, server_pid: int | None, seconds: float = 1.0) -> float:
+    """CPU used over `seconds` by everything but this process, the server and the database."""
+    meter = CpuMeter(server_pid, postmaster_pid)
+    meter.start()
+    time.sleep(seconds)
+    return meter.stop().other
+
+
 class MemorySampler:
     """Samples the server's RSS every `interval` seconds; `peak()` since the last `reset()`.
     Optionally counts the server's established TCP connections on its port."""

@@ -15,6 +15,7 @@ then raw COPY and per-row INSERT into the same table, and cleanup against DELETE
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import asyncpg
 from rich.console import Console
 from rich.progress import Progress
 
-from benchmarks import baselines, cleanup, prefill, queries
+from benchmarks import baselines, cleanup, prefill, queries, writer_metrics
 from benchmarks.baselines import Throughput
 from benchmarks.cleanup import CleanupResult
 from benchmarks.database import storage_mode_of
@@ -48,7 +49,7 @@ from benchmarks.latency import Summary
 from benchmarks.load import Request, Run, closed_loop, open_loop
 from benchmarks.processes import ceiling_process, create_operator, service_process
 from benchmarks.profiles import Profile
-from benchmarks.resources import CpuMeter, MemorySampler
+from benchmarks.resources import CpuMeter, MemorySampler, other_cpu_pct
 from service.db.urls import asyncpg_dsn
 
 FLEET_MIX = {
@@ -62,6 +63,8 @@ FLEET_MIX = {
 FLEET_BATCH_ROWS = 20
 OVERLOAD_BATCH_ROWS = 500  # the service's default TELEMETRY_MAX_BATCH_HEARTBEATS
 WRITER_BATCH_ROWS = 5000  # the service's default TELEMETRY_BATCH_MAX_ROWS
+QUIET_OTHER_PCT = 20.0  # other processes' CPU (percent of one core) below which a phase may start
+QUIET_WAIT_S = 90.0
 
 
 @dataclass
@@ -155,6 +158,8 @@ class ModeRun:
         self.ingest_devices: list[Device] = []
         self.operator: dict[str, str] = {}
         self.request_ids: list[str] = []
+        self.service_url = ""
+        self.service_pid: int | None = None
         self.stored = 0  # heartbeat rows the service answered as stored, in the current phase
         # Per-run names, so a database given with --database-url can be benchmarked again.
         self.tag = f"{random.SystemRandom().getrandbits(24):06x}"
@@ -188,14 +193,19 @@ class ModeRun:
         seconds: float,
         **kwargs: Any,
     ) -> Phase:
+        await self._quiesce(label)
         meter = CpuMeter(server_pid, self.postmaster_pid)
         tick, _, task = self._task(label, seconds)
+        before = await writer_metrics.snapshot(self.service_url)
         self.memory.reset()
         self.stored = 0
         run: Run = await driver(tick=tick, before_clock=meter.start, seconds=seconds, **kwargs)
         cpu = meter.stop()
         self._done(task)
         run.extra["heartbeat_rows_stored"] = self.stored
+        after = await writer_metrics.snapshot(self.service_url)
+        if before is not None and after is not None and server_pid == self.service_pid:
+            run.extra["writer"] = after.minus(before)
         phase = Phase(name, run, cpu.as_dict(), self.memory.peak_mb(), run.recorder.summaries(run.elapsed))
         self.result.phases[name] = phase
         brief = ", ".join(
@@ -208,6 +218,18 @@ class ModeRun:
             f" db {cpu.database:.0f}% other {cpu.other:.0f}%"
         )
         return phase
+
+    async def _quiesce(self, label: str) -> None:
+        """Wait (at most QUIET_WAIT_S) until the rest of the machine is quiet, so that a phase is
+        not measured while other work holds a core; the wait and what was left are recorded."""
+        t0 = time.perf_counter()
+        other = await asyncio.to_thread(other_cpu_pct, self.postmaster_pid, self.service_pid)
+        while other > QUIET_OTHER_PCT and time.perf_counter() - t0 < QUIET_WAIT_S:
+            other = await asyncio.to_thread(other_cpu_pct, self.postmaster_pid, self.service_pid)
+        waited = time.perf_counter() - t0
+        if waited > 2:
+            self.log(f"waited {waited:.0f} s for other work on the machine to calm down before: {label}")
+        self.result.setup.setdefault("quiet_waits_s", []).append(round(waited, 1))
 
     # -- traffic -------------------------------------------------------------------------------
 
@@ -276,6 +298,8 @@ class ModeRun:
         t = time.perf_counter()
         service.start()
         self.result.setup["service_start_s"] = round(time.perf_counter() - t, 2)
+        self.service_url = service.base_url
+        self.service_pid = service.pid
         self.memory = MemorySampler(service.pid, service.port)
         self.memory.start()
         try:
@@ -569,5 +593,6 @@ class ModeRun:
         c = self.result.cleanup
         self.log(
             f"cleanup ({c.method}): {c.cleanup_seconds:.3f} s for {c.expired_rows:,} rows"
-            f" in {c.chunks_dropped} chunks; DELETE {c.delete_seconds or 0:.2f} s; left {c.rows_left_after}"
+            f" in {c.chunks_dropped} chunks; DELETE + VACUUM {c.delete_job_seconds or 0:.2f} s;"
+            f" left {c.rows_left_after}"
         )
