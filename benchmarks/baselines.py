@@ -5,6 +5,9 @@ table, the same row shape and the same time distribution as the batched-ingest p
   conflict handling), in batches the size of the writer's largest flush: the database ceiling.
 * per-row `INSERT … ON CONFLICT DO NOTHING`, one statement and one transaction per heartbeat,
   over a pool as large as the service's: the guides' approach.
+* the service's own flush SQL without the service (`service.ingest.statements.merge_heartbeats`:
+  binary COPY into the staging table, then the set-based merge, one transaction per batch), to
+  tell the cost of the SQL from the cost of HTTP, validation and the writer around it.
 
 Rows are generated before the clock starts; only the database work (and asyncpg's encoding)
 is timed.
@@ -23,6 +26,7 @@ import asyncpg
 
 from benchmarks.fleet import NETWORKS, STATUSES, BucketCursor, floor_bucket
 from benchmarks.prefill import HEARTBEAT_COLUMNS, set_codecs
+from service.ingest.statements import merge_heartbeats, prepare_connection
 
 PER_ROW_INSERT = """
 INSERT INTO device_heartbeats (device_id, bucket_start, ts, status, battery_pct, app_version, network, extra)
@@ -129,6 +133,44 @@ async def per_row_insert(
 
         await asyncio.gather(*(worker(c) for c in conns))
         return Throughput(done, time.perf_counter() - t0)
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def writer_sql(
+    dsn: str,
+    rows: list[tuple[Any, ...]],
+    *,
+    batch: int,
+    connections: int = 2,
+    bucket_seconds: int = 10,
+    advance: Callable[[int], None] | None = None,
+) -> Throughput:
+    """Rows stored per second by the writer's flush statements alone, `connections` flushes at
+    a time (the writer runs two)."""
+    staged = [
+        [(i, r[0], r[2], r[3], r[4], r[5], r[6], r[7]) for i, r in enumerate(rows[lo : lo + batch])]
+        for lo in range(0, len(rows), batch)
+    ]
+    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
+    stored = 0
+    try:
+        for conn in conns:
+            await prepare_connection(conn)
+        chunks = iter(staged)
+
+        async def worker(conn: asyncpg.Connection) -> None:
+            nonlocal stored
+            for part in chunks:
+                async with conn.transaction():
+                    stored += len(await merge_heartbeats(conn, part, bucket_seconds))
+                if advance:
+                    advance(len(part))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in conns))
+        return Throughput(stored, time.perf_counter() - t0)
     finally:
         for conn in conns:
             await conn.close()

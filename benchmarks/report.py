@@ -156,6 +156,12 @@ def ratios(r: ModeResult) -> list[Ratio]:
             f"{batched or 0:,.0f} vs {copy or 0:,.0f} rows/s",
         ),
         Ratio(
+            "writer flush SQL alone rows/s ÷ raw asyncpg COPY rows/s (cost of the merge)",
+            r.mode,
+            _div(r.writer_sql.rows_per_s if r.writer_sql else None, copy),
+            f"{r.writer_sql.rows_per_s if r.writer_sql else 0:,.0f} vs {copy or 0:,.0f} rows/s",
+        ),
+        Ratio(
             "batched ingest rows/s ÷ per-row INSERT … ON CONFLICT rows/s (guides' approach)",
             r.mode,
             _div(batched, insert),
@@ -338,6 +344,10 @@ def throughput_rows(r: ModeResult) -> list[list[str]]:
     for label, t in (
         ("batched ingest through the service (rows stored)", r.batched),
         ("raw asyncpg COPY, 5,000-row batches, 2 connections", r.raw_copy),
+        (
+            "the writer's flush SQL alone (staging COPY + merge), 5,000-row batches, 2 connections",
+            r.writer_sql,
+        ),
         ("per-row INSERT … ON CONFLICT, 1 transaction/row", r.per_row_insert),
     ):
         if t is not None:

@@ -114,12 +114,14 @@ class CpuMeter:
         return CpuShare(100 * gen / wall, 100 * srv / wall, 100 * db / wall, 100 * other / wall, self.cores)
 
 
-def other_cpu_pct(postmaster_pid: int | None, server_pid: int | None, seconds: float = 1.0) -> float:
-    """CPU used over `seconds` by everything but this process, the server and the database."""
+def background_cpu_pct(postmaster_pid: int | None, server_pid: int | None, seconds: float = 1.0) -> float:
+    """CPU used over `seconds` by everything but this process and the server: between phases,
+    that is the database's own background work (autovacuum, checkpoints) and other processes."""
     meter = CpuMeter(server_pid, postmaster_pid)
     meter.start()
     time.sleep(seconds)
-    return meter.stop().other
+    share = meter.stop()
+    return share.database + share.other
 
 
 class MemorySampler:

@@ -16,6 +16,7 @@ import asyncio
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -122,7 +123,14 @@ def requested_modes(text: str, timescale_available: bool) -> list[str]:
 
 
 async def run(args: argparse.Namespace, profile: Profile, console: Console) -> Report:
-    """Every requested mode, one after the other, on one database server."""
+    """Every requested mode, one after the other, on one database server. SIGINT or SIGTERM
+    cancels the run; the service, the ceiling app and the embedded cluster are stopped on the
+    way out (also when SIGINT was ignored by whoever started us, as in a background job)."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    if task is not None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
     out: Path = args.out
     started = time.perf_counter()
     machine = machine_info()
@@ -205,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES[args.profile].with_overrides(overrides)
     args.out.mkdir(parents=True, exist_ok=True)
     console = Console()
-    report = asyncio.run(run(args, profile, console))
+    try:
+        report = asyncio.run(run(args, profile, console))
+    except asyncio.CancelledError:
+        console.log("[red]interrupted; the service and the database were stopped")
+        return 130
     write_outputs(report, args, console)
     if args.check and not report.all_targets_met():
         missed = [t.as_dict()["name"] for t in report.targets() if not t.met]

@@ -49,7 +49,7 @@ from benchmarks.latency import Summary
 from benchmarks.load import Request, Run, closed_loop, open_loop
 from benchmarks.processes import ceiling_process, create_operator, service_process
 from benchmarks.profiles import Profile
-from benchmarks.resources import CpuMeter, MemorySampler, other_cpu_pct
+from benchmarks.resources import CpuMeter, MemorySampler, background_cpu_pct
 from service.db.urls import asyncpg_dsn
 
 FLEET_MIX = {
@@ -63,7 +63,7 @@ FLEET_MIX = {
 FLEET_BATCH_ROWS = 20
 OVERLOAD_BATCH_ROWS = 500  # the service's default TELEMETRY_MAX_BATCH_HEARTBEATS
 WRITER_BATCH_ROWS = 5000  # the service's default TELEMETRY_BATCH_MAX_ROWS
-QUIET_OTHER_PCT = 20.0  # other processes' CPU (percent of one core) below which a phase may start
+QUIET_PCT = 20.0  # background CPU (percent of one core) below which a phase may start
 QUIET_WAIT_S = 90.0
 
 
@@ -95,6 +95,7 @@ class ModeResult:
     plans: dict[str, str] = field(default_factory=dict)
     batched: Throughput | None = None
     raw_copy: Throughput | None = None
+    writer_sql: Throughput | None = None
     per_row_insert: Throughput | None = None
     cleanup: CleanupResult | None = None
     memory: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +117,7 @@ class ModeResult:
             "sql": {k: v.as_dict() for k, v in self.sql.items()},
             "batched_ingest": None if self.batched is None else self.batched.as_dict(),
             "raw_copy": None if self.raw_copy is None else self.raw_copy.as_dict(),
+            "writer_sql": None if self.writer_sql is None else self.writer_sql.as_dict(),
             "per_row_insert": None if self.per_row_insert is None else self.per_row_insert.as_dict(),
             "cleanup": None if self.cleanup is None else self.cleanup.as_dict(),
             "memory": self.memory,
@@ -220,12 +222,13 @@ class ModeRun:
         return phase
 
     async def _quiesce(self, label: str) -> None:
-        """Wait (at most QUIET_WAIT_S) until the rest of the machine is quiet, so that a phase is
-        not measured while other work holds a core; the wait and what was left are recorded."""
+        """Wait (at most QUIET_WAIT_S) until the machine is quiet (PostgreSQL's background work,
+        e.g. autovacuum after a write phase, and other processes), so that a phase is not measured
+        while they hold a core; the waits are recorded."""
         t0 = time.perf_counter()
-        other = await asyncio.to_thread(other_cpu_pct, self.postmaster_pid, self.service_pid)
-        while other > QUIET_OTHER_PCT and time.perf_counter() - t0 < QUIET_WAIT_S:
-            other = await asyncio.to_thread(other_cpu_pct, self.postmaster_pid, self.service_pid)
+        other = await asyncio.to_thread(background_cpu_pct, self.postmaster_pid, self.service_pid)
+        while other > QUIET_PCT and time.perf_counter() - t0 < QUIET_WAIT_S:
+            other = await asyncio.to_thread(background_cpu_pct, self.postmaster_pid, self.service_pid)
         waited = time.perf_counter() - t0
         if waited > 2:
             self.log(f"waited {waited:.0f} s for other work on the machine to calm down before: {label}")
@@ -576,6 +579,16 @@ class ModeRun:
         )
         self._done(task)
         self.log(f"raw COPY: {self.result.raw_copy.rows_per_s:,.0f} rows/s")
+        cursor = BucketCursor(self.timeline.ingest_start, self.ingest.limit)
+        rows = baselines.ingest_like_rows(
+            f"merge-{self.tag}", p.ingest_devices, max(requests // 4, 1), p.batch_size, cursor
+        )
+        _, advance, task = self._task("writer SQL alone", len(rows))
+        self.result.writer_sql = await baselines.writer_sql(
+            self.dsn, rows, batch=WRITER_BATCH_ROWS, advance=advance
+        )
+        self._done(task)
+        self.log(f"writer SQL alone: {self.result.writer_sql.rows_per_s:,.0f} rows/s")
         cursor = BucketCursor(self.timeline.ingest_start, self.ingest.limit)
         budget = int(p.insert_seconds * 20_000)
         rows = baselines.ingest_like_rows(
