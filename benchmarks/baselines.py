@@ -164,7 +164,10 @@ async def writer_sql(
             nonlocal stored
             for part in chunks:
                 async with conn.transaction():
-                    stored += len(await merge_heartbeats(conn, part, bucket_seconds))
+                    done = await merge_heartbeats(conn, part, bucket_seconds)
+                # Counted after the await: `stored += len(await …)` would read `stored` before
+                # the other worker's update and lose it.
+                stored += len(done)
                 if advance:
                     advance(len(part))
 

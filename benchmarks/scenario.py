@@ -581,7 +581,7 @@ class ModeRun:
         self.log(f"raw COPY: {self.result.raw_copy.rows_per_s:,.0f} rows/s")
         cursor = BucketCursor(self.timeline.ingest_start, self.ingest.limit)
         rows = baselines.ingest_like_rows(
-            f"merge-{self.tag}", p.ingest_devices, max(requests // 4, 1), p.batch_size, cursor
+            f"merge-{self.tag}", p.ingest_devices, max(requests // 2, 1), p.batch_size, cursor
         )
         _, advance, task = self._task("writer SQL alone", len(rows))
         self.result.writer_sql = await baselines.writer_sql(
