@@ -115,12 +115,17 @@ async def _bounded(workers: list[Any], seconds: float) -> None:
     """Wait for the workers; cancel whatever is still running `seconds` + 70 s later (a request
     times out after 60 s, so this only fires if something is badly wrong)."""
     tasks = [asyncio.ensure_future(w) for w in workers]
-    done, pending = await asyncio.wait(tasks, timeout=seconds + 70)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    for task in done:
-        task.result()
+    try:
+        await asyncio.wait(tasks, timeout=seconds + 70)
+    finally:
+        # Also when the run itself is cancelled (SIGINT/SIGTERM): no worker outlives its session.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in tasks:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
 
 
 async def _ticker(tick: Tick | None, seconds: float, stop: asyncio.Event) -> None:
