@@ -33,6 +33,7 @@ async def create_dispatch(request: web.Request) -> web.Response:
     device, action and payload; 409 when it exists with different ones."""
     operator = await require_operator(request)
     svc = services(request)
+    svc.writer.ensure_capacity()
     body = await decode(request, DispatchRequest)
     check_no_nul(body)
     async with svc.pool.acquire() as conn:

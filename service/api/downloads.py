@@ -17,6 +17,7 @@ from service.api.validation import check_no_nul, check_timestamp, decode
 async def post_download(request: web.Request) -> web.Response:
     device = await require_device(request)
     svc = services(request)
+    svc.writer.ensure_capacity()
     body = await decode(request, ApkDownload)
     check_no_nul(body)
     ts = check_timestamp(

@@ -26,6 +26,7 @@ def bucket_start(ts: datetime, bucket_seconds: int) -> datetime:
 async def post_heartbeats(request: web.Request) -> web.Response:
     device = await require_device(request)
     svc = services(request)
+    svc.writer.ensure_capacity()
     settings = svc.settings
     heartbeats, is_batch = await heartbeats_of(request, settings.max_batch_heartbeats)
     now = datetime.now(UTC)

@@ -21,7 +21,6 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,17 +235,6 @@ class EmbeddedPostgres:
         if self.running_pid() is None:
             return
         self._exec("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", check=False)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port or 0), timeout=0.5),
-            ):
-                return
-            time.sleep(0.1)
-        raise EmbeddedPostgresError("server did not become ready")
 
 
 def resolve_database_url(database_url: str | None, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:

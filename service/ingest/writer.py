@@ -154,13 +154,20 @@ class GroupCommitWriter:
 
     # -- submission ----------------------------------------------------------------------------
 
-    async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]]) -> Any:
+    def ensure_capacity(self, rows: int = 1) -> None:
+        """Raise `WriterClosed` or `QueueFull` now if `rows` more rows would be refused.
+
+        Handlers call it before reading and validating a body, so that an overloaded instance
+        answers 503 without spending CPU on work it will throw away."""
         if self.state is not WriterState.RUNNING:
             self.metrics.rejected_writes.labels("closed").inc()
             raise WriterClosed("the writer is shutting down")
-        if self._queued_rows + len(rows) > self.queue_max_rows and self._queued_rows > 0:
+        if self._queued_rows + rows > self.queue_max_rows and self._queued_rows > 0:
             self.metrics.rejected_writes.labels("queue_full").inc()
             raise QueueFull(f"write queue full ({self._queued_rows} rows waiting)")
+
+    async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]]) -> Any:
+        self.ensure_capacity(len(rows))
         request = _Request(kind, rows, asyncio.get_running_loop().create_future())
         self._queue.append(request)
         self._queued_rows += len(rows)
