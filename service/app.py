@@ -50,6 +50,8 @@ def create_app(
         queue_max_rows=settings.queue_max_rows,
         bucket_seconds=settings.heartbeat_bucket_seconds,
         retry_attempts=settings.flush_retry_attempts,
+        stall_after=settings.stall_seconds,
+        ack_timeout=settings.ack_timeout,
     )
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=settings.max_body_bytes)
     app[SERVICES] = Services(

@@ -31,9 +31,11 @@ def _dispatch(record: DispatchRecord) -> Dispatch:
 async def create_dispatch(request: web.Request) -> web.Response:
     """201 with the new dispatch; 200 with the stored one when `request_id` exists with the same
     device, action and payload; 409 when it exists with different ones."""
-    operator = await require_operator(request)
     svc = services(request)
+    # Shed load first: an overloaded or stalled instance answers 503 before touching the
+    # database (authentication) or reading the body.
     svc.writer.ensure_capacity()
+    operator = await require_operator(request)
     body = await decode(request, DispatchRequest)
     check_no_nul(body)
     async with svc.pool.acquire() as conn:

@@ -15,9 +15,11 @@ from service.api.validation import check_no_nul, check_timestamp, decode
 
 
 async def post_download(request: web.Request) -> web.Response:
-    device = await require_device(request)
     svc = services(request)
+    # Shed load first: an overloaded or stalled instance answers 503 before touching the
+    # database (authentication) or reading the body.
     svc.writer.ensure_capacity()
+    device = await require_device(request)
     body = await decode(request, ApkDownload)
     check_no_nul(body)
     ts = check_timestamp(

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from service.api.errors import ApiError, unavailable
 from service.api.state import SERVICES
-from service.ingest.writer import QueueFull, WriteFailed, WriterClosed
+from service.ingest.writer import CommitUnconfirmed, QueueFull, StorageStalled, WriteFailed, WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,18 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
             return exc
         case QueueFull():
             return unavailable("write queue is full; retry later", retry_after, code="queue_full")
+        case StorageStalled():
+            return unavailable(
+                f"the database is not keeping up ({exc}); nothing was stored",
+                retry_after,
+                code="storage_stalled",
+            )
+        case CommitUnconfirmed():
+            return unavailable(
+                f"{exc}; retrying with the same request_id (dispatches) or timestamp (heartbeats) is safe",
+                retry_after,
+                code="commit_unconfirmed",
+            )
         case WriterClosed():
             return unavailable(
                 "the service is shutting down; retry on another instance", retry_after, code="shutting_down"
@@ -57,7 +69,7 @@ async def errors_and_metrics(request: web.Request, handler: web.Handler) -> web.
         response = await handler(request)
     except Exception as exc:  # every failure becomes a JSON error body
         error = _to_error(request, exc)
-        if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | WriterClosed):
+        if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | StorageStalled | WriterClosed):
             log.warning("%s %s → %d %s", request.method, route, error.status, error.code)
         response = error.response()
     metrics = request.app[SERVICES].metrics

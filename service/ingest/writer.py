@@ -11,6 +11,12 @@ Guarantees:
   whichever is first; `flushers` batches may be in flight at once.
 * The queue holds at most `queue_max_rows` rows: past that, `submit_*` raises `QueueFull`
   at once (the API answers 503 with Retry-After), so memory stays bounded.
+* When a flush has been under way for longer than `stall_after` seconds (a stalled or
+  restarting database, a held lock), new writes are refused at once with `StorageStalled`
+  rather than queued behind it: clients hear 503 in milliseconds instead of waiting.
+* A caller waits at most `ack_timeout` seconds for its commit; past that it gets
+  `CommitUnconfirmed` (its rows may still be committed later: never a 2xx without a commit,
+  but an error does not prove the rows are absent, so retries must be idempotent).
 * A transient failure (connection lost, server restarting, deadlock victim) makes the writer
   retry the whole batch on a fresh connection with exponential backoff, up to
   `retry_attempts` times; the statements are idempotent, so a batch whose COMMIT outcome was
@@ -84,6 +90,14 @@ class WriterClosed(WriterError):
     pass
 
 
+class StorageStalled(WriterError):
+    """A flush has been waiting on the database for longer than `stall_after`."""
+
+
+class CommitUnconfirmed(WriterError):
+    """The caller's rows were not committed within `ack_timeout`; they may be later."""
+
+
 class WriteFailed(WriterError):
     """The rows could not be committed; `transient` says whether retrying later may work."""
 
@@ -118,11 +132,14 @@ class GroupCommitWriter:
     retry_base_delay: float = 0.05
     retry_max_delay: float = 2.0
     flushers: int = 2
+    stall_after: float = 2.0
+    ack_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         self.state = WriterState.CREATED
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
+        self._flush_started: dict[int, float] = {}  # id(batch) → when its flush began
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -152,6 +169,12 @@ class GroupCommitWriter:
     def queued_rows(self) -> int:
         return self._queued_rows
 
+    def stalled_for(self) -> float:
+        """Seconds the oldest flush in progress has been running (0 when none is)."""
+        if not self._flush_started:
+            return 0.0
+        return time.monotonic() - min(self._flush_started.values())
+
     # -- submission ----------------------------------------------------------------------------
 
     def ensure_capacity(self, rows: int = 1) -> None:
@@ -165,16 +188,28 @@ class GroupCommitWriter:
         if self._queued_rows + rows > self.queue_max_rows and self._queued_rows > 0:
             self.metrics.rejected_writes.labels("queue_full").inc()
             raise QueueFull(f"write queue full ({self._queued_rows} rows waiting)")
+        stalled = self.stalled_for()
+        if stalled > self.stall_after:
+            self.metrics.rejected_writes.labels("stalled").inc()
+            raise StorageStalled(f"the database has not finished a flush for {stalled:.1f}s")
 
     async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]]) -> Any:
         self.ensure_capacity(len(rows))
         request = _Request(kind, rows, asyncio.get_running_loop().create_future())
+        # Mark the outcome as seen even when the caller has gone (no "never retrieved" noise).
+        request.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append(request)
         self._queued_rows += len(rows)
         self.metrics.queue_rows.set(self._queued_rows)
         self._wakeup.set()
-        # The flush goes on even if this caller is cancelled (client went away).
-        return await asyncio.shield(request.future)
+        # The flush goes on even if this caller is cancelled (client went away) or times out.
+        try:
+            return await asyncio.wait_for(asyncio.shield(request.future), self.ack_timeout)
+        except TimeoutError:
+            self.metrics.failed_writes.labels("unconfirmed").inc()
+            raise CommitUnconfirmed(
+                f"commit not confirmed within {self.ack_timeout:g}s; the rows may still be stored"
+            ) from None
 
     async def submit_heartbeats(self, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
         """Rows as `statements.HEARTBEAT_COLUMNS` (any `ord`); returns stored (True) or
@@ -226,11 +261,14 @@ class GroupCommitWriter:
             batch = await self._next_batch()
             if batch is None:
                 return
+            self._flush_started[id(batch)] = time.monotonic()
             try:
                 await self._flush(batch)
             except Exception as exc:  # never let a flusher die with waiters pending
                 log.exception("unexpected flush failure")
                 self._fail(batch, WriteFailed(f"internal error: {type(exc).__name__}", transient=False))
+            finally:
+                del self._flush_started[id(batch)]
 
     async def _flush(self, batch: list[_Request]) -> None:
         started = time.monotonic()

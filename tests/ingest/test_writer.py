@@ -86,7 +86,7 @@ async def test_stop_commits_everything_already_queued(pool: asyncpg.Pool, db_url
     pending = [asyncio.create_task(writer.submit_heartbeats([heartbeat(f"s{i}", T0)])) for i in range(100)]
     await asyncio.sleep(0.01)
     await writer.stop()
-    assert [t.result() for t in pending] == [[True]] * 100
+    assert await asyncio.gather(*pending) == [[True]] * 100
     conn = await asyncpg.connect(db_url)
     try:
         assert await conn.fetchval("SELECT count(*) FROM device_heartbeats") == 100

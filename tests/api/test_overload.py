@@ -1,0 +1,192 @@
+"""Overload over HTTP: a full queue or a stalled database answers 503 + Retry-After at once,
+memory stays bounded, nothing is acknowledged without a commit, and it recovers by itself.
+
+The database is "stalled" by holding an ACCESS EXCLUSIVE lock on `device_heartbeats` from a
+separate connection: the writer's INSERT waits on it exactly as on a stopped server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import psutil
+import pytest
+
+from service.api.state import SERVICES
+from service.settings import Settings
+from tests.api.conftest import Api
+
+
+@pytest.fixture
+def app_settings(app_settings: Settings) -> Settings:
+    # A tiny queue and batch so that a few requests fill it; a stall threshold well above one
+    # normal flush and well below the pool's 10 s command timeout.
+    return replace(app_settings, queue_max_rows=40, batch_max_rows=10, stall_seconds=1.0, ack_timeout=8.0)
+
+
+def dev(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def batch(n: int, start: datetime) -> dict[str, Any]:
+    """`n` heartbeats in `n` different buckets (stored, not absorbed)."""
+    return {
+        "heartbeats": [
+            {"ts": (start + timedelta(seconds=10 * i)).isoformat(), "status": "ok", "battery_pct": 50}
+            for i in range(n)
+        ]
+    }
+
+
+@pytest.fixture
+async def table_lock(api: Api) -> AsyncIterator[asyncpg.Connection]:
+    """A connection ready to lock `device_heartbeats`; the lock is released on exit."""
+    conn = await asyncpg.connect(api.db_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def lock_heartbeats(conn: asyncpg.Connection) -> asyncpg.transaction.Transaction:
+    tx = conn.transaction()
+    await tx.start()
+    await conn.execute("LOCK TABLE device_heartbeats IN ACCESS EXCLUSIVE MODE")
+    return tx
+
+
+async def wait_until(predicate: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_full_queue_answers_503_with_retry_after_within_100ms_and_recovers(
+    api: Api, table_lock: asyncpg.Connection
+) -> None:
+    token = await api.enroll("busy-1")
+    writer = api.app[SERVICES].writer
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    tx = await lock_heartbeats(table_lock)
+    # 2 flushers take a batch of 10 each and block on the lock; 4 more requests fill the queue.
+    pending = [
+        asyncio.create_task(
+            api.client.post(
+                "/v1/heartbeats", json=batch(10, start + timedelta(minutes=5 * i)), headers=dev(token)
+            )
+        )
+        for i in range(6)
+    ]
+    await wait_until(lambda: writer.queued_rows == 40)
+
+    latencies = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        r = await api.client.post("/v1/heartbeats", json=batch(1, start), headers=dev(token))
+        latencies.append(time.perf_counter() - t0)
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "1"
+        assert (await r.json())["error"]["code"] in ("queue_full", "storage_stalled")
+    assert max(latencies) < 0.1, latencies
+    assert writer.queued_rows == 40
+
+    await tx.rollback()
+    responses = await asyncio.gather(*pending)
+    assert [r.status for r in responses] == [200] * 6
+    assert await api.count("SELECT count(*) FROM device_heartbeats WHERE device_id = 'busy-1'") == 60
+    # It recovered by itself: new writes are accepted again.
+    r = await api.client.post(
+        "/v1/heartbeats", json=batch(1, start - timedelta(minutes=5)), headers=dev(token)
+    )
+    assert r.status == 200
+
+
+async def test_refused_bodies_are_not_read_so_memory_stays_bounded(
+    api: Api, table_lock: asyncpg.Connection
+) -> None:
+    token = await api.enroll("busy-2")
+    writer = api.app[SERVICES].writer
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    tx = await lock_heartbeats(table_lock)
+    pending = [
+        asyncio.create_task(
+            api.client.post(
+                "/v1/heartbeats", json=batch(10, start + timedelta(minutes=5 * i)), headers=dev(token)
+            )
+        )
+        for i in range(6)
+    ]
+    await wait_until(lambda: writer.queued_rows == 40)
+    process = psutil.Process()
+    big = batch(500, start)  # ~40 kB each, at the documented batch maximum
+    gc.collect()
+    rss_before = process.memory_info().rss
+    statuses: list[int] = []
+    for _ in range(10):
+        rs = await asyncio.gather(
+            *(api.client.post("/v1/heartbeats", json=big, headers=dev(token)) for _ in range(50))
+        )
+        statuses += [r.status for r in rs]
+        assert writer.queued_rows <= writer.queue_max_rows
+    gc.collect()
+    growth = process.memory_info().rss - rss_before
+    assert statuses == [503] * 500
+    # 500 refused requests carried ~20 MB of bodies; none of it may stay behind.
+    assert growth < 15 * 1024 * 1024, growth
+    await tx.rollback()
+    assert [r.status for r in await asyncio.gather(*pending)] == [200] * 6
+    assert await api.count("SELECT count(*) FROM device_heartbeats WHERE device_id = 'busy-2'") == 60
+
+
+async def test_stalled_database_gets_503_quickly_before_the_queue_is_full(
+    api: Api, table_lock: asyncpg.Connection
+) -> None:
+    token = await api.enroll("busy-3")
+    writer = api.app[SERVICES].writer
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    tx = await lock_heartbeats(table_lock)
+    first = asyncio.create_task(api.client.post("/v1/heartbeats", json=batch(2, start), headers=dev(token)))
+    await wait_until(lambda: writer.stalled_for() > writer.stall_after, within=writer.stall_after + 3)
+    assert writer.queued_rows < writer.queue_max_rows
+    t0 = time.perf_counter()
+    r = await api.client.post("/v1/heartbeats", json=batch(1, start + timedelta(hours=1)), headers=dev(token))
+    elapsed = time.perf_counter() - t0
+    assert r.status == 503 and r.headers["Retry-After"] == "1"
+    assert (await r.json())["error"]["code"] == "storage_stalled"
+    assert elapsed < 0.1
+    await tx.rollback()
+    assert (await first).status == 200
+    await wait_until(lambda: writer.stalled_for() == 0.0)
+    r = await api.client.post("/v1/heartbeats", json=batch(1, start + timedelta(hours=1)), headers=dev(token))
+    assert r.status == 200
+    metrics = await (await api.client.get("/metrics")).text()
+    assert 'telemetry_rejected_writes_total{reason="stalled"} 1.0' in metrics
+
+
+async def test_a_write_waiting_past_ack_timeout_gets_503_and_is_never_acknowledged(
+    api: Api, table_lock: asyncpg.Connection
+) -> None:
+    token = await api.enroll("busy-4")
+    writer = api.app[SERVICES].writer
+    writer.ack_timeout = 0.5
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    tx = await lock_heartbeats(table_lock)
+    try:
+        r = await api.client.post("/v1/heartbeats", json=batch(3, start), headers=dev(token))
+        assert r.status == 503
+        assert (await r.json())["error"]["code"] == "commit_unconfirmed"
+    finally:
+        await tx.rollback()
+    # The flush went on: the rows land once the lock is gone, and a retry is absorbed (idempotent).
+    await wait_until(lambda: writer.stalled_for() == 0.0)
+    retry = await api.client.post("/v1/heartbeats", json=batch(3, start), headers=dev(token))
+    assert retry.status == 200
+    assert [x["stored"] for x in (await retry.json())["results"]] == [False, False, False]
+    assert await api.count("SELECT count(*) FROM device_heartbeats WHERE device_id = 'busy-4'") == 3
