@@ -23,6 +23,7 @@ from service.api.state import services
 from service.api.validation import check_no_nul, decode
 
 INVALID_ENROLLMENT = "invalid enrollment token"
+_MAX_ID = 2**63 - 1
 
 
 async def create_enrollment_token(
@@ -54,10 +55,12 @@ async def post_enrollment_token(request: web.Request) -> web.Response:
 
 async def revoke_enrollment_token(request: web.Request) -> web.Response:
     await require_operator(request)
-    try:
-        token_id = int(request.match_info["token_id"])
-    except ValueError:
-        raise not_found("no such enrollment token", field="token_id") from None
+    raw = request.match_info["token_id"]
+    # ASCII digits only, and within bigint: anything else names no token (and int() alone would
+    # take " 1", "1_0" or non-ASCII digits, and pass a value the query cannot bind: a 500).
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > _MAX_ID:
+        raise not_found("no such enrollment token", field="token_id")
+    token_id = int(raw)
     revoked = await services(request).pool.fetchval(
         "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING id",
         token_id,

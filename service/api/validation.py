@@ -28,6 +28,8 @@ async def read_json(request: web.Request) -> Any:
         value = _json.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise bad_request(f"malformed JSON: {exc}", code="malformed_json") from None
+    except RecursionError:  # msgspec's decoder counts nesting against the interpreter's limit
+        raise bad_request("malformed JSON: nested too deeply", code="malformed_json") from None
     if not isinstance(value, dict):
         raise unprocessable("the body must be a JSON object", code="invalid_type")
     return value
@@ -92,10 +94,17 @@ def query_limit(request: web.Request, default: int = 100, maximum: int = 1000) -
     return limit
 
 
-def check_no_nul(value: Any, prefix: str = "") -> None:
-    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming the field."""
+MAX_DEPTH = 32
 
-    def walk(v: Any, path: str) -> None:
+
+def check_no_nul(value: Any, prefix: str = "") -> None:
+    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming the field. Also
+    refuses objects and arrays nested more than MAX_DEPTH deep (no telemetry needs that, and
+    deeper values would fail later, when the stored value is encoded again). Iterative, so no
+    depth of input can exhaust the interpreter's stack."""
+    stack: list[tuple[Any, str, int]] = [(value, prefix, 0)]
+    while stack:
+        v, path, depth = stack.pop()
         if isinstance(v, str):
             if "\x00" in v:
                 raise unprocessable(
@@ -103,17 +112,22 @@ def check_no_nul(value: Any, prefix: str = "") -> None:
                     field=path or None,
                     code="invalid_character",
                 )
-        elif isinstance(v, dict):
+            continue
+        if isinstance(v, dict | list) and depth > MAX_DEPTH:
+            raise unprocessable(
+                f"objects and arrays must not be nested more than {MAX_DEPTH} deep",
+                field=path or None,
+                code="too_deep",
+            )
+        children: list[tuple[Any, str, int]] = []
+        if isinstance(v, dict):
             for key, item in v.items():
-                walk(key, path)
-                walk(item, f"{path}.{key}" if path else str(key))
+                children.append((key, path, depth))
+                children.append((item, f"{path}.{key}" if path else str(key), depth + 1))
         elif isinstance(v, list):
-            for i, item in enumerate(v):
-                walk(item, f"{path}[{i}]")
+            children = [(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v)]
         elif isinstance(v, msgspec.Struct):
             for name in v.__struct_fields__:
-                walk(
-                    getattr(v, name), f"{path}{name}" if not path or path.endswith(".") else f"{path}.{name}"
-                )
-
-    walk(value, prefix)
+                child = f"{path}{name}" if not path or path.endswith(".") else f"{path}.{name}"
+                children.append((getattr(v, name), child, depth))
+        stack.extend(reversed(children))
