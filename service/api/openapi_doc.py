@@ -21,7 +21,7 @@ def build_openapi() -> dict[str, Any]:
     for ep in ENDPOINTS:
         op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__}
         params = [
-            {"name": name[1:-1], "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+            {"name": name[1:-1], "in": "path", "required": True, "schema": _path_schema(name[1:-1])}
             for name in ep.path.split("/")
             if name.startswith("{")
         ]
@@ -52,6 +52,8 @@ def build_openapi() -> dict[str, Any]:
                 entry["content"] = {
                     "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
                 }
+            if body is schemas.ErrorBody and status in _ERROR_HEADERS:
+                entry["headers"] = _ERROR_HEADERS[status]
             responses[str(status)] = entry
         op["responses"] = responses
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
@@ -75,6 +77,30 @@ def build_openapi() -> dict[str, Any]:
             },
         },
     }
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    if name == "token_id":  # a database id
+        return {"type": "integer", "format": "int64", "minimum": 1}
+    return {"type": "string", "minLength": 1}
+
+
+_RETRY_AFTER = {
+    "required": True,
+    "description": "Seconds to wait before retrying",
+    "schema": {"type": "integer", "minimum": 0},
+}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {
+        "WWW-Authenticate": {
+            "required": True,
+            "description": "The scheme to authenticate with",
+            "schema": {"type": "string", "pattern": "^Bearer"},
+        }
+    },
+    429: {"Retry-After": _RETRY_AFTER},
+    503: {"Retry-After": _RETRY_AFTER},
+}
 
 
 def _describe(status: int) -> str:
