@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+import pytest
+
+from tests.api.conftest import api, app_settings  # noqa: F401  (the API fixtures, shared)
+from tests.fuzz.stats import STATS
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    line = STATS.summary()
+    if line:
+        terminalreporter.write_line(line)
