@@ -68,6 +68,10 @@ class EmbeddedPostgres:
     bindir: Path = field(default_factory=find_bindir)
     timescale_available: bool = False
 
+    def __post_init__(self) -> None:
+        # Server commands run from "/" (the owner may not be able to enter our cwd).
+        self.data_dir = self.data_dir.absolute()
+
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"

@@ -1,0 +1,93 @@
+"""README's curl session, run as written against `telemetry serve` with its embedded PostgreSQL.
+
+Only two things change: the port (a free one instead of 8080, so a running instance does not
+interfere) and the first line, `./scripts/serve &`, which this test replaces by starting the
+same server itself (the set-up part of scripts/serve has already run: we are inside its venv).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from service.db.embedded import EmbeddedPostgres, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_session() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## A session with curl", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "README has no bash block under 'A session with curl'"
+    return block.group(1).splitlines()
+
+
+def test_readme_curl_session_works_as_written(tmp_path: Path) -> None:
+    lines = readme_session()
+    assert lines[0].startswith("./scripts/serve &")
+    port = free_port()
+    script = "\n".join(lines[1:]).replace("localhost:8080", f"localhost:{port}")
+    assert f"localhost:{port}/v1/heartbeats" in script
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env |= {
+        "TELEMETRY_DATA_DIR": str(tmp_path / "data"),
+        "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output: list[str] = []
+    try:
+        assert server.stdout is not None
+        deadline = time.monotonic() + 120
+        while not any("telemetry listening on" in line for line in output):
+            assert time.monotonic() < deadline, "".join(output)
+            line = server.stdout.readline()
+            assert line or server.poll() is None, "".join(output)
+            output.append(line)
+        session = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert session.returncode == 0, session.stderr
+        # Two JSON documents: the heartbeat answer, then the read-back.
+        decoder = json.JSONDecoder()
+        posted, end = decoder.raw_decode(session.stdout)
+        listed, _ = decoder.raw_decode(session.stdout[end:].lstrip())
+        assert posted["device_id"] == "phone-1" and posted["results"][0]["stored"] is True
+        assert [h["battery_pct"] for h in listed["heartbeats"]] == [87]
+        assert listed["heartbeats"][0]["status"] == "ok"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            rest, _ = server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            rest = ""
+        EmbeddedPostgres(tmp_path / "data" / "postgres").stop("immediate")
+    assert server.returncode == 0, "".join(output) + rest
+    assert "stopped" in rest
+
+
+@pytest.fixture(autouse=True)
+def _needs_curl() -> None:
+    if subprocess.run(["which", "curl"], capture_output=True).returncode != 0:
+        pytest.fail("curl is needed by README's session (apt-get install curl)")
