@@ -1,6 +1,7 @@
 """Schemathesis against the served `/openapi.json`: every operation, with valid credentials of the
 right kind, with known and generated path parameters, with data that fits the schema and data
-that does not, and once with whatever credentials schemathesis makes up.
+that does not, with whatever credentials schemathesis makes up, and with valid ones of the
+wrong kind.
 
 Every response must be free of 5xx and conform to the document (status code, content type,
 body schema, documented headers). Hypothesis runs derandomized with a fixed example budget, so
@@ -54,9 +55,11 @@ class Run:
     statuses: dict[int, int] = field(default_factory=dict)
 
 
-def _auth_headers(operation: Any, run: Run) -> dict[str, str]:
+def _auth_headers(operation: Any, run: Run, *, wrong_kind: bool = False) -> dict[str, str]:
     for requirement in operation.definition.raw.get("security", []):
         for scheme in requirement:
+            if wrong_kind:
+                (scheme,) = set(run.credentials) - {scheme}
             return {"Authorization": f"Bearer {run.credentials[scheme]}"}
     return {}
 
@@ -101,8 +104,10 @@ def fuzz_schema(schema: Any, run: Run) -> None:
                 passes.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=fixed))
             for strategy in passes:
                 _fuzz(operation, run, session, strategy, headers or None)
-            if headers:  # made-up credentials: 401 or 403, never a 5xx
+            if headers:  # made-up credentials (401), and valid ones of the wrong kind (403)
                 _fuzz(operation, run, session, operation.as_strategy(GenerationMode.POSITIVE), None)
+                wrong = _auth_headers(operation, run, wrong_kind=True)
+                _fuzz(operation, run, session, operation.as_strategy(GenerationMode.POSITIVE), wrong)
 
 
 async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMode) -> None:
@@ -143,6 +148,6 @@ async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMod
     assert run.failures == [], "\n\n".join(run.failures)
     # the runs reached past authentication and validation
     assert run.statuses.get(200, 0) > 0 and run.statuses.get(201, 0) > 0
-    assert all(run.statuses.get(s, 0) > 0 for s in (401, 404, 422))
+    assert all(run.statuses.get(s, 0) > 0 for s in (400, 401, 403, 404, 422, 429))
     # and the database is still whole
     assert await api.count("SELECT count(*) FROM devices WHERE id = 'fuzz-dev'") == 1
