@@ -1,0 +1,139 @@
+"""Credentials beyond tests/api/test_auth.py: refused enrollment tokens are indistinguishable down
+to the byte, the failure throttle holds even against a valid token and lifts after its window,
+and a device credential stays bound to its device across revocation and re-enrollment."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from service.api import throttle
+from service.api.state import SERVICES
+from service.api.throttle import FailureThrottle
+from service.settings import StorageMode
+from tests.api.conftest import Api
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def mint(api: Api, **spec: object) -> dict:
+    r = await api.client.post("/v1/enrollment-tokens", json=spec, headers=api.op())
+    assert r.status == 201
+    return await r.json()
+
+
+async def test_every_refused_enrollment_token_gets_the_same_bytes(api: Api, mode: StorageMode) -> None:
+    used_up, expired, revoked = [await mint(api), await mint(api), await mint(api)]
+    assert (
+        await api.client.post("/v1/enroll", json={"enrollment_token": used_up["token"], "device_id": "first"})
+    ).status == 201
+    conn = await asyncpg.connect(api.db_url)
+    try:
+        await conn.execute(
+            "UPDATE enrollment_tokens SET expires_at = now() - interval '1 s' WHERE id = $1", expired["id"]
+        )
+    finally:
+        await conn.close()
+    assert (await api.client.delete(f"/v1/enrollment-tokens/{revoked['id']}", headers=api.op())).status == 200
+    candidates = {
+        "used up": used_up["token"],
+        "expired": expired["token"],
+        "revoked": revoked["token"],
+        "never issued": "enr_" + "A" * 43,
+        "no prefix": used_up["token"][4:],
+        "operator token": api.operator_token,
+        "longest allowed": "x" * 256,
+    }
+    answers = {}
+    for name, token in candidates.items():
+        r = await api.client.post("/v1/enroll", json={"enrollment_token": token, "device_id": "second"})
+        headers = {k: v for k, v in r.headers.items() if k.lower() not in ("date", "server")}
+        answers[name] = (r.status, await r.read(), sorted(headers.items()))
+    assert len(set(map(repr, answers.values()))) == 1, answers
+    assert answers["expired"][0] == 401
+    assert await api.count("SELECT count(*) FROM devices WHERE id = 'second'") == 0
+    assert await api.count("SELECT sum(use_count) FROM enrollment_tokens") == 1
+    assert await api.count("SELECT count(*) FROM enrollment_events WHERE outcome = 'refused'") == len(
+        candidates
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_throttle_refuses_even_a_valid_token_without_spending_it_and_lifts_after_the_window(
+    api: Api, mode: StorageMode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    monkeypatch.setattr(throttle, "time", clock)  # the throttle's clock only
+    good = await mint(api)
+    # refused bodies (422) are not failed guesses: they do not count
+    for _ in range(15):
+        r = await api.client.post("/v1/enroll", json={"enrollment_token": "enr_x", "device_id": "bad id"})
+        assert r.status == 422
+    for _ in range(10):
+        r = await api.client.post("/v1/enroll", json={"enrollment_token": "enr_guess", "device_id": "g"})
+        assert r.status == 401
+    r = await api.client.post("/v1/enroll", json={"enrollment_token": good["token"], "device_id": "real"})
+    assert r.status == 429 and (await r.json())["error"]["code"] == "too_many_attempts"
+    assert r.headers["Retry-After"] == "61"
+    assert await api.count("SELECT use_count FROM enrollment_tokens WHERE id = $1", good["id"]) == 0
+    clock.now += 30
+    r = await api.client.post("/v1/enroll", json={"enrollment_token": good["token"], "device_id": "real"})
+    assert r.status == 429 and r.headers["Retry-After"] == "31"
+    clock.now += 31
+    r = await api.client.post("/v1/enroll", json={"enrollment_token": good["token"], "device_id": "real"})
+    assert r.status == 201
+    assert await api.count("SELECT count(*) FROM devices WHERE id = 'real'") == 1
+
+
+def test_throttle_memory_is_bounded_under_a_flood_of_clients() -> None:
+    t = FailureThrottle(limit=2, window=60, max_clients=100)
+    for i in range(1000):
+        t.failed(f"10.0.{i // 256}.{i % 256}")
+        assert len(t._failures) <= 100
+    t.failed("victim")
+    t.failed("victim")
+    assert t.retry_after("victim") is not None and t.retry_after("someone else") is None
+
+
+async def test_a_device_credential_stays_bound_to_its_device(api: Api, mode: StorageMode) -> None:
+    old_a = await api.enroll("bind-a")
+    token_b = await api.enroll("bind-b")
+    ok = {"status": "ok", "battery_pct": 1}
+    # a download names no device: it is the caller's
+    r = await api.client.post(
+        "/v1/apk-downloads",
+        json={"build_id": "b", "outcome": "started", "device_id": "bind-b"},
+        headers=bearer(old_a),
+    )
+    assert r.status == 422 and (await r.json())["error"]["field"] == "device_id"
+    r = await api.client.post(
+        "/v1/apk-downloads", json={"build_id": "b", "outcome": "started"}, headers=bearer(old_a)
+    )
+    assert (await r.json())["device_id"] == "bind-a"
+    assert await api.count("SELECT count(*) FROM apk_download_events WHERE device_id = 'bind-b'") == 0
+    # revoke and re-enroll a: the old credential stays dead, the new one is a's, b is untouched
+    assert (await api.client.post("/v1/devices/bind-a/revoke", headers=api.op())).status == 200
+    new_a = await api.enroll("bind-a")
+    assert new_a != old_a
+    assert (await api.client.post("/v1/heartbeats", json=ok, headers=bearer(old_a))).status == 401
+    r = await api.client.post("/v1/heartbeats", json=ok, headers=bearer(new_a))
+    assert r.status == 200 and (await r.json())["device_id"] == "bind-a"
+    r = await api.client.post("/v1/heartbeats", json=ok, headers=bearer(token_b))
+    assert r.status == 200 and (await r.json())["device_id"] == "bind-b"
+    # a revocation made through another instance takes effect once the cache entry expires
+    api.app[SERVICES].auth._devices.clear()
+    conn = await asyncpg.connect(api.db_url)
+    try:
+        await conn.execute("UPDATE devices SET credential_revoked_at = now() WHERE id = 'bind-b'")
+    finally:
+        await conn.close()
+    assert (await api.client.post("/v1/heartbeats", json=ok, headers=bearer(token_b))).status == 401
