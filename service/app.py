@@ -14,6 +14,7 @@ from service.api.routes import ENDPOINTS
 from service.api.state import SERVICES, Services
 from service.api.throttle import FailureThrottle
 from service.db.urls import asyncpg_dsn
+from service.db.watchdog import DatabaseWatchdog
 from service.ingest.statements import prepare_connection
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
@@ -42,6 +43,8 @@ def create_app(
     """The aiohttp application. The writer starts with the app and, on shutdown, refuses new
     writes and commits everything queued before the pool may be closed."""
     metrics = metrics or Metrics()
+    # Flushes and credential lookups report how long the database keeps them waiting.
+    watchdog = DatabaseWatchdog(stall_after=settings.stall_seconds)
     writer = GroupCommitWriter(
         pool,
         metrics,
@@ -50,8 +53,8 @@ def create_app(
         queue_max_rows=settings.queue_max_rows,
         bucket_seconds=settings.heartbeat_bucket_seconds,
         retry_attempts=settings.flush_retry_attempts,
-        stall_after=settings.stall_seconds,
         ack_timeout=settings.ack_timeout,
+        watchdog=watchdog,
     )
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=settings.max_body_bytes)
     app[SERVICES] = Services(
@@ -59,7 +62,7 @@ def create_app(
         pool=pool,
         writer=writer,
         metrics=metrics,
-        auth=Authenticator(pool),
+        auth=Authenticator(pool, watchdog=watchdog),
         enrollment_throttle=FailureThrottle(),
         storage_mode=storage_mode,
         head_revisions=head_revisions,

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+from service.db.watchdog import DatabaseWatchdog
+
 OPERATOR_PREFIX = "op_"
 DEVICE_PREFIX = "dev_"
 ENROLLMENT_PREFIX = "enr_"
@@ -57,6 +59,7 @@ class DeviceIdentity:
 class Authenticator:
     pool: asyncpg.Pool
     cache_ttl: float = 5.0
+    watchdog: DatabaseWatchdog = field(default_factory=DatabaseWatchdog)
     _devices: dict[str, tuple[str, float]] = field(default_factory=dict)
     _operators: dict[str, tuple[Operator, float]] = field(default_factory=dict)
 
@@ -69,16 +72,17 @@ class Authenticator:
         cached = self._operators.get(digest)
         if cached and cached[1] > now:
             return cached[0]
-        row = await self.pool.fetchrow(
-            """
+        with self.watchdog.track():
+            row = await self.pool.fetchrow(
+                """
             UPDATE sessions s SET last_used_at = now()
             FROM users u
             WHERE s.token_hash = $1 AND u.id = s.user_id AND s.revoked_at IS NULL
               AND (s.expires_at IS NULL OR s.expires_at > now()) AND u.disabled_at IS NULL
             RETURNING s.id, s.token_hash, u.id AS user_id, u.username
             """,
-            digest,
-        )
+                digest,
+            )
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             self._operators.pop(digest, None)
             return None
@@ -96,10 +100,11 @@ class Authenticator:
         now = time.monotonic()
         if cached and cached[1] > now:
             return DeviceIdentity(cached[0])
-        row = await self.pool.fetchrow(
-            "SELECT id, token_hash FROM devices WHERE token_hash = $1 AND credential_revoked_at IS NULL",
-            digest,
-        )
+        with self.watchdog.track():
+            row = await self.pool.fetchrow(
+                "SELECT id, token_hash FROM devices WHERE token_hash = $1 AND credential_revoked_at IS NULL",
+                digest,
+            )
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             self._devices.pop(digest, None)
             return None

@@ -11,8 +11,9 @@ Guarantees:
   whichever is first; `flushers` batches may be in flight at once.
 * The queue holds at most `queue_max_rows` rows: past that, `submit_*` raises `QueueFull`
   at once (the API answers 503 with Retry-After), so memory stays bounded.
-* When a flush has been under way for longer than `stall_after` seconds (a stalled or
-  restarting database, a held lock), new writes are refused at once with `StorageStalled`
+* When a flush (or another database call tracked by the same `watchdog`) has been under way
+  for longer than `watchdog.stall_after` seconds (a stalled or restarting database, a held
+  lock), new writes are refused at once with `StorageStalled`
   rather than queued behind it: clients hear 503 in milliseconds instead of waiting.
 * A caller waits at most `ack_timeout` seconds for its commit; past that it gets
   `CommitUnconfirmed` (its rows may still be committed later: never a 2xx without a commit,
@@ -43,6 +44,7 @@ from typing import Any, Literal
 
 import asyncpg
 
+from service.db.watchdog import DatabaseWatchdog
 from service.ingest import statements
 from service.ingest.recording import TRANSIENT_ERRORS
 from service.ingest.statements import DispatchRecord
@@ -132,14 +134,13 @@ class GroupCommitWriter:
     retry_base_delay: float = 0.05
     retry_max_delay: float = 2.0
     flushers: int = 2
-    stall_after: float = 2.0
     ack_timeout: float = 10.0
+    watchdog: DatabaseWatchdog = field(default_factory=DatabaseWatchdog)
 
     def __post_init__(self) -> None:
         self.state = WriterState.CREATED
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
-        self._flush_started: dict[int, float] = {}  # id(batch) → when its flush began
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -170,10 +171,9 @@ class GroupCommitWriter:
         return self._queued_rows
 
     def stalled_for(self) -> float:
-        """Seconds the oldest flush in progress has been running (0 when none is)."""
-        if not self._flush_started:
-            return 0.0
-        return time.monotonic() - min(self._flush_started.values())
+        """Seconds the oldest database call in progress (a flush, or any call tracked by the
+        same watchdog) has been running."""
+        return self.watchdog.stalled_for()
 
     # -- submission ----------------------------------------------------------------------------
 
@@ -188,8 +188,8 @@ class GroupCommitWriter:
         if self._queued_rows + rows > self.queue_max_rows and self._queued_rows > 0:
             self.metrics.rejected_writes.labels("queue_full").inc()
             raise QueueFull(f"write queue full ({self._queued_rows} rows waiting)")
-        stalled = self.stalled_for()
-        if stalled > self.stall_after:
+        stalled = self.watchdog.stalled_for()
+        if stalled > self.watchdog.stall_after:
             self.metrics.rejected_writes.labels("stalled").inc()
             raise StorageStalled(f"the database has not finished a flush for {stalled:.1f}s")
 
@@ -261,14 +261,12 @@ class GroupCommitWriter:
             batch = await self._next_batch()
             if batch is None:
                 return
-            self._flush_started[id(batch)] = time.monotonic()
             try:
-                await self._flush(batch)
+                with self.watchdog.track():
+                    await self._flush(batch)
             except Exception as exc:  # never let a flusher die with waiters pending
                 log.exception("unexpected flush failure")
                 self._fail(batch, WriteFailed(f"internal error: {type(exc).__name__}", transient=False))
-            finally:
-                del self._flush_started[id(batch)]
 
     async def _flush(self, batch: list[_Request]) -> None:
         started = time.monotonic()

@@ -153,7 +153,7 @@ async def test_stalled_database_gets_503_quickly_before_the_queue_is_full(
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     tx = await lock_heartbeats(table_lock)
     first = asyncio.create_task(api.client.post("/v1/heartbeats", json=batch(2, start), headers=dev(token)))
-    await wait_until(lambda: writer.stalled_for() > writer.stall_after, within=writer.stall_after + 3)
+    await wait_until(lambda: writer.watchdog.stalled, within=writer.watchdog.stall_after + 3)
     assert writer.queued_rows < writer.queue_max_rows
     t0 = time.perf_counter()
     r = await api.client.post("/v1/heartbeats", json=batch(1, start + timedelta(hours=1)), headers=dev(token))
