@@ -207,10 +207,6 @@ async def test_nul_in_a_device_id_path_is_not_found(api: Api, mode: StorageMode,
     assert r.status == 404 and (await r.json())["error"]["field"] == "device_id"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service/api/dispatches.py get_dispatch sends a NUL request_id to PostgreSQL: 500 (reported)",
-)
 async def test_nul_in_a_request_id_path_is_not_found(api: Api, mode: StorageMode) -> None:
     r = await api.client.get("/v1/dispatches/a%00b", headers=api.op())
     assert r.status == 404
