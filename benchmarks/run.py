@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("heartbeat-interval", float, "seconds between a device's heartbeats in the fleet phase"),
         ("fleet-seconds", float, "length of the fleet phase"),
         ("ceiling-seconds", float, "length of the closed-loop heartbeat phases"),
-        ("half-ceiling-seconds", float, "length of the 50%-of-ceiling phase"),
+        ("half-ceiling-seconds", float, "length of the 50%%-of-ceiling phase"),
         ("batch-seconds", float, "length of the batched-ingest phase"),
         ("overload-seconds", float, "length of the overload phase"),
         ("overload-connections", int, "clients in the overload phase"),
