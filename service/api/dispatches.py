@@ -12,7 +12,7 @@ from service.api.errors import ApiError, not_found
 from service.api.responses import json_response
 from service.api.schemas import Dispatch, DispatchList, DispatchRequest
 from service.api.state import services
-from service.api.validation import check_no_nul, decode, query_limit
+from service.api.validation import decode, query_limit
 from service.ingest.statements import EXISTING_DISPATCHES, DispatchRecord
 
 
@@ -37,7 +37,6 @@ async def create_dispatch(request: web.Request) -> web.Response:
     svc.writer.ensure_capacity()
     operator = await require_operator(request)
     body = await decode(request, DispatchRequest)
-    check_no_nul(body)
     async with svc.pool.acquire() as conn:
         await ensure_device_exists(conn, body.device_id)
     row = (0, body.request_id, body.device_id, body.action, body.payload, datetime.now(UTC), operator.user_id)

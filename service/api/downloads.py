@@ -11,7 +11,7 @@ from service.api.auth import require_device
 from service.api.responses import json_response
 from service.api.schemas import ApkDownload, ApkDownloadResponse
 from service.api.state import services
-from service.api.validation import check_no_nul, check_timestamp, decode
+from service.api.validation import check_timestamp, decode
 
 
 async def post_download(request: web.Request) -> web.Response:
@@ -21,7 +21,6 @@ async def post_download(request: web.Request) -> web.Response:
     svc.writer.ensure_capacity()
     device = await require_device(request)
     body = await decode(request, ApkDownload)
-    check_no_nul(body)
     ts = check_timestamp(
         body.ts,
         "ts",

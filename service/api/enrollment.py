@@ -20,7 +20,7 @@ from service.api.errors import ApiError, not_found, unauthorized
 from service.api.responses import json_response
 from service.api.schemas import EnrollmentTokenRequest, EnrollmentTokenResponse, EnrollRequest, EnrollResponse
 from service.api.state import services
-from service.api.validation import check_no_nul, decode
+from service.api.validation import decode
 
 INVALID_ENROLLMENT = "invalid enrollment token"
 _MAX_ID = 2**63 - 1
@@ -48,7 +48,6 @@ async def create_enrollment_token(
 async def post_enrollment_token(request: web.Request) -> web.Response:
     operator = await require_operator(request)
     spec = await decode(request, EnrollmentTokenRequest)
-    check_no_nul(spec)
     created = await create_enrollment_token(services(request).pool, created_by=operator.user_id, spec=spec)
     return json_response(created, status=201)
 
@@ -86,7 +85,6 @@ async def enroll(request: web.Request) -> web.Response:
             headers={"Retry-After": str(wait)},
         )
     body = await decode(request, EnrollRequest)
-    check_no_nul(body)
     digest = token_hash(body.enrollment_token)
     device_token = new_token(DEVICE_PREFIX)
     async with svc.pool.acquire() as conn:

@@ -11,7 +11,7 @@ from service.api.devices import ensure_device_exists
 from service.api.responses import json_response
 from service.api.schemas import HeartbeatList, HeartbeatResult, HeartbeatsResponse, StoredHeartbeat
 from service.api.state import services
-from service.api.validation import check_no_nul, check_timestamp, heartbeats_of, query_limit
+from service.api.validation import check_timestamp, heartbeats_of, query_limit
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -42,7 +42,6 @@ async def post_heartbeats(request: web.Request) -> web.Response:
             window=settings.retention.device_heartbeats,
             skew=settings.max_clock_skew,
         )
-        check_no_nul(hb, prefix)
         rows.append(
             (0, device.device_id, ts, hb.status, hb.battery_pct, hb.app_version, hb.network, hb.extra)
         )

@@ -32,6 +32,9 @@ async def read_json(request: web.Request) -> Any:
         raise bad_request("malformed JSON: nested too deeply", code="malformed_json") from None
     if not isinstance(value, dict):
         raise unprocessable("the body must be a JSON object", code="invalid_type")
+    # A decoded string can hold U+0000 only if the document spelled it `\u0000` (a raw NUL
+    # byte is malformed JSON), so most bodies skip the per-string search.
+    check_no_nul(value, nul_possible=b"\\u0000" in body)
     return value
 
 
@@ -97,11 +100,40 @@ def query_limit(request: web.Request, default: int = 100, maximum: int = 1000) -
 MAX_DEPTH = 32
 
 
-def check_no_nul(value: Any, prefix: str = "") -> None:
+def _violates(value: Any, nul_possible: bool) -> bool:
+    """Whether `value` holds a NUL (when `nul_possible`) or nests deeper than MAX_DEPTH: the
+    fast pass, without building field paths (bodies are nearly always fine)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        kind = type(v)
+        if kind is str:
+            if nul_possible and "\x00" in v:
+                return True
+        elif kind is dict:
+            if depth > MAX_DEPTH:
+                return True
+            for key, item in v.items():
+                if nul_possible and "\x00" in key:
+                    return True
+                if type(item) is not str or nul_possible:
+                    stack.append((item, depth + 1))
+        elif kind is list:
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((item, depth + 1) for item in v if type(item) is not str or nul_possible)
+        elif isinstance(v, msgspec.Struct):
+            stack.extend((getattr(v, name), depth) for name in v.__struct_fields__)
+    return False
+
+
+def check_no_nul(value: Any, prefix: str = "", *, nul_possible: bool = True) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming the field. Also
     refuses objects and arrays nested more than MAX_DEPTH deep (no telemetry needs that, and
     deeper values would fail later, when the stored value is encoded again). Iterative, so no
-    depth of input can exhaust the interpreter's stack."""
+    depth of input can exhaust the interpreter's stack. `read_json` applies it to every body."""
+    if not _violates(value, nul_possible):
+        return
     stack: list[tuple[Any, str, int]] = [(value, prefix, 0)]
     while stack:
         v, path, depth = stack.pop()
