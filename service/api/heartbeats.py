@@ -18,9 +18,8 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 def bucket_start(ts: datetime, bucket_seconds: int) -> datetime:
     """The same bucket the database computes with date_bin(…, 'epoch')."""
-    micros = (ts - EPOCH) // timedelta(microseconds=1)
-    size = bucket_seconds * 1_000_000
-    return EPOCH + timedelta(microseconds=micros - micros % size)
+    step = timedelta(seconds=bucket_seconds)
+    return EPOCH + step * ((ts - EPOCH) // step)
 
 
 async def post_heartbeats(request: web.Request) -> web.Response:
