@@ -66,6 +66,7 @@ def create_app(
         enrollment_throttle=FailureThrottle(),
         storage_mode=storage_mode,
         head_revisions=head_revisions,
+        watchdog=watchdog,
     )
     app[OPENAPI] = build_openapi()
     for endpoint in ENDPOINTS:

@@ -56,6 +56,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.shed_requests = Counter(
+            "telemetry_shed_requests",
+            "Requests answered 503 at once, before authentication, because a database call has been"
+            " waiting longer than TELEMETRY_STALL_SECONDS",
+            ["route"],
+            registry=r,
+        )
         self.failed_writes = Counter(
             "telemetry_failed_writes",
             "Write requests answered with an error after queueing, by reason",

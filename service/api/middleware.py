@@ -10,7 +10,8 @@ from aiohttp import web
 
 from service.api.errors import ApiError, unavailable
 from service.api.state import SERVICES
-from service.ingest.writer import CommitUnconfirmed, QueueFull, StorageStalled, WriteFailed, WriterClosed
+from service.db.watchdog import DatabaseStalled
+from service.ingest.writer import CommitUnconfirmed, QueueFull, WriteFailed, WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
             return exc
         case QueueFull():
             return unavailable("write queue is full; retry later", retry_after, code="queue_full")
-        case StorageStalled():
+        case DatabaseStalled():
             return unavailable(
                 f"the database is not keeping up ({exc}); nothing was stored",
                 retry_after,
@@ -65,14 +66,20 @@ async def errors_and_metrics(request: web.Request, handler: web.Handler) -> web.
     started = time.perf_counter()
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
+    svc = request.app[SERVICES]
     try:
+        if route.startswith("/v1/") and svc.watchdog.stalled:
+            # Every /v1/ endpoint needs the database: while it is stalled, answer at once
+            # rather than queue behind it (health, metrics and the document still answer).
+            svc.metrics.shed_requests.labels(route).inc()
+            svc.watchdog.ensure_responsive()
         response = await handler(request)
     except Exception as exc:  # every failure becomes a JSON error body
         error = _to_error(request, exc)
-        if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | StorageStalled | WriterClosed):
+        if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | DatabaseStalled | WriterClosed):
             log.warning("%s %s → %d %s", request.method, route, error.status, error.code)
         response = error.response()
-    metrics = request.app[SERVICES].metrics
+    metrics = svc.metrics
     metrics.requests.labels(request.method, route, str(response.status)).inc()
     metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
     return response

@@ -46,7 +46,10 @@ def build_openapi() -> dict[str, Any]:
                 },
             }
         responses: dict[str, Any] = {}
-        for status, body in ep.responses.items():
+        declared = dict(ep.responses)
+        if ep.path.startswith("/v1/"):  # every /v1/ endpoint needs the database
+            declared.setdefault(503, schemas.ErrorBody)
+        for status, body in sorted(declared.items()):
             entry: dict[str, Any] = {"description": _describe(status)}
             if body is not None:
                 entry["content"] = {

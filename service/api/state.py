@@ -9,6 +9,7 @@ from aiohttp import web
 
 from service.api.credentials import Authenticator
 from service.api.throttle import FailureThrottle
+from service.db.watchdog import DatabaseWatchdog
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
 from service.settings import Settings, StorageMode
@@ -24,6 +25,7 @@ class Services:
     enrollment_throttle: FailureThrottle
     storage_mode: StorageMode
     head_revisions: frozenset[str]
+    watchdog: DatabaseWatchdog
 
 
 SERVICES = web.AppKey("services", Services)

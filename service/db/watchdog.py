@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
+class DatabaseStalled(Exception):
+    """A database call has been waiting for longer than the watchdog's `stall_after`."""
+
+
 @dataclass
 class DatabaseWatchdog:
     stall_after: float = 2.0
@@ -38,3 +42,9 @@ class DatabaseWatchdog:
     @property
     def stalled(self) -> bool:
         return self.stalled_for() > self.stall_after
+
+    def ensure_responsive(self) -> None:
+        """Raise `DatabaseStalled` when a call has been waiting for longer than `stall_after`."""
+        stalled = self.stalled_for()
+        if stalled > self.stall_after:
+            raise DatabaseStalled(f"a database call has been waiting for {stalled:.1f}s")

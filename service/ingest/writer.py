@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from service.db.watchdog import DatabaseWatchdog
+from service.db.watchdog import DatabaseStalled, DatabaseWatchdog
 from service.ingest import statements
 from service.ingest.recording import TRANSIENT_ERRORS
 from service.ingest.statements import DispatchRecord
@@ -92,8 +92,9 @@ class WriterClosed(WriterError):
     pass
 
 
-class StorageStalled(WriterError):
-    """A flush has been waiting on the database for longer than `stall_after`."""
+class StorageStalled(WriterError, DatabaseStalled):
+    """A flush (or another tracked database call) has been waiting for longer than
+    `watchdog.stall_after`."""
 
 
 class CommitUnconfirmed(WriterError):

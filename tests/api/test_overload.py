@@ -161,13 +161,19 @@ async def test_stalled_database_gets_503_quickly_before_the_queue_is_full(
     assert r.status == 503 and r.headers["Retry-After"] == "1"
     assert (await r.json())["error"]["code"] == "storage_stalled"
     assert elapsed < 0.1
+    # Reads need the database too: refused at once, not after the pool's command timeout.
+    t0 = time.perf_counter()
+    read = await api.client.get("/v1/devices/busy-3/heartbeats", headers=api.op())
+    assert read.status == 503 and read.headers["Retry-After"] == "1"
+    assert time.perf_counter() - t0 < 0.1
+    assert (await api.client.get("/health/live")).status == 200
     await tx.rollback()
     assert (await first).status == 200
     await wait_until(lambda: writer.stalled_for() == 0.0)
     r = await api.client.post("/v1/heartbeats", json=batch(1, start + timedelta(hours=1)), headers=dev(token))
     assert r.status == 200
     metrics = await (await api.client.get("/metrics")).text()
-    assert 'telemetry_rejected_writes_total{reason="stalled"} 1.0' in metrics
+    assert 'telemetry_shed_requests_total{route="/v1/heartbeats"} 1.0' in metrics
 
 
 async def test_a_write_waiting_past_ack_timeout_gets_503_and_is_never_acknowledged(
