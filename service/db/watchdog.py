@@ -1,9 +1,13 @@
-"""How long the database has kept us waiting: every database call on a request's path (a flush,
-a credential lookup) is tracked while it runs, and `stalled_for()` is the age of the oldest one.
+"""Whether the database is making progress: every database call on a request's path (a flush
+attempt, a credential lookup) is tracked while it runs, and `stalled_for()` is how long calls
+have been waiting with none finishing: the time since the later of the oldest running call's
+start and the last call's end (0 when none runs).
 
-A stalled server (stopped, restarting, blocked on a lock) shows up here within `stall_after`
-seconds whichever call hit it first, so the API can refuse new writes at once instead of
-letting them pile up behind it."""
+A stalled server (stopped, blocked on a lock) shows up here within `stall_after` seconds
+whichever call hit it first, so the API can refuse requests at once instead of letting them
+pile up behind it. A busy server is not stalled: calls waiting for a pool connection or on
+each other's locks still see others finish. A server that refuses connections is not stalled
+either: its calls fail fast and are answered as unavailable."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ class DatabaseStalled(Exception):
 class DatabaseWatchdog:
     stall_after: float = 2.0
     _running: dict[int, float] = field(default_factory=dict)
+    _last_finished: float = field(default_factory=time.monotonic)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
     @contextlib.contextmanager
@@ -32,12 +37,13 @@ class DatabaseWatchdog:
             yield
         finally:
             del self._running[key]
+            self._last_finished = time.monotonic()
 
     def stalled_for(self) -> float:
-        """Seconds the oldest database call in progress has been running (0 when none is)."""
+        """Seconds calls have been waiting with none finishing (0 when none is running)."""
         if not self._running:
             return 0.0
-        return time.monotonic() - min(self._running.values())
+        return time.monotonic() - max(min(self._running.values()), self._last_finished)
 
     @property
     def stalled(self) -> bool:

@@ -11,9 +11,9 @@ Guarantees:
   whichever is first; `flushers` batches may be in flight at once.
 * The queue holds at most `queue_max_rows` rows: past that, `submit_*` raises `QueueFull`
   at once (the API answers 503 with Retry-After), so memory stays bounded.
-* When a flush (or another database call tracked by the same `watchdog`) has been under way
-  for longer than `watchdog.stall_after` seconds (a stalled or restarting database, a held
-  lock), new writes are refused at once with `StorageStalled`
+* When flush attempts (and the other database calls tracked by the same `watchdog`) have
+  been waiting for longer than `watchdog.stall_after` seconds with none finishing (a stalled
+  database, a held lock), new writes are refused at once with `StorageStalled`
   rather than queued behind it: clients hear 503 in milliseconds instead of waiting.
 * A caller waits at most `ack_timeout` seconds for its commit; past that it gets
   `CommitUnconfirmed` (its rows may still be committed later: never a 2xx without a commit,
@@ -263,8 +263,7 @@ class GroupCommitWriter:
             if batch is None:
                 return
             try:
-                with self.watchdog.track():
-                    await self._flush(batch)
+                await self._flush(batch)
             except Exception as exc:  # never let a flusher die with waiters pending
                 log.exception("unexpected flush failure")
                 self._fail(batch, WriteFailed(f"internal error: {type(exc).__name__}", transient=False))
@@ -297,8 +296,9 @@ class GroupCommitWriter:
         delay = self.retry_base_delay
         for attempt in range(1, self.retry_attempts + 1):
             try:
-                async with self.pool.acquire() as conn:
-                    return await self._commit(conn, batch)
+                with self.watchdog.track():  # each attempt, not the backoff between them
+                    async with self.pool.acquire() as conn:
+                        return await self._commit(conn, batch)
             except RETRYABLE as exc:
                 if attempt == self.retry_attempts:
                     raise WriteFailed(f"database unavailable: {type(exc).__name__}", transient=True) from exc
