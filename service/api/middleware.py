@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -73,7 +74,11 @@ async def errors_and_metrics(request: web.Request, handler: web.Handler) -> web.
             # rather than queue behind it (health, metrics and the document still answer).
             svc.metrics.shed_requests.labels(route).inc()
             svc.watchdog.ensure_responsive()
-        response = await handler(request)
+        # A read is one short stretch of database work, so the watchdog tracks it whole (a
+        # write's wait is its commit, which the writer tracks per flush attempt).
+        reading = route.startswith("/v1/") and request.method == "GET"
+        with svc.watchdog.track() if reading else contextlib.nullcontext():
+            response = await handler(request)
     except Exception as exc:  # every failure becomes a JSON error body
         error = _to_error(request, exc)
         if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | DatabaseStalled | WriterClosed):

@@ -196,3 +196,26 @@ async def test_a_write_waiting_past_ack_timeout_gets_503_and_is_never_acknowledg
     assert retry.status == 200
     assert [x["stored"] for x in (await retry.json())["results"]] == [False, False, False]
     assert await api.count("SELECT count(*) FROM device_heartbeats WHERE device_id = 'busy-4'") == 3
+
+
+async def test_a_read_stuck_on_the_database_sheds_writes_too(
+    api: Api, table_lock: asyncpg.Connection
+) -> None:
+    """No flush is running: the only call waiting is a read blocked by the lock."""
+    token = await api.enroll("busy-5")
+    watchdog = api.app[SERVICES].watchdog
+    tx = await lock_heartbeats(table_lock)
+    try:
+        read = asyncio.create_task(api.client.get("/v1/devices/busy-5/heartbeats", headers=api.op()))
+        await wait_until(lambda: watchdog.stalled, within=watchdog.stall_after + 3)
+        t0 = time.perf_counter()
+        r = await api.client.post(
+            "/v1/heartbeats", json={"status": "ok", "battery_pct": 5}, headers=dev(token)
+        )
+        assert r.status == 503 and (await r.json())["error"]["code"] == "storage_stalled"
+        assert time.perf_counter() - t0 < 0.1
+    finally:
+        await tx.rollback()
+    assert (await read).status == 200
+    r = await api.client.post("/v1/heartbeats", json={"status": "ok", "battery_pct": 5}, headers=dev(token))
+    assert r.status == 200
