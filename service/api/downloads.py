@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from service.api.auth import require_device
+from service.api.errors import unprocessable
 from service.api.responses import json_response
 from service.api.schemas import ApkDownload, ApkDownloadResponse
 from service.api.state import services
 from service.api.validation import check_timestamp, decode
+
+
+def event_id(device_id: str, event_key: str | None) -> int:
+    """The event's id: derived from the device and its `event_key` when the client gave one
+    (a retry maps to the same row), else random. Chosen here, not by a sequence, so that a
+    flush retried after an unknown COMMIT outcome also stores the event once."""
+    if event_key is None:
+        return secrets.randbits(63)
+    digest = hashlib.sha256(f"{device_id}\x1f{event_key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
 
 
 async def post_download(request: web.Request) -> web.Response:
@@ -21,6 +33,12 @@ async def post_download(request: web.Request) -> web.Response:
     svc.writer.ensure_capacity()
     device = await require_device(request)
     body = await decode(request, ApkDownload)
+    if body.event_key is not None and body.ts is None:
+        raise unprocessable(
+            "ts is required with event_key, so that a retry names the same event",
+            field="ts",
+            code="missing_ts",
+        )
     ts = check_timestamp(
         body.ts,
         "ts",
@@ -28,13 +46,11 @@ async def post_download(request: web.Request) -> web.Response:
         window=svc.settings.retention.apk_download_events,
         skew=svc.settings.max_clock_skew,
     )
-    # The id is chosen here so that a flush retried after an unknown COMMIT outcome stores the
-    # event once (ON CONFLICT on the primary key).
-    event_id = secrets.randbits(63)
-    await svc.writer.submit_downloads(
+    row_id = event_id(device.device_id, body.event_key)
+    (stored,) = await svc.writer.submit_downloads(
         [
             (
-                event_id,
+                row_id,
                 ts,
                 body.build_id,
                 device.device_id,
@@ -44,4 +60,5 @@ async def post_download(request: web.Request) -> web.Response:
             )
         ]
     )
-    return json_response(ApkDownloadResponse(id=event_id, device_id=device.device_id, ts=ts), status=201)
+    response = ApkDownloadResponse(id=row_id, device_id=device.device_id, ts=ts, stored=stored)
+    return json_response(response, status=201 if stored else 200)

@@ -39,7 +39,8 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
             )
         case CommitUnconfirmed():
             return unavailable(
-                f"{exc}; retrying with the same request_id (dispatches) or timestamp (heartbeats) is safe",
+                f"{exc}; retrying with the same request_id (dispatches), ts (heartbeats) or event_key"
+                " and ts (downloads) is safe",
                 retry_after,
                 code="commit_unconfirmed",
             )

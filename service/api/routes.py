@@ -68,9 +68,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/v1/apk-downloads",
         downloads.post_download,
         "device",
-        "Record an APK download event of the calling device",
+        "Record an APK download event of the calling device (201; 200 with stored=false when its"
+        " event_key and ts were already stored)",
         s.ApkDownload,
         {
+            200: s.ApkDownloadResponse,
             201: s.ApkDownloadResponse,
             400: s.ErrorBody,
             401: s.ErrorBody,

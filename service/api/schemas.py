@@ -69,12 +69,26 @@ class ApkDownload(Struct):
     ts: Timestamp | None = None
     enrollment_token_id: Annotated[int, Meta(ge=1)] | None = None
     bytes_downloaded: Annotated[int, Meta(ge=0)] | None = None
+    # Makes a retry idempotent: the same device, event_key and ts name the same event.
+    event_key: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=128,
+                description="client-chosen key of the event, unique per device; with `ts` (then"
+                " required) a retry stores nothing twice",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ApkDownloadResponse(Struct):
     id: int
     device_id: str
     ts: datetime
+    stored: bool = True  # False: this event_key and ts were already stored
 
 
 class EnrollRequest(Struct):

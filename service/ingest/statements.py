@@ -50,6 +50,7 @@ MERGE_DOWNLOADS = """
 INSERT INTO apk_download_events (id, ts, build_id, device_id, token_id, outcome, bytes_downloaded)
 SELECT id, ts, build_id, device_id, token_id, outcome, bytes_downloaded FROM stage_downloads
 ON CONFLICT DO NOTHING
+RETURNING id, ts
 """
 
 # Plain-PostgreSQL mode: make sure partitions cover every accepted timestamp (used when an
@@ -175,9 +176,17 @@ async def merge_dispatches(
     return created, existing
 
 
-async def merge_downloads(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+async def merge_downloads(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+    """Per row: stored (True), or already there under its (id, ts), e.g. a retried event with
+    a client key, or an earlier row of the same flush (False)."""
     await conn.copy_records_to_table("stage_downloads", records=rows, columns=DOWNLOAD_COLUMNS)
-    await conn.execute(MERGE_DOWNLOADS)
+    inserted = {(r["id"], r["ts"]) for r in await conn.fetch(MERGE_DOWNLOADS)}
+    stored = []
+    for row in rows:
+        key = (row[0], row[1])
+        stored.append(key in inserted)
+        inserted.discard(key)  # a duplicate later in the flush was not the stored one
+    return stored
 
 
 def is_missing_partition(exc: BaseException) -> bool:

@@ -222,9 +222,10 @@ class GroupCommitWriter:
         dispatch, and the dispatch stored under its request_id."""
         return await self._submit("dispatches", rows)
 
-    async def submit_downloads(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Rows as `statements.DOWNLOAD_COLUMNS` (ids chosen by the caller)."""
-        await self._submit("downloads", rows)
+    async def submit_downloads(self, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+        """Rows as `statements.DOWNLOAD_COLUMNS` (ids chosen by the caller); returns stored
+        (True) or already there under the same (id, ts) (False), per row."""
+        return await self._submit("downloads", rows)
 
     # -- flushing ------------------------------------------------------------------------------
 
@@ -334,8 +335,12 @@ class GroupCommitWriter:
                 written["fcm_dispatches"] = await self._dispatches(conn, by_kind["dispatches"], results)
             if "downloads" in by_kind:
                 rows = [row for _, request in by_kind["downloads"] for row in request.rows]
-                await statements.merge_downloads(conn, rows)
-                written["apk_download_events"] = (len(rows), 0)
+                stored = await statements.merge_downloads(conn, rows)
+                offset = 0
+                for index, request in by_kind["downloads"]:
+                    results[index] = stored[offset : offset + len(request.rows)]
+                    offset += len(request.rows)
+                written["apk_download_events"] = (sum(stored), len(rows) - sum(stored))
         for table, (stored, absorbed) in written.items():
             self.metrics.rows_written.labels(table).inc(stored)
             if absorbed:

@@ -105,6 +105,31 @@ async def test_apk_download_event_is_stored_for_the_calling_device(api: Api) -> 
     )
 
 
+async def test_apk_download_retried_with_its_event_key_is_stored_once(api: Api) -> None:
+    token = await api.enroll("phone-6")
+    other = await api.enroll("phone-7")
+    ts = (datetime.now(UTC) - timedelta(minutes=3)).isoformat()
+    body = {"build_id": "b-7", "outcome": "completed", "ts": ts, "event_key": "dl-1"}
+    first = await api.client.post("/v1/apk-downloads", json=body, headers=dev(token))
+    retries = await asyncio.gather(
+        *(api.client.post("/v1/apk-downloads", json=body, headers=dev(token)) for _ in range(5))
+    )
+    assert first.status == 201 and (await first.json())["stored"] is True
+    assert [r.status for r in retries] == [200] * 5
+    answers = [await r.json() for r in [first, *retries]]
+    ids = {a["id"] for a in answers}
+    assert len(ids) == 1 and [a["stored"] for a in answers[1:]] == [False] * 5
+    # The same key from another device is another event.
+    theirs = await api.client.post("/v1/apk-downloads", json=body, headers=dev(other))
+    assert theirs.status == 201 and (await theirs.json())["id"] not in ids
+    assert await api.count("SELECT count(*) FROM apk_download_events WHERE build_id = 'b-7'") == 2
+    # Without a key, every post is an event of its own.
+    plain = {"build_id": "b-8", "outcome": "started", "ts": ts}
+    for _ in range(2):
+        assert (await api.client.post("/v1/apk-downloads", json=plain, headers=dev(token))).status == 201
+    assert await api.count("SELECT count(*) FROM apk_download_events WHERE build_id = 'b-8'") == 2
+
+
 async def test_health_metrics_and_openapi(api: Api) -> None:
     r = await api.client.get("/health")
     assert r.status == 200

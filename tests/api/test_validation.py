@@ -143,6 +143,20 @@ OTHER_CASES = [
     ("token: unknown scope", "/v1/enrollment-tokens", {"scope": "admin"}, 422, "scope"),
     ("download: bad outcome", "/v1/apk-downloads", {"build_id": "b", "outcome": "exploded"}, 422, "outcome"),
     (
+        "download: event_key without ts",
+        "/v1/apk-downloads",
+        {"build_id": "b", "outcome": "failed", "event_key": "k"},
+        422,
+        "ts",
+    ),
+    (
+        "download: empty event_key",
+        "/v1/apk-downloads",
+        {"build_id": "b", "outcome": "failed", "event_key": ""},
+        422,
+        "event_key",
+    ),
+    (
         "download: negative bytes",
         "/v1/apk-downloads",
         {"build_id": "b", "outcome": "failed", "bytes_downloaded": -1},
