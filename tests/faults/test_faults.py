@@ -112,11 +112,16 @@ async def test_sigterm_under_load_drains_and_acknowledges_only_commits(
     try:
         fleet = await Fleet.enrolled([svc.base_url], database, 40, "term")
         fleet.run()
-        await asyncio.sleep(4)
+        await asyncio.sleep(3)
+        # The closed-loop devices are answered together by one group commit, so there are
+        # moments with none of them in flight: open-loop traffic makes sure some requests are
+        # under way when SIGTERM lands.
+        probe = asyncio.create_task(fleet.open_loop(rate=300, seconds=2))
+        await asyncio.sleep(1)
         term_at = time.monotonic()
         code = await asyncio.to_thread(svc.stop)
         stopped_in = time.monotonic() - term_at
-        await asyncio.sleep(0.5)
+        await probe
         await fleet.stop()
     finally:
         await asyncio.to_thread(svc.stop)
@@ -139,6 +144,7 @@ async def test_sigterm_under_load_drains_and_acknowledges_only_commits(
     assert code == 0
     assert missing == 0
     assert not fleet.hung()
+    assert straddling, "no request was in flight at SIGTERM"
     assert all(o.status in (200, 503) or isinstance(o.status, str) for o in straddling)
     assert "500" not in after
     assert "drained; closing database pool" in log and "stopped" in log
