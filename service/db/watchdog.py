@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 
 class DatabaseStalled(Exception):
-    """A database call has been waiting for longer than the watchdog's `stall_after`."""
+    """Database calls have been waiting, none finishing, for longer than `stall_after`."""
 
 
 @dataclass
@@ -50,7 +50,8 @@ class DatabaseWatchdog:
         return self.stalled_for() > self.stall_after
 
     def ensure_responsive(self) -> None:
-        """Raise `DatabaseStalled` when a call has been waiting for longer than `stall_after`."""
+        """Raise `DatabaseStalled` when calls have been waiting, none finishing, for longer
+        than `stall_after`."""
         stalled = self.stalled_for()
         if stalled > self.stall_after:
-            raise DatabaseStalled(f"a database call has been waiting for {stalled:.1f}s")
+            raise DatabaseStalled(f"database calls have been waiting for {stalled:.1f}s with none finishing")

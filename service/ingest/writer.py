@@ -192,7 +192,7 @@ class GroupCommitWriter:
         stalled = self.watchdog.stalled_for()
         if stalled > self.watchdog.stall_after:
             self.metrics.rejected_writes.labels("stalled").inc()
-            raise StorageStalled(f"the database has not finished a flush for {stalled:.1f}s")
+            raise StorageStalled(f"database calls have been waiting for {stalled:.1f}s with none finishing")
 
     async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]]) -> Any:
         self.ensure_capacity(len(rows))
