@@ -58,8 +58,8 @@ class Metrics:
         )
         self.shed_requests = Counter(
             "telemetry_shed_requests",
-            "Requests answered 503 at once, before authentication, because a database call has been"
-            " waiting longer than TELEMETRY_STALL_SECONDS",
+            "Requests answered 503 at once, before authentication, because database calls have been"
+            " waiting for TELEMETRY_STALL_SECONDS with none finishing",
             ["route"],
             registry=r,
         )

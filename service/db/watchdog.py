@@ -41,9 +41,12 @@ class DatabaseWatchdog:
 
     def stalled_for(self) -> float:
         """Seconds calls have been waiting with none finishing (0 when none is running)."""
-        if not self._running:
+        # Keys grow with start time and dicts keep insertion order: the first entry is the
+        # oldest running call (O(1) on every request, however many are in flight).
+        oldest = next(iter(self._running.values()), None)
+        if oldest is None:
             return 0.0
-        return time.monotonic() - max(min(self._running.values()), self._last_finished)
+        return time.monotonic() - max(oldest, self._last_finished)
 
     @property
     def stalled(self) -> bool:

@@ -11,10 +11,8 @@ Guarantees:
   whichever is first; `flushers` batches may be in flight at once.
 * The queue holds at most `queue_max_rows` rows: past that, `submit_*` raises `QueueFull`
   at once (the API answers 503 with Retry-After), so memory stays bounded.
-* When flush attempts (and the other database calls tracked by the same `watchdog`) have
-  been waiting for longer than `watchdog.stall_after` seconds with none finishing (a stalled
-  database, a held lock), new writes are refused at once with `StorageStalled`
-  rather than queued behind it: clients hear 503 in milliseconds instead of waiting.
+* Every flush attempt is tracked by `watchdog`, so a stalled database (or a held lock) is
+  seen by the API, which then refuses requests at once instead of queueing them behind it.
 * A caller waits at most `ack_timeout` seconds for its commit; past that it gets
   `CommitUnconfirmed` (its rows may still be committed later: never a 2xx without a commit,
   but an error does not prove the rows are absent, so retries must be idempotent).
@@ -44,7 +42,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from service.db.watchdog import DatabaseStalled, DatabaseWatchdog
+from service.db.watchdog import DatabaseWatchdog
 from service.ingest import statements
 from service.ingest.recording import TRANSIENT_ERRORS
 from service.ingest.statements import DispatchRecord
@@ -90,11 +88,6 @@ class QueueFull(WriterError):
 
 class WriterClosed(WriterError):
     pass
-
-
-class StorageStalled(WriterError, DatabaseStalled):
-    """A flush (or another tracked database call) has been waiting for longer than
-    `watchdog.stall_after`."""
 
 
 class CommitUnconfirmed(WriterError):
@@ -171,11 +164,6 @@ class GroupCommitWriter:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    def stalled_for(self) -> float:
-        """Seconds the oldest database call in progress (a flush, or any call tracked by the
-        same watchdog) has been running."""
-        return self.watchdog.stalled_for()
-
     # -- submission ----------------------------------------------------------------------------
 
     def ensure_capacity(self, rows: int = 1) -> None:
@@ -189,10 +177,6 @@ class GroupCommitWriter:
         if self._queued_rows + rows > self.queue_max_rows and self._queued_rows > 0:
             self.metrics.rejected_writes.labels("queue_full").inc()
             raise QueueFull(f"write queue full ({self._queued_rows} rows waiting)")
-        stalled = self.watchdog.stalled_for()
-        if stalled > self.watchdog.stall_after:
-            self.metrics.rejected_writes.labels("stalled").inc()
-            raise StorageStalled(f"database calls have been waiting for {stalled:.1f}s with none finishing")
 
     async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]]) -> Any:
         self.ensure_capacity(len(rows))

@@ -169,7 +169,7 @@ async def test_stalled_database_gets_503_quickly_before_the_queue_is_full(
     assert (await api.client.get("/health/live")).status == 200
     await tx.rollback()
     assert (await first).status == 200
-    await wait_until(lambda: writer.stalled_for() == 0.0)
+    await wait_until(lambda: api.app[SERVICES].watchdog.stalled_for() == 0.0)
     r = await api.client.post("/v1/heartbeats", json=batch(1, start + timedelta(hours=1)), headers=dev(token))
     assert r.status == 200
     metrics = await (await api.client.get("/metrics")).text()
@@ -191,7 +191,7 @@ async def test_a_write_waiting_past_ack_timeout_gets_503_and_is_never_acknowledg
     finally:
         await tx.rollback()
     # The flush went on: the rows land once the lock is gone, and a retry is absorbed (idempotent).
-    await wait_until(lambda: writer.stalled_for() == 0.0)
+    await wait_until(lambda: api.app[SERVICES].watchdog.stalled_for() == 0.0)
     retry = await api.client.post("/v1/heartbeats", json=batch(3, start), headers=dev(token))
     assert retry.status == 200
     assert [x["stored"] for x in (await retry.json())["results"]] == [False, False, False]
