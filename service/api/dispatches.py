@@ -59,10 +59,7 @@ async def create_dispatch(request: web.Request) -> web.Response:
 async def get_dispatch(request: web.Request) -> web.Response:
     await require_operator(request)
     request_id = request.match_info["request_id"]
-    # PostgreSQL text cannot hold NUL, so no stored request_id has one.
-    rows = (
-        [] if "\x00" in request_id else await services(request).pool.fetch(EXISTING_DISPATCHES, [request_id])
-    )
+    rows = await services(request).pool.fetch(EXISTING_DISPATCHES, [request_id])
     if not rows:
         raise not_found(f"no dispatch with request_id {request_id!r}", field="request_id")
     return json_response(_dispatch(DispatchRecord.from_row(rows[0])))

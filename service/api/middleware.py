@@ -9,7 +9,7 @@ import time
 import asyncpg
 from aiohttp import web
 
-from service.api.errors import ApiError, unavailable
+from service.api.errors import ApiError, not_found, unavailable
 from service.api.state import SERVICES
 from service.db.watchdog import DatabaseStalled
 from service.ingest.writer import CommitUnconfirmed, QueueFull, WriteFailed, WriterClosed
@@ -75,6 +75,11 @@ async def errors_and_metrics(request: web.Request, handler: web.Handler) -> web.
             # rather than queue behind it (health, metrics and the document still answer).
             svc.metrics.shed_requests.labels(route).inc()
             svc.watchdog.ensure_responsive()
+        for name, value in request.match_info.items():
+            # PostgreSQL text cannot hold U+0000: such an id names nothing, and binding it to
+            # a query would fail the query rather than find nothing (bodies: validation).
+            if "\x00" in value:
+                raise not_found(f"no {name} {value!r}", field=name)
         # A read is one short stretch of database work, so the watchdog tracks it whole (a
         # write's wait is its commit, which the writer tracks per flush attempt).
         reading = route.startswith("/v1/") and request.method == "GET"
