@@ -44,7 +44,7 @@ def create_app(
     writes and commits everything queued before the pool may be closed."""
     metrics = metrics or Metrics()
     # Flushes and credential lookups report how long the database keeps them waiting.
-    watchdog = DatabaseWatchdog(stall_after=settings.stall_seconds)
+    watchdog = DatabaseWatchdog(stall_after=settings.stall_after.total_seconds())
     writer = GroupCommitWriter(
         pool,
         metrics,
@@ -53,7 +53,7 @@ def create_app(
         queue_max_rows=settings.queue_max_rows,
         bucket_seconds=settings.heartbeat_bucket_seconds,
         retry_attempts=settings.flush_retry_attempts,
-        ack_timeout=settings.ack_timeout,
+        ack_timeout=settings.ack_timeout.total_seconds(),
         watchdog=watchdog,
     )
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=settings.max_body_bytes)

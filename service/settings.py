@@ -44,10 +44,11 @@ class Settings:
     queue_max_rows: int = 50_000
     retry_after_seconds: int = 1
     flush_retry_attempts: int = 5
-    # A flush running longer than this means the database is stalled: refuse new writes (503)
-    # instead of queueing them. A write waits at most `ack_timeout` for its commit.
-    stall_seconds: float = 2.0
-    ack_timeout: float = 10.0
+    # Database calls waiting this long with none finishing mean the database is stalled: /v1/
+    # requests are refused (503) instead of queued. A write waits at most `ack_timeout` for
+    # its commit.
+    stall_after: timedelta = timedelta(seconds=2)
+    ack_timeout: timedelta = timedelta(seconds=10)
     pool_size: int = 10
     heartbeat_bucket_seconds: int = 10
     max_clock_skew: timedelta = timedelta(minutes=5)
@@ -126,12 +127,8 @@ class Settings:
             queue_max_rows=as_int("TELEMETRY_QUEUE_MAX_ROWS", d.queue_max_rows, 1),
             retry_after_seconds=as_int("TELEMETRY_RETRY_AFTER_SECONDS", d.retry_after_seconds, 1),
             flush_retry_attempts=as_int("TELEMETRY_FLUSH_RETRY_ATTEMPTS", d.flush_retry_attempts, 1),
-            stall_seconds=as_seconds(
-                "TELEMETRY_STALL_SECONDS", timedelta(seconds=d.stall_seconds)
-            ).total_seconds(),
-            ack_timeout=as_seconds(
-                "TELEMETRY_ACK_TIMEOUT_SECONDS", timedelta(seconds=d.ack_timeout)
-            ).total_seconds(),
+            stall_after=as_seconds("TELEMETRY_STALL_SECONDS", d.stall_after),
+            ack_timeout=as_seconds("TELEMETRY_ACK_TIMEOUT_SECONDS", d.ack_timeout),
             pool_size=as_int("TELEMETRY_POOL_SIZE", d.pool_size, 2),
             heartbeat_bucket_seconds=as_int(
                 "TELEMETRY_HEARTBEAT_BUCKET_SECONDS", d.heartbeat_bucket_seconds, 1

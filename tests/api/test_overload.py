@@ -27,7 +27,13 @@ from tests.api.conftest import Api
 def app_settings(app_settings: Settings) -> Settings:
     # A tiny queue and batch so that a few requests fill it; a stall threshold well above one
     # normal flush and well below the pool's 10 s command timeout.
-    return replace(app_settings, queue_max_rows=40, batch_max_rows=10, stall_seconds=1.0, ack_timeout=8.0)
+    return replace(
+        app_settings,
+        queue_max_rows=40,
+        batch_max_rows=10,
+        stall_after=timedelta(seconds=1),
+        ack_timeout=timedelta(seconds=8),
+    )
 
 
 def dev(token: str) -> dict[str, str]:
