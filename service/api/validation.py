@@ -122,19 +122,17 @@ def _violates(value: Any, nul_possible: bool) -> bool:
             if depth > MAX_DEPTH:
                 return True
             stack.extend((item, depth + 1) for item in v if type(item) is not str or nul_possible)
-        elif isinstance(v, msgspec.Struct):
-            stack.extend((getattr(v, name), depth) for name in v.__struct_fields__)
     return False
 
 
-def check_no_nul(value: Any, prefix: str = "", *, nul_possible: bool = True) -> None:
+def check_no_nul(value: Any, *, nul_possible: bool = True) -> None:
     """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming the field. Also
     refuses objects and arrays nested more than MAX_DEPTH deep (no telemetry needs that, and
     deeper values would fail later, when the stored value is encoded again). Iterative, so no
     depth of input can exhaust the interpreter's stack. `read_json` applies it to every body."""
     if not _violates(value, nul_possible):
         return
-    stack: list[tuple[Any, str, int]] = [(value, prefix, 0)]
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
         v, path, depth = stack.pop()
         if isinstance(v, str):
@@ -158,8 +156,4 @@ def check_no_nul(value: Any, prefix: str = "", *, nul_possible: bool = True) -> 
                 children.append((item, f"{path}.{key}" if path else str(key), depth + 1))
         elif isinstance(v, list):
             children = [(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v)]
-        elif isinstance(v, msgspec.Struct):
-            for name in v.__struct_fields__:
-                child = f"{path}{name}" if not path or path.endswith(".") else f"{path}.{name}"
-                children.append((getattr(v, name), child, depth))
         stack.extend(reversed(children))

@@ -96,8 +96,9 @@ def test_any_valid_heartbeat_round_trips_through_json_and_validation(
     body: dict[str, Any], tz: Any, offset: int
 ) -> None:
     body["ts"] = (NOW - timedelta(microseconds=offset)).astimezone(tz).isoformat()
-    decoded = convert(msgspec.json.decode(msgspec.json.encode(body)), Heartbeat)
-    check_no_nul(decoded)
+    raw = msgspec.json.decode(msgspec.json.encode(body))
+    check_no_nul(raw)
+    decoded = convert(raw, Heartbeat)
     assert decoded.ts == datetime.fromisoformat(body["ts"])
     again = msgspec.to_builtins(decoded)
     del again["ts"], body["ts"]
@@ -114,7 +115,7 @@ def test_a_nul_anywhere_in_text_is_refused_naming_where(body: dict[str, Any], da
     name = data.draw(st.sampled_from(fields))
     at = data.draw(st.integers(0, len(body[name]) - 1))
     body[name] = body[name][:at] + "\x00" + body[name][at + 1 :]
-    error = refusal(check_no_nul, convert(body, Heartbeat))
+    error = refusal(check_no_nul, body)
     assert (error.status, error.field, error.code) == (422, name, "invalid_character")
 
 
