@@ -28,11 +28,15 @@ class Api:
     def op(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.operator_token}"}
 
+    async def mint(self, **spec: object) -> dict[str, Any]:
+        """A new enrollment token through the API: `{"token", "id", …}`."""
+        r = await self.client.post("/v1/enrollment-tokens", json=spec, headers=self.op())
+        assert r.status == 201, await r.text()
+        return await r.json()
+
     async def enroll(self, device_id: str) -> str:
         """Enroll `device_id` through the API; returns its device token."""
-        r = await self.client.post("/v1/enrollment-tokens", json={}, headers=self.op())
-        assert r.status == 201, await r.text()
-        token = (await r.json())["token"]
+        token = (await self.mint())["token"]
         r = await self.client.post("/v1/enroll", json={"enrollment_token": token, "device_id": device_id})
         assert r.status == 201, await r.text()
         return (await r.json())["device_token"]

@@ -87,14 +87,11 @@ async def test_revoked_or_expired_operator_token_gets_401(api: Api) -> None:
     assert r.status == 401
 
 
-async def test_unknown_expired_revoked_and_used_up_enrollment_tokens_get_the_same_answer(api: Api) -> None:
-    made = []
-    for spec in ({"max_uses": 1}, {"max_uses": 1}, {"max_uses": 1}):
-        r = await api.client.post("/v1/enrollment-tokens", json=spec, headers=api.op())
-        made.append(await r.json())
-    used_up, expired, revoked = made
-    ok = await api.client.post("/v1/enroll", json={"enrollment_token": used_up["token"], "device_id": "d1"})
-    assert ok.status == 201
+async def test_unknown_expired_revoked_and_used_up_enrollment_tokens_get_the_same_bytes(api: Api) -> None:
+    used_up, expired, revoked = [await api.mint(), await api.mint(), await api.mint()]
+    assert (
+        await api.client.post("/v1/enroll", json={"enrollment_token": used_up["token"], "device_id": "first"})
+    ).status == 201
     conn = await asyncpg.connect(api.db_url)
     try:
         await conn.execute(
@@ -103,13 +100,28 @@ async def test_unknown_expired_revoked_and_used_up_enrollment_tokens_get_the_sam
     finally:
         await conn.close()
     assert (await api.client.delete(f"/v1/enrollment-tokens/{revoked['id']}", headers=api.op())).status == 200
-    answers = []
-    for token in (used_up["token"], expired["token"], revoked["token"], "enr_never_issued"):
-        r = await api.client.post("/v1/enroll", json={"enrollment_token": token, "device_id": "d2"})
-        answers.append((r.status, (await r.json())["error"]["message"]))
-    assert len(set(answers)) == 1 and answers[0][0] == 401
-    assert await api.count("SELECT count(*) FROM devices WHERE id = 'd2'") == 0
+    candidates = {
+        "used up": used_up["token"],
+        "expired": expired["token"],
+        "revoked": revoked["token"],
+        "never issued": "enr_" + "A" * 43,
+        "no prefix": used_up["token"][4:],
+        "operator token": api.operator_token,
+        "longest allowed": "x" * 256,
+    }
+    answers = {}
+    for name, token in candidates.items():
+        r = await api.client.post("/v1/enroll", json={"enrollment_token": token, "device_id": "second"})
+        headers = {k: v for k, v in r.headers.items() if k.lower() not in ("date", "server")}
+        answers[name] = (r.status, await r.read(), sorted(headers.items()))
+    assert len(set(map(repr, answers.values()))) == 1, answers
+    assert answers["expired"][0] == 401
+    assert await api.count("SELECT count(*) FROM devices WHERE id = 'second'") == 0
+    assert await api.count("SELECT sum(use_count) FROM enrollment_tokens") == 1
     assert await api.count("SELECT use_count FROM enrollment_tokens WHERE id = $1", used_up["id"]) == 1
+    assert await api.count("SELECT count(*) FROM enrollment_events WHERE outcome = 'refused'") == len(
+        candidates
+    )
 
 
 async def test_enrollment_token_use_limit_holds_under_concurrency(api: Api) -> None:
