@@ -28,6 +28,25 @@ if ENGINE not in ("auto", "postgres", "timescale"):
     raise pytest.UsageError(f"TEST_ENGINE must be auto, postgres or timescale, not {ENGINE!r}")
 
 
+# Every table the migrations create (and downgrade base removes).
+PROJECT_TABLES = {
+    "users",
+    "sessions",
+    "devices",
+    "enrollment_tokens",
+    "device_heartbeats",
+    "fcm_dispatches",
+    "fcm_dispatch_keys",
+    "apk_download_events",
+    "apk_versions",
+    "apk_installations",
+    "device_events",
+    "enrollment_events",
+    "commands",
+    "retention_policies",
+}
+
+
 @dataclass
 class TestServer:
     __test__ = False

@@ -14,24 +14,8 @@ import pytest
 
 from service.db.time_series import TIME_SERIES_TABLES
 from service.migrations.commands import Migrator
-from tests.conftest import TestServer, create_database, migrate, migrator_for
+from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
-PROJECT_TABLES = {
-    "users",
-    "sessions",
-    "devices",
-    "enrollment_tokens",
-    "device_heartbeats",
-    "fcm_dispatches",
-    "fcm_dispatch_keys",
-    "apk_download_events",
-    "apk_versions",
-    "apk_installations",
-    "device_events",
-    "enrollment_events",
-    "commands",
-    "retention_policies",
-}
 BASELINE = "7ac6ecbe4e31"
 PREVIOUS = "a43a2b52588a"
 HEAD = "aadd574780ab"

@@ -15,6 +15,7 @@ from service.api.state import SERVICES
 from service.api.throttle import FailureThrottle
 from service.settings import StorageMode
 from tests.api.conftest import Api
+from tests.conftest import PROJECT_TABLES
 
 INJECTIONS = [
     "'; DROP TABLE devices; --",
@@ -40,19 +41,6 @@ INJECTIONS = [
 ]
 assert all(len(s) <= 32 for s in INJECTIONS)  # fits the shortest text column (network)
 
-TABLES = [
-    "users",
-    "sessions",
-    "devices",
-    "enrollment_tokens",
-    "device_heartbeats",
-    "fcm_dispatches",
-    "fcm_dispatch_keys",
-    "apk_download_events",
-    "device_events",
-    "enrollment_events",
-]
-
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
@@ -61,7 +49,7 @@ def bearer(token: str) -> dict[str, str]:
 async def tables_intact(api: Api) -> None:
     conn = await asyncpg.connect(api.db_url)
     try:
-        for table in TABLES:
+        for table in PROJECT_TABLES:
             assert await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table), table
         assert await conn.fetchval("SELECT count(*) FROM users") == 1
         assert await conn.fetchval("SELECT count(*) FROM sessions WHERE revoked_at IS NULL") == 1
