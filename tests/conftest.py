@@ -165,3 +165,31 @@ async def conn(db_url: str) -> AsyncIterator[asyncpg.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+@dataclass
+class HeartbeatsLock:
+    """A connection of its own that can hold ACCESS EXCLUSIVE on device_heartbeats: the
+    writer's INSERT (and any read of the table) then waits exactly as on a stalled server."""
+
+    conn: asyncpg.Connection
+    _tx: asyncpg.transaction.Transaction | None = None
+
+    async def hold(self) -> None:
+        self._tx = self.conn.transaction()
+        await self._tx.start()
+        await self.conn.execute("LOCK TABLE device_heartbeats IN ACCESS EXCLUSIVE MODE")
+
+    async def release(self) -> None:
+        if self._tx is not None:
+            await self._tx.rollback()
+            self._tx = None
+
+
+@pytest.fixture
+async def heartbeats_lock(db_url: str) -> AsyncIterator[HeartbeatsLock]:
+    lock = HeartbeatsLock(await asyncpg.connect(db_url))
+    try:
+        yield lock
+    finally:
+        await lock.conn.close()

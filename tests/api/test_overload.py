@@ -9,18 +9,17 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import psutil
 import pytest
 
 from service.api.state import SERVICES
 from service.settings import Settings
 from tests.api.conftest import Api
+from tests.conftest import HeartbeatsLock
 
 
 @pytest.fixture
@@ -50,23 +49,6 @@ def batch(n: int, start: datetime) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-async def table_lock(api: Api) -> AsyncIterator[asyncpg.Connection]:
-    """A connection ready to lock `device_heartbeats`; the lock is released on exit."""
-    conn = await asyncpg.connect(api.db_url)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-async def lock_heartbeats(conn: asyncpg.Connection) -> asyncpg.transaction.Transaction:
-    tx = conn.transaction()
-    await tx.start()
-    await conn.execute("LOCK TABLE device_heartbeats IN ACCESS EXCLUSIVE MODE")
-    return tx
-
-
 async def wait_until(predicate: Any, within: float = 5.0) -> None:
     deadline = time.monotonic() + within
     while not predicate():
@@ -75,11 +57,11 @@ async def wait_until(predicate: Any, within: float = 5.0) -> None:
 
 
 async def fill_queue(
-    api: Api, table_lock: asyncpg.Connection, token: str, start: datetime
-) -> tuple[asyncpg.transaction.Transaction, list[asyncio.Task[Any]]]:
+    api: Api, heartbeats_lock: HeartbeatsLock, token: str, start: datetime
+) -> list[asyncio.Task[Any]]:
     """Lock the table, then send 6 requests of 10 heartbeats: the 2 flushers take a batch of 10
     each and block on the lock, and the other 4 requests fill the 40-row queue."""
-    tx = await lock_heartbeats(table_lock)
+    await heartbeats_lock.hold()
     pending = [
         asyncio.create_task(
             api.client.post(
@@ -89,17 +71,17 @@ async def fill_queue(
         for i in range(6)
     ]
     await wait_until(lambda: api.app[SERVICES].writer.queued_rows == 40)
-    return tx, pending
+    return pending
 
 
 async def test_full_queue_answers_503_with_retry_after_within_100ms_and_recovers(
-    api: Api, table_lock: asyncpg.Connection
+    api: Api, heartbeats_lock: HeartbeatsLock
 ) -> None:
     token = await api.enroll("busy-1")
     writer = api.app[SERVICES].writer
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     writer.watchdog.stall_after = 60  # only the queue limit may refuse here
-    tx, pending = await fill_queue(api, table_lock, token, start)
+    pending = await fill_queue(api, heartbeats_lock, token, start)
 
     latencies = []
     for _ in range(20):
@@ -112,7 +94,7 @@ async def test_full_queue_answers_503_with_retry_after_within_100ms_and_recovers
     assert max(latencies) < 0.1, latencies
     assert writer.queued_rows == 40
 
-    await tx.rollback()
+    await heartbeats_lock.release()
     responses = await asyncio.gather(*pending)
     assert [r.status for r in responses] == [200] * 6
     assert await api.count("SELECT count(*) FROM device_heartbeats WHERE device_id = 'busy-1'") == 60
@@ -124,12 +106,12 @@ async def test_full_queue_answers_503_with_retry_after_within_100ms_and_recovers
 
 
 async def test_refused_bodies_are_not_read_so_memory_stays_bounded(
-    api: Api, table_lock: asyncpg.Connection
+    api: Api, heartbeats_lock: HeartbeatsLock
 ) -> None:
     token = await api.enroll("busy-2")
     writer = api.app[SERVICES].writer
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-    tx, pending = await fill_queue(api, table_lock, token, start)
+    pending = await fill_queue(api, heartbeats_lock, token, start)
     process = psutil.Process()
     big = batch(500, start)  # ~40 kB each, at the documented batch maximum
     gc.collect()
@@ -146,18 +128,18 @@ async def test_refused_bodies_are_not_read_so_memory_stays_bounded(
     assert statuses == [503] * 500
     # 500 refused requests carried ~20 MB of bodies; none of it may stay behind.
     assert growth < 15 * 1024 * 1024, growth
-    await tx.rollback()
+    await heartbeats_lock.release()
     assert [r.status for r in await asyncio.gather(*pending)] == [200] * 6
     assert await api.count("SELECT count(*) FROM device_heartbeats WHERE device_id = 'busy-2'") == 60
 
 
 async def test_stalled_database_gets_503_quickly_before_the_queue_is_full(
-    api: Api, table_lock: asyncpg.Connection
+    api: Api, heartbeats_lock: HeartbeatsLock
 ) -> None:
     token = await api.enroll("busy-3")
     writer = api.app[SERVICES].writer
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-    tx = await lock_heartbeats(table_lock)
+    await heartbeats_lock.hold()
     first = asyncio.create_task(api.client.post("/v1/heartbeats", json=batch(2, start), headers=dev(token)))
     await wait_until(lambda: writer.watchdog.stalled, within=writer.watchdog.stall_after + 3)
     assert writer.queued_rows < writer.queue_max_rows
@@ -173,7 +155,7 @@ async def test_stalled_database_gets_503_quickly_before_the_queue_is_full(
     assert read.status == 503 and read.headers["Retry-After"] == "1"
     assert time.perf_counter() - t0 < 0.1
     assert (await api.client.get("/health/live")).status == 200
-    await tx.rollback()
+    await heartbeats_lock.release()
     assert (await first).status == 200
     await wait_until(lambda: api.app[SERVICES].watchdog.stalled_for() == 0.0)
     r = await api.client.post("/v1/heartbeats", json=batch(1, start + timedelta(hours=1)), headers=dev(token))
@@ -183,19 +165,19 @@ async def test_stalled_database_gets_503_quickly_before_the_queue_is_full(
 
 
 async def test_a_write_waiting_past_ack_timeout_gets_503_and_is_never_acknowledged(
-    api: Api, table_lock: asyncpg.Connection
+    api: Api, heartbeats_lock: HeartbeatsLock
 ) -> None:
     token = await api.enroll("busy-4")
     writer = api.app[SERVICES].writer
     writer.ack_timeout = 0.5
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
-    tx = await lock_heartbeats(table_lock)
+    await heartbeats_lock.hold()
     try:
         r = await api.client.post("/v1/heartbeats", json=batch(3, start), headers=dev(token))
         assert r.status == 503
         assert (await r.json())["error"]["code"] == "commit_unconfirmed"
     finally:
-        await tx.rollback()
+        await heartbeats_lock.release()
     # The flush went on: the rows land once the lock is gone, and a retry is absorbed (idempotent).
     await wait_until(lambda: api.app[SERVICES].watchdog.stalled_for() == 0.0)
     retry = await api.client.post("/v1/heartbeats", json=batch(3, start), headers=dev(token))
@@ -205,12 +187,12 @@ async def test_a_write_waiting_past_ack_timeout_gets_503_and_is_never_acknowledg
 
 
 async def test_a_read_stuck_on_the_database_sheds_writes_too(
-    api: Api, table_lock: asyncpg.Connection
+    api: Api, heartbeats_lock: HeartbeatsLock
 ) -> None:
     """No flush is running: the only call waiting is a read blocked by the lock."""
     token = await api.enroll("busy-5")
     watchdog = api.app[SERVICES].watchdog
-    tx = await lock_heartbeats(table_lock)
+    await heartbeats_lock.hold()
     try:
         read = asyncio.create_task(api.client.get("/v1/devices/busy-5/heartbeats", headers=api.op()))
         await wait_until(lambda: watchdog.stalled, within=watchdog.stall_after + 3)
@@ -221,7 +203,7 @@ async def test_a_read_stuck_on_the_database_sheds_writes_too(
         assert r.status == 503 and (await r.json())["error"]["code"] == "storage_stalled"
         assert time.perf_counter() - t0 < 0.1
     finally:
-        await tx.rollback()
+        await heartbeats_lock.release()
     assert (await read).status == 200
     r = await api.client.post("/v1/heartbeats", json={"status": "ok", "battery_pct": 5}, headers=dev(token))
     assert r.status == 200

@@ -12,7 +12,7 @@ import pytest
 from service.app import create_pool
 from service.ingest.writer import GroupCommitWriter, WriteFailed, WriterClosed, WriterState
 from service.metrics import Metrics
-from tests.conftest import settings_for
+from tests.conftest import HeartbeatsLock, settings_for
 
 
 @pytest.fixture
@@ -95,26 +95,22 @@ async def test_stop_commits_everything_already_queued(pool: asyncpg.Pool, db_url
 
 
 async def test_lost_connection_mid_flush_is_retried_and_every_ack_is_stored(
-    pool: asyncpg.Pool, db_url: str
+    pool: asyncpg.Pool, db_url: str, heartbeats_lock: HeartbeatsLock
 ) -> None:
     """The flush is held inside its INSERT by a lock; its connection is killed there; the
     writer retries on a new connection and commits once the lock is released."""
     writer = make_writer(pool, retry_attempts=10)
     await writer.start()
-    locker = await asyncpg.connect(db_url)
     try:
-        tx = locker.transaction()
-        await tx.start()
-        await locker.execute("LOCK TABLE device_heartbeats IN ACCESS EXCLUSIVE MODE")
+        await heartbeats_lock.hold()
         tasks = [asyncio.create_task(writer.submit_heartbeats([heartbeat(f"k{i}", T0)])) for i in range(50)]
         await asyncio.sleep(0.3)  # flushes are now blocked mid-transaction
-        killed = await terminate_others(db_url, {locker.get_server_pid()})
+        killed = await terminate_others(db_url, {heartbeats_lock.conn.get_server_pid()})
         assert killed >= 1
         await asyncio.sleep(0.2)
-        await tx.rollback()
+        await heartbeats_lock.release()
         results = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await locker.close()
         await writer.stop()
     acked = [f"k{i}" for i, r in enumerate(results) if r == [True]]
     assert len(acked) == 50, results
@@ -128,23 +124,19 @@ async def test_lost_connection_mid_flush_is_retried_and_every_ack_is_stored(
 
 
 async def test_batch_that_cannot_commit_fails_its_callers_and_stores_nothing(
-    pool: asyncpg.Pool, db_url: str
+    pool: asyncpg.Pool, db_url: str, heartbeats_lock: HeartbeatsLock
 ) -> None:
     writer = make_writer(pool, retry_attempts=2, retry_base_delay=0.05)
     await writer.start()
-    locker = await asyncpg.connect(db_url)
     try:
-        tx = locker.transaction()
-        await tx.start()
-        await locker.execute("LOCK TABLE device_heartbeats IN ACCESS EXCLUSIVE MODE")
+        await heartbeats_lock.hold()
         tasks = [asyncio.create_task(writer.submit_heartbeats([heartbeat(f"f{i}", T0)])) for i in range(10)]
         for _ in range(6):  # kill every attempt while the lock holds it before commit
             await asyncio.sleep(0.1)
-            await terminate_others(db_url, {locker.get_server_pid()})
+            await terminate_others(db_url, {heartbeats_lock.conn.get_server_pid()})
         results = await asyncio.gather(*tasks, return_exceptions=True)
-        await tx.rollback()
+        await heartbeats_lock.release()
     finally:
-        await locker.close()
         await writer.stop()
     assert all(isinstance(r, WriteFailed) and r.transient for r in results), results
     conn = await asyncpg.connect(db_url)
