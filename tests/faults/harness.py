@@ -8,14 +8,14 @@ A heartbeat is acknowledged when the service answered 2xx; the harness then requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,40 +24,24 @@ import aiohttp
 import asyncpg
 import psutil
 
+from benchmarks.database import EmbeddedCluster
 from benchmarks.fleet import Device, enroll
 from benchmarks.processes import ListeningProcess, create_operator
-from service.db.embedded import EmbeddedPostgres
 
 BUCKET = timedelta(seconds=10)
+DEVICES = 40  # closed-loop devices of a fault run
 
 
 # -- the database --------------------------------------------------------------------------------
 
 
-@dataclass
-class FaultCluster:
-    """A cluster of its own (the session cluster must not be killed), on a fixed port so that a
-    restarted server is found at the same address."""
-
-    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="telemetry-faults-")))
-
-    def __post_init__(self) -> None:
-        self.pg = EmbeddedPostgres(self.root / "postgres", server_options={"max_connections": "200"})
-        self.pg.start()
-
-    def url(self, database: str) -> str:
-        return self.pg.admin_url(database)
-
-    async def create_database(self, name: str) -> str:
-        conn = await asyncpg.connect(self.pg.admin_url())
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-        return self.url(name)
+class FaultCluster(EmbeddedCluster):
+    """The benchmarks' throwaway cluster (a directory of its own, fresh databases, durable
+    settings) that may also be killed, stopped and restarted: it is not the session cluster,
+    and its port stays the same across restarts."""
 
     def processes(self) -> list[psutil.Process]:
-        pid = self.pg.running_pid()
+        pid = self.postmaster_pid
         if pid is None:
             return []
         postmaster = psutil.Process(pid)
@@ -79,14 +63,11 @@ class FaultCluster:
             p.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
-        self.pg.start()
+        self.cluster.start()
 
     def close(self) -> None:
-        try:
-            self.sigcont()
-            self.pg.stop("immediate")
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+        self.sigcont()  # a stopped server cannot be shut down
+        super().close()
 
 
 # -- the service ----------------------------------------------------------------------------------
@@ -108,6 +89,25 @@ def service(
             **env,
         },
     )
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    database_url: str, mode: str, log_dir: Path, tag: str, **env: str
+) -> AsyncIterator[tuple[ListeningProcess, Fleet]]:
+    """The service as its own process with `DEVICES` enrolled devices posting to it. On exit the
+    fleet stops and the service gets SIGTERM (its exit code is then `svc.proc.returncode`)."""
+    svc = service(database_url, mode, log_dir, **env)
+    await asyncio.to_thread(svc.start)
+    try:
+        fleet = await Fleet.enrolled([svc.base_url], database_url, DEVICES, tag)
+        fleet.run()
+        try:
+            yield svc, fleet
+        finally:
+            await fleet.stop()
+    finally:
+        await asyncio.to_thread(svc.stop)
 
 
 async def scrape(base_url: str) -> dict[str, float]:

@@ -21,6 +21,7 @@ import pytest
 
 from benchmarks.processes import create_operator
 from tests.faults.harness import (
+    DEVICES,
     FaultCluster,
     Fleet,
     log_of,
@@ -30,6 +31,7 @@ from tests.faults.harness import (
     rss_mb,
     scrape,
     service,
+    serving,
 )
 
 pytestmark = pytest.mark.slow
@@ -46,24 +48,20 @@ def cluster() -> Iterator[FaultCluster]:
 
 @pytest.fixture(params=["postgres", "timescale"])
 def fault_mode(request: pytest.FixtureRequest, cluster: FaultCluster) -> str:
-    if request.param == "timescale" and not cluster.pg.timescale_available:
+    if request.param == "timescale" and not cluster.timescale_available:
         pytest.skip("timescale mode skipped: TimescaleDB cannot be loaded by this PostgreSQL server")
     return str(request.param)
 
 
 @pytest.fixture
 async def database(cluster: FaultCluster) -> str:
-    return await cluster.create_database(f"f_{uuid.uuid4().hex[:10]}")
+    return await cluster.fresh_database(f"f_{uuid.uuid4().hex[:10]}")
 
 
 async def test_database_sigkill_and_restart_under_load(
     cluster: FaultCluster, database: str, fault_mode: str, tmp_path: Path
 ) -> None:
-    svc = service(database, fault_mode, tmp_path)
-    await asyncio.to_thread(svc.start)
-    try:
-        fleet = await Fleet.enrolled([svc.base_url], database, 40, "kill")
-        fleet.run()
+    async with serving(database, fault_mode, tmp_path, "kill") as (svc, fleet):
         await asyncio.sleep(4)
         killed_at = time.monotonic()
         await asyncio.to_thread(cluster.kill9)
@@ -74,8 +72,7 @@ async def test_database_sigkill_and_restart_under_load(
         await fleet.stop()
         metrics = await scrape(svc.base_url)
         assert svc.proc is not None and svc.proc.poll() is None, "the service must survive the outage"
-    finally:
-        code = await asyncio.to_thread(svc.stop)
+    code = svc.proc.returncode
     missing = await missing_acks(database, fleet.acked)
     first_ok = fleet.first_success_after(up_at)
     assert first_ok is not None, fleet.statuses(up_at)
@@ -107,11 +104,7 @@ async def test_database_sigkill_and_restart_under_load(
 async def test_sigterm_under_load_drains_and_acknowledges_only_commits(
     database: str, fault_mode: str, tmp_path: Path
 ) -> None:
-    svc = service(database, fault_mode, tmp_path)
-    await asyncio.to_thread(svc.start)
-    try:
-        fleet = await Fleet.enrolled([svc.base_url], database, 40, "term")
-        fleet.run()
+    async with serving(database, fault_mode, tmp_path, "term") as (svc, fleet):
         await asyncio.sleep(3)
         # The closed-loop devices are answered together by one group commit, so there are
         # moments with none of them in flight: open-loop traffic makes sure some requests are
@@ -123,8 +116,6 @@ async def test_sigterm_under_load_drains_and_acknowledges_only_commits(
         stopped_in = time.monotonic() - term_at
         await probe
         await fleet.stop()
-    finally:
-        await asyncio.to_thread(svc.stop)
     missing = await missing_acks(database, fleet.acked)
     # Requests sent before SIGTERM but answered after it: each got either a 2xx (and its row is
     # stored, checked by `missing`) or an error, never silence.
@@ -156,11 +147,7 @@ async def test_stalled_database_sheds_load_fast_and_recovers(
 ) -> None:
     """A 6 s stall ends before the pool's 10 s command timeout; a 14 s one outlasts it and the
     10 s commit wait, so flushes time out, are retried, and waiting callers get 503."""
-    svc = service(database, fault_mode, tmp_path, TELEMETRY_STALL_SECONDS="1")
-    await asyncio.to_thread(svc.start)
-    try:
-        fleet = await Fleet.enrolled([svc.base_url], database, 40, "stall")
-        fleet.run()
+    async with serving(database, fault_mode, tmp_path, "stall", TELEMETRY_STALL_SECONDS="1") as (svc, fleet):
         await asyncio.sleep(3)
         rss_before = rss_mb(svc.pid)
         stopped_at = time.monotonic()
@@ -188,8 +175,7 @@ async def test_stalled_database_sheds_load_fast_and_recovers(
         await asyncio.sleep(5)
         await fleet.stop()
         metrics = await scrape(svc.base_url)
-    finally:
-        code = await asyncio.to_thread(svc.stop)
+    code = svc.proc.returncode
     missing = await missing_acks(database, fleet.acked)
     # Requests sent once the stall was detectable (stall threshold 1 s) until the resume.
     shed = [o for o in fleet.outcomes if stopped_at + 1.5 <= o.sent_at < resumed_at and o.status == 503]
@@ -231,7 +217,7 @@ async def test_two_instances_on_one_database(
     b = service(database, fault_mode, tmp_path, name="b")
     await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
     try:
-        fleet = await Fleet.enrolled([a.base_url, b.base_url], database, 40, "pair")
+        fleet = await Fleet.enrolled([a.base_url, b.base_url], database, DEVICES, "pair")
         fleet.run()
         token = await asyncio.to_thread(create_operator, database, "pair-op")
         headers = {"Authorization": f"Bearer {token}"}
