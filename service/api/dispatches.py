@@ -32,9 +32,7 @@ async def create_dispatch(request: web.Request) -> web.Response:
     """201 with the new dispatch; 200 with the stored one when `request_id` exists with the same
     device, action and payload; 409 when it exists with different ones."""
     svc = services(request)
-    # Shed load first: an overloaded or stalled instance answers 503 before touching the
-    # database (authentication) or reading the body.
-    svc.writer.ensure_capacity()
+    svc.writer.ensure_capacity()  # before authentication and the body: refusing must be cheap
     operator = await require_operator(request)
     body = await decode(request, DispatchRequest)
     async with svc.pool.acquire() as conn:

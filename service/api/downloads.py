@@ -28,9 +28,7 @@ def event_id(device_id: str, event_key: str | None) -> int:
 
 async def post_download(request: web.Request) -> web.Response:
     svc = services(request)
-    # Shed load first: an overloaded or stalled instance answers 503 before touching the
-    # database (authentication) or reading the body.
-    svc.writer.ensure_capacity()
+    svc.writer.ensure_capacity()  # before authentication and the body: refusing must be cheap
     device = await require_device(request)
     body = await decode(request, ApkDownload)
     if body.event_key is not None and body.ts is None:

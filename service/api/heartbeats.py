@@ -24,9 +24,7 @@ def bucket_start(ts: datetime, bucket_seconds: int) -> datetime:
 
 async def post_heartbeats(request: web.Request) -> web.Response:
     svc = services(request)
-    # Shed load first: an overloaded or stalled instance answers 503 before touching the
-    # database (authentication) or reading the body.
-    svc.writer.ensure_capacity()
+    svc.writer.ensure_capacity()  # before authentication and the body: refusing must be cheap
     device = await require_device(request)
     settings = svc.settings
     heartbeats, is_batch = await heartbeats_of(request, settings.max_batch_heartbeats)
