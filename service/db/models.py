@@ -71,8 +71,11 @@ class User(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     username: Mapped[str] = mapped_column(String(128), unique=True)
+    role: Mapped[str] = mapped_column(String(16), server_default="admin")
     created_at: Mapped[datetime] = mapped_column(server_default=NOW)
     disabled_at: Mapped[datetime | None]
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
 
 
 class Session(Base):
@@ -101,6 +104,8 @@ class Device(Base):
     )
     enrolled_at: Mapped[datetime] = mapped_column(server_default=NOW)
     credential_revoked_at: Mapped[datetime | None]
+    # Set by revocation, cleared only by an operator's reinstate: a banned id cannot enroll.
+    banned_at: Mapped[datetime | None]
 
 
 class EnrollmentToken(Base):
@@ -117,6 +122,8 @@ class EnrollmentToken(Base):
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     note: Mapped[str | None] = mapped_column(Text)
+    # When set, only this device id can enroll with the token (and re-enroll an existing id).
+    device_id: Mapped[str | None] = mapped_column(String(128))
 
     __table_args__ = (
         CheckConstraint("max_uses > 0", name="max_uses_positive"),
@@ -250,7 +257,10 @@ class DeviceEvent(Base):
     details: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(server_default=NOW)
 
-    __table_args__ = (Index("ix_device_events_device_id_created_at", "device_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_device_events_device_id_created_at", "device_id", "created_at"),
+        Index("ix_device_events_created_at", "created_at"),
+    )
 
 
 class EnrollmentEvent(Base):
@@ -261,7 +271,12 @@ class EnrollmentEvent(Base):
     device_id: Mapped[str | None] = mapped_column(String(128))
     outcome: Mapped[str] = mapped_column(String(32))
     remote_addr: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW, index=True)
+    # Refusals are one row per (address, window) with a count, so a flood cannot grow the table.
+    attempts: Mapped[int] = mapped_column(Integer, server_default="1")
+    window_start: Mapped[datetime | None]
+
+    __table_args__ = (UniqueConstraint("outcome", "remote_addr", "window_start"),)
 
 
 class Command(Base):

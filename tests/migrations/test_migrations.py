@@ -17,8 +17,9 @@ from service.migrations.commands import Migrator
 from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-PREVIOUS = "a43a2b52588a"
-HEAD = "aadd574780ab"
+SECOND = "a43a2b52588a"
+PREVIOUS = "aadd574780ab"
+HEAD = "5b1f0c2d9e47"
 
 
 async def user_tables(url: str) -> set[str]:
@@ -134,7 +135,7 @@ async def test_check_names_the_pending_revision_when_one_behind(empty_db: str, m
     code, out = await check(empty_db, mode)
     assert code == 1
     assert HEAD in out and "pending" in out
-    assert PREVIOUS not in out and BASELINE not in out
+    assert PREVIOUS not in out and SECOND not in out and BASELINE not in out
 
 
 def _telemetry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -223,5 +224,6 @@ def test_history_lists_the_revisions_in_order() -> None:
     Migrator(settings=Settings(), database_url=None, stdout=out).history()
     lines = out.getvalue().strip().splitlines()
     assert lines[0].startswith(f"{PREVIOUS} -> {HEAD} (head)")
-    assert lines[1].startswith(f"{BASELINE} -> {PREVIOUS}")
+    assert lines[1].startswith(f"{SECOND} -> {PREVIOUS}")
+    assert lines[2].startswith(f"{BASELINE} -> {SECOND}")
     assert lines[-1].startswith(f"<base> -> {BASELINE}")
