@@ -81,22 +81,22 @@ def create_app(
     app.on_startup.append(start_writer)
     app.on_shutdown.append(drain_writer)
 
-    if storage_mode == "postgres":
-        # Plain PostgreSQL has no job scheduler: this instance creates partitions ahead and
-        # drops expired ones (one instance at a time, under an advisory lock).
-        from service.retention.maintenance import PartitionMaintenance
+    # Plain PostgreSQL has no job scheduler: this instance creates partitions ahead and
+    # drops expired ones (one instance at a time, under an advisory lock). In both modes it
+    # expires the audit tables, which no TimescaleDB policy covers.
+    from service.retention.maintenance import PartitionMaintenance
 
-        maintenance = PartitionMaintenance(pool, settings, storage_mode)
-        stop_maintenance = asyncio.Event()
-        tasks: list[asyncio.Task[None]] = []
+    maintenance = PartitionMaintenance(pool, settings, storage_mode)
+    stop_maintenance = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
 
-        async def start_maintenance(_: web.Application) -> None:
-            tasks.append(asyncio.create_task(maintenance.run_forever(stop_maintenance)))
+    async def start_maintenance(_: web.Application) -> None:
+        tasks.append(asyncio.create_task(maintenance.run_forever(stop_maintenance)))
 
-        async def stop_maintenance_task(_: web.Application) -> None:
-            stop_maintenance.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
+    async def stop_maintenance_task(_: web.Application) -> None:
+        stop_maintenance.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
-        app.on_startup.append(start_maintenance)
-        app.on_shutdown.append(stop_maintenance_task)
+    app.on_startup.append(start_maintenance)
+    app.on_shutdown.append(stop_maintenance_task)
     return app

@@ -19,11 +19,14 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class RetentionWindows:
-    """How long each time-series table keeps its rows (the guides' defaults)."""
+    """How long each time-series and audit table keeps its rows (the guides' defaults)."""
 
     device_heartbeats: timedelta = timedelta(days=2)
     fcm_dispatches: timedelta = timedelta(days=2)
     apk_download_events: timedelta = timedelta(days=7)
+    # Audit tables (plain tables expired by a batched DELETE), the guides' 90 days.
+    device_events: timedelta = timedelta(days=90)
+    enrollment_events: timedelta = timedelta(days=90)
 
     def as_dict(self) -> dict[str, timedelta]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,6 +116,10 @@ class Settings:
             fcm_dispatches=as_seconds("TELEMETRY_RETENTION_DISPATCHES_SECONDS", d.retention.fcm_dispatches),
             apk_download_events=as_seconds(
                 "TELEMETRY_RETENTION_DOWNLOADS_SECONDS", d.retention.apk_download_events
+            ),
+            device_events=as_seconds("TELEMETRY_RETENTION_DEVICE_EVENTS_SECONDS", d.retention.device_events),
+            enrollment_events=as_seconds(
+                "TELEMETRY_RETENTION_ENROLLMENT_EVENTS_SECONDS", d.retention.enrollment_events
             ),
         )
         return cls(

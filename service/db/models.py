@@ -298,13 +298,14 @@ class Command(Base):
 
 
 class RetentionPolicy(Base):
-    """Retention window per time-series table, shared by every service instance."""
+    """Retention window per time-series or audit table, shared by every service instance."""
 
     __tablename__ = "retention_policies"
 
     table_name: Mapped[str] = mapped_column(String(63), primary_key=True)
     drop_after: Mapped[timedelta]
-    partition_interval: Mapped[timedelta]
+    # NULL for a plain (audit) table, which is expired by a batched DELETE, not by partition.
+    partition_interval: Mapped[timedelta | None]
     updated_at: Mapped[datetime] = mapped_column(server_default=NOW)
 
     __table_args__ = (CheckConstraint("drop_after > interval '0'", name="drop_after_positive"),)

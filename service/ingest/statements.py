@@ -58,7 +58,7 @@ RETURNING id, ts
 ENSURE_PARTITIONS_NOW = """
 SELECT telemetry_ensure_partitions(
     table_name, partition_interval, now() - drop_after - partition_interval, now() + interval '1 day'
-) FROM retention_policies
+) FROM retention_policies WHERE partition_interval IS NOT NULL
 """
 
 # The first heartbeat of a (device, bucket) in the flush is the candidate; it is stored unless

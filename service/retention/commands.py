@@ -21,6 +21,7 @@ from service.db.embedded import resolve_database_url
 from service.db.storage_mode import StorageModeError
 from service.db.time_series import TIME_SERIES_TABLES, TimeSeriesTable
 from service.db.urls import asyncpg_dsn
+from service.retention import audit
 from service.retention.cleanup import CleanupReport, KeyExpiry, TableCleanup, run_cleanup
 from service.retention.policies import (
     SchemaNotReadyError,
@@ -30,7 +31,7 @@ from service.retention.policies import (
     resolve_table,
     set_window,
 )
-from service.retention.show import collect, format_time, render_plain, render_rich
+from service.retention.show import collect, collect_audit, format_time, render_plain, render_rich
 from service.retention.windows import WindowError, format_window, parse_window
 from service.settings import Settings, StorageMode
 
@@ -46,6 +47,19 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
     # Input is checked before touching the database, so a typo fails fast and changes nothing.
     try:
         match args.verb:
+            case "set" if args.table in audit.AUDIT_BY_NAME:
+                audit_table = audit.AUDIT_BY_NAME[args.table]
+                window = parse_window(args.window)
+
+                async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
+                    before = await audit.read_window(conn, audit_table)
+                    after = await audit.set_window(conn, audit_table, window)
+                    print(
+                        f"{audit_table.name}: window {format_window(after)} (was {format_window(before)}), "
+                        "stored in retention_policies"
+                    )
+                    return 0
+
             case "set":
                 table = resolve_table(args.table)
                 window = parse_window(args.window)
@@ -54,19 +68,29 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
                     return await _set(conn, mode, table, window, settings)
 
             case "run":
-                tables = [resolve_table(args.table)] if args.table else list(TIME_SERIES_TABLES)
+                if args.table in audit.AUDIT_BY_NAME:
+                    tables, audits = [], [audit.AUDIT_BY_NAME[args.table]]
+                elif args.table:
+                    tables, audits = [resolve_table(args.table)], []
+                else:
+                    tables, audits = list(TIME_SERIES_TABLES), list(audit.AUDIT_TABLES)
 
                 async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
                     report = await run_cleanup(conn, mode, tables, dry_run=args.dry_run)
                     print_cleanup(report, sys.stdout)
-                    return 0 if report.ok else 1
+                    expiries = [await audit.expire(conn, t, dry_run=args.dry_run) for t in audits]
+                    for expiry in expiries:
+                        print_audit_expiry(expiry, sys.stdout)
+                    ok = report.ok and all(e.error is None for e in expiries)
+                    return 0 if ok else 1
 
             case "show":
 
                 async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
                     tables_, keys = await collect(conn, mode, settings)
+                    audits_ = await collect_audit(conn, settings)
                     render = render_rich if sys.stdout.isatty() else render_plain
-                    render(tables_, keys, sys.stdout)
+                    render(tables_, keys, sys.stdout, audits_)
                     return 0
 
             case _:
@@ -163,3 +187,17 @@ def print_cleanup(report: CleanupReport, out: TextIO) -> None:
             _fail(f"fcm_dispatch_keys: {report.keys.error}")
         else:
             print(_keys_line(report.keys), file=out)
+
+
+def print_audit_expiry(expiry: audit.AuditExpiry, out: TextIO) -> None:
+    if expiry.error is not None:
+        print(f"{expiry.table}: FAILED: {expiry.error}", file=out)
+        _fail(f"{expiry.table}: {expiry.error}")
+        return
+    verb = "would delete" if expiry.dry_run else "deleted"
+    more = "" if expiry.complete else " (more remain)"
+    print(
+        f"{expiry.table}: {verb} {expiry.deleted} rows created before {format_time(expiry.cutoff)}"
+        f"{more} in {expiry.seconds:.3f}s; window {format_window(expiry.window)}",
+        file=out,
+    )

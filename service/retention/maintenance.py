@@ -1,8 +1,9 @@
-"""Partition maintenance in the service (postgres mode): create ahead, drop expired, expire keys.
+"""The service's retention maintenance: partitions ahead and expired ones dropped (postgres
+mode), dispatch keys and audit rows expired.
 
 TimescaleDB creates chunks on demand and runs retention and key expiry as database jobs, so in
-timescale mode a round does nothing. In postgres mode a round, run by exactly one instance at a
-time, does in this order:
+timescale mode a round only expires the audit tables (step 4). In postgres mode a round, run by
+exactly one instance at a time, does in this order:
 
 1. for each time-series table, makes sure partitions cover `[now - window, now + horizon]`,
    with `horizon = max(partition_lookahead, max_clock_skew + 2 * maintenance_interval)`: a write
@@ -15,6 +16,8 @@ time, does in this order:
    counting their rows, to keep rounds cheap;
 3. expires dispatch idempotency keys, at most `KEY_BATCHES_PER_ROUND` batches per round, so a
    backlog is worked off over several bounded rounds rather than in one unbounded one.
+4. expires audit rows (`device_events`, `enrollment_events`) past their windows, at most
+   `AUDIT_BATCHES_PER_ROUND` batches per table per round (see `service.retention.audit`).
 
 Creation comes first: if dropping fails (for example on its lock timeout) the round still leaves
 the partitions writes need.
@@ -37,6 +40,7 @@ from datetime import timedelta
 import asyncpg
 
 from service.db.time_series import TIME_SERIES_TABLES
+from service.retention.audit import AUDIT_TABLES, expire
 from service.retention.cleanup import DROP_LOCK_TIMEOUT, DroppedRange, clean_table, expire_dispatch_keys
 from service.retention.policies import ENSURE_PARTITIONS, detect_storage_mode, read_policy
 from service.settings import Settings, StorageMode
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 # Any constant shared by every instance of this service (distinct from the migration lock).
 MAINTENANCE_LOCK_KEY = 0x7E1E_3E8
 KEY_BATCHES_PER_ROUND = 100
+AUDIT_BATCHES_PER_ROUND = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,7 @@ class MaintenanceReport:
     created: dict[str, int] = field(default_factory=dict)  # partitions created, per table
     dropped: dict[str, tuple[DroppedRange, ...]] = field(default_factory=dict)
     keys_expired: int = 0
+    audit_expired: dict[str, int] = field(default_factory=dict)  # rows deleted, per audit table
     errors: tuple[str, ...] = ()
     seconds: float = 0.0
 
@@ -94,15 +100,21 @@ class PartitionMaintenance:
         async with self._pool.acquire() as conn:
             if self._mode is None:
                 self._mode = await detect_storage_mode(conn, self._settings.storage_mode)
-            if self._mode == "timescale":
-                return MaintenanceReport(
-                    mode="timescale", ran=False, skipped_because="TimescaleDB runs retention and key expiry"
-                )
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_KEY):
                 return MaintenanceReport(
-                    mode="postgres", ran=False, skipped_because="another instance holds the maintenance lock"
+                    mode=self._mode, ran=False, skipped_because="another instance holds the maintenance lock"
                 )
             try:
+                if self._mode == "timescale":
+                    # TimescaleDB's jobs handle the time-series tables and the dispatch keys.
+                    audit_expired, errors = await self._expire_audit(conn)
+                    return MaintenanceReport(
+                        mode="timescale",
+                        ran=True,
+                        audit_expired=audit_expired,
+                        errors=tuple(errors),
+                        seconds=time.perf_counter() - started,
+                    )
                 return await self._round(conn, started)
             finally:
                 # A broken connection cannot unlock, but the server releases its locks with it.
@@ -134,15 +146,28 @@ class PartitionMaintenance:
         keys = await expire_dispatch_keys(conn, max_batches=KEY_BATCHES_PER_ROUND)
         if keys.error is not None:
             errors.append(f"fcm_dispatch_keys: expiring keys failed: {keys.error}")
+        audit_expired, audit_errors = await self._expire_audit(conn)
+        errors += audit_errors
         return MaintenanceReport(
             mode="postgres",
             ran=True,
             created=created,
             dropped=dropped,
             keys_expired=keys.expired,
+            audit_expired=audit_expired,
             errors=tuple(errors),
             seconds=time.perf_counter() - started,
         )
+
+    async def _expire_audit(self, conn: asyncpg.Connection) -> tuple[dict[str, int], list[str]]:
+        expired: dict[str, int] = {}
+        errors: list[str] = []
+        for table in AUDIT_TABLES:
+            result = await expire(conn, table, max_batches=AUDIT_BATCHES_PER_ROUND)
+            expired[table.name] = result.deleted
+            if result.error is not None:
+                errors.append(f"{table.name}: expiring audit rows failed: {result.error}")
+        return expired, errors
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -170,12 +195,14 @@ def _log_report(report: MaintenanceReport) -> None:
         log.warning("partition maintenance: %s", error)
     created = sum(report.created.values())
     dropped = sum(len(d) for d in report.dropped.values())
-    level = logging.INFO if created or dropped or report.keys_expired else logging.DEBUG
+    audit_rows = sum(report.audit_expired.values())
+    level = logging.INFO if created or dropped or report.keys_expired or audit_rows else logging.DEBUG
     log.log(
         level,
-        "partition maintenance: %d partitions created, %d dropped, %d dispatch keys expired in %.3fs",
+        "maintenance: %d partitions created, %d dropped, %d dispatch keys and %d audit rows expired in %.3fs",
         created,
         dropped,
         report.keys_expired,
+        audit_rows,
         report.seconds,
     )

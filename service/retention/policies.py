@@ -19,6 +19,7 @@ import asyncpg
 
 from service.db.storage_mode import PROBE_SQL, Probe, StorageModeError, decide
 from service.db.time_series import BY_NAME, TIME_SERIES_TABLES, TimeSeriesTable
+from service.retention.audit import AUDIT_TABLES
 from service.settings import ModeChoice, StorageMode
 
 RETENTION_PROC = "policy_retention"
@@ -84,7 +85,7 @@ def resolve_table(name: str) -> TimeSeriesTable:
     try:
         return BY_NAME[name]
     except KeyError:
-        valid = ", ".join(t.name for t in TIME_SERIES_TABLES)
+        valid = ", ".join([t.name for t in TIME_SERIES_TABLES] + [t.name for t in AUDIT_TABLES])
         raise UnknownTableError(f"unknown table {name!r}: retention applies to {valid}") from None
 
 

@@ -1,4 +1,4 @@
-"""`telemetry retention show`: per time-series table, how retention is set up and where it stands.
+"""`telemetry retention show`: per time-series and audit table, how retention is set up and where it stands.
 
 How long data can outlive its window (`max_overshoot`): retention drops whole chunks or
 partitions once their whole range is past the window, and only when it runs. A row at time `t`
@@ -22,6 +22,7 @@ from service.db.time_series import (
     TIME_SERIES_TABLES,
     TimeSeriesTable,
 )
+from service.retention import audit
 from service.retention.cleanup import list_ranges
 from service.retention.policies import read_policy
 from service.retention.windows import format_window
@@ -162,6 +163,41 @@ async def collect(
     return tables, await key_status(conn, mode, settings)
 
 
+@dataclass(frozen=True, slots=True)
+class AuditStatus:
+    """An audit table (expired row by row by the service's maintenance task)."""
+
+    table: str
+    window: timedelta
+    schedule: timedelta
+    rows: int
+    oldest_row: datetime | None
+
+
+async def collect_audit(conn: asyncpg.Connection, settings: Settings) -> list[AuditStatus]:
+    return [
+        AuditStatus(
+            table=t.name,
+            window=await audit.read_window(conn, t),
+            schedule=settings.maintenance_interval,
+            rows=await audit.row_count(conn, t),
+            oldest_row=await audit.oldest_row(conn, t),
+        )
+        for t in audit.AUDIT_TABLES
+    ]
+
+
+def audit_fields(status: AuditStatus) -> list[tuple[str, str]]:
+    return [
+        ("window", format_window(status.window)),
+        ("expired by", "service maintenance (batched DELETE), both modes"),
+        ("schedule", f"every {format_window(status.schedule)}"),
+        ("max overshoot", f"{format_window(status.schedule)} (schedule)"),
+        ("rows", str(status.rows)),
+        ("oldest row", format_time(status.oldest_row)),
+    ]
+
+
 # --- rendering --------------------------------------------------------------------------------
 
 
@@ -230,9 +266,12 @@ def key_fields(status: KeyStatus) -> list[tuple[str, str]]:
     ]
 
 
-def render_plain(tables: Sequence[TableStatus], keys: KeyStatus, out: TextIO) -> None:
+def render_plain(
+    tables: Sequence[TableStatus], keys: KeyStatus, out: TextIO, audits: Sequence[AuditStatus] = ()
+) -> None:
     """One block per table, `label  value` lines: stable for scripts and grep."""
     blocks = [(t.table, table_fields(t)) for t in tables] + [("fcm_dispatch_keys", key_fields(keys))]
+    blocks += [(a.table, audit_fields(a)) for a in audits]
     width = max(len(label) for _, fields in blocks for label, _ in fields)
     for i, (name, fields) in enumerate(blocks):
         if i:
@@ -242,7 +281,9 @@ def render_plain(tables: Sequence[TableStatus], keys: KeyStatus, out: TextIO) ->
             print(f"  {label:<{width}}  {value}", file=out)
 
 
-def render_rich(tables: Sequence[TableStatus], keys: KeyStatus, out: TextIO) -> None:
+def render_rich(
+    tables: Sequence[TableStatus], keys: KeyStatus, out: TextIO, audits: Sequence[AuditStatus] = ()
+) -> None:
     """A table per section, one column per time-series table, for a terminal."""
     from rich.console import Console
     from rich.table import Table
@@ -263,3 +304,12 @@ def render_rich(tables: Sequence[TableStatus], keys: KeyStatus, out: TextIO) -> 
     for label, value in key_fields(keys):
         key_grid.add_row(label, value)
     console.print(key_grid)
+    if audits:
+        audit_grid = Table(title="audit tables")
+        audit_grid.add_column("", style="bold")
+        for a in audits:
+            audit_grid.add_column(a.table)
+        audit_columns = [audit_fields(a) for a in audits]
+        for i, (label, _) in enumerate(audit_columns[0]):
+            audit_grid.add_row(label, *(fields[i][1] for fields in audit_columns))
+        console.print(audit_grid)

@@ -17,9 +17,9 @@ from service.migrations.commands import Migrator
 from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-SECOND = "a43a2b52588a"
-PREVIOUS = "aadd574780ab"
-HEAD = "5b1f0c2d9e47"
+EARLIER = "aadd574780ab"
+PREVIOUS = "5b1f0c2d9e47"
+HEAD = "0c4e8a7d2f61"
 
 
 async def user_tables(url: str) -> set[str]:
@@ -101,6 +101,8 @@ async def test_time_series_tables_are_partitioned_with_retention(
         "device_heartbeats": timedelta(days=2),
         "fcm_dispatches": timedelta(days=2),
         "apk_download_events": timedelta(days=7),
+        "device_events": timedelta(days=90),
+        "enrollment_events": timedelta(days=90),
     }
 
 
@@ -135,7 +137,7 @@ async def test_check_names_the_pending_revision_when_one_behind(empty_db: str, m
     code, out = await check(empty_db, mode)
     assert code == 1
     assert HEAD in out and "pending" in out
-    assert PREVIOUS not in out and SECOND not in out and BASELINE not in out
+    assert PREVIOUS not in out and EARLIER not in out and BASELINE not in out
 
 
 def _telemetry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -224,6 +226,6 @@ def test_history_lists_the_revisions_in_order() -> None:
     Migrator(settings=Settings(), database_url=None, stdout=out).history()
     lines = out.getvalue().strip().splitlines()
     assert lines[0].startswith(f"{PREVIOUS} -> {HEAD} (head)")
-    assert lines[1].startswith(f"{SECOND} -> {PREVIOUS}")
-    assert lines[2].startswith(f"{BASELINE} -> {SECOND}")
+    assert lines[1].startswith(f"{EARLIER} -> {PREVIOUS}")
+    assert lines[-2].startswith(f"{BASELINE} -> ")
     assert lines[-1].startswith(f"<base> -> {BASELINE}")

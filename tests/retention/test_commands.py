@@ -57,7 +57,14 @@ async def test_set_then_show(db_url: str, mode: StorageMode) -> None:
     shown = await telemetry(db_url, mode, "show")
     assert shown.returncode == 0, shown.stderr
     tables = blocks(shown.stdout)
-    assert set(tables) == {"device_heartbeats", "fcm_dispatches", "apk_download_events", "fcm_dispatch_keys"}
+    assert set(tables) == {
+        "device_heartbeats",
+        "fcm_dispatches",
+        "apk_download_events",
+        "fcm_dispatch_keys",
+        "device_events",
+        "enrollment_events",
+    }
     heartbeats = tables["device_heartbeats"]
     assert heartbeats["mode"] == mode
     assert heartbeats["window"] == "1d12h"

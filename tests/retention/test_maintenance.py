@@ -33,14 +33,18 @@ async def partitions(conn: asyncpg.Connection, table: str) -> list[asyncpg.Recor
     return await conn.fetch("SELECT * FROM telemetry_partition_bounds($1)", table)
 
 
-async def test_timescale_mode_leaves_everything_to_the_database(
-    pools: list[asyncpg.Pool], mode: StorageMode
+async def test_timescale_mode_leaves_chunks_and_keys_to_the_database_and_expires_audit_rows(
+    pools: list[asyncpg.Pool], conn: asyncpg.Connection, mode: StorageMode
 ) -> None:
     if mode != "timescale":
         pytest.skip("timescale only")
+    ranges_before = await conn.fetchval("SELECT count(*) FROM timescaledb_information.chunks")
     report = await PartitionMaintenance(pools[0], Settings(storage_mode=mode)).run_once()
-    assert (report.mode, report.ran) == ("timescale", False)
-    assert report.skipped_because and "TimescaleDB" in report.skipped_because
+    assert (report.mode, report.ran) == ("timescale", True)
+    assert report.created == {} and report.dropped == {} and report.keys_expired == 0
+    assert set(report.audit_expired) == {"device_events", "enrollment_events"}
+    assert report.errors == ()
+    assert await conn.fetchval("SELECT count(*) FROM timescaledb_information.chunks") == ranges_before
 
 
 async def test_two_instances_at_once_no_errors_nothing_dropped_twice_partitions_ahead(

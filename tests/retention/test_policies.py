@@ -37,7 +37,9 @@ async def retention_jobs(conn: asyncpg.Connection) -> dict[str, list[timedelta]]
 
 
 async def stored_windows(conn: asyncpg.Connection) -> dict[str, timedelta]:
-    rows = await conn.fetch("SELECT table_name, drop_after FROM retention_policies")
+    rows = await conn.fetch(
+        "SELECT table_name, drop_after FROM retention_policies WHERE partition_interval IS NOT NULL"
+    )
     return {r["table_name"]: r["drop_after"] for r in rows}
 
 
@@ -187,7 +189,8 @@ async def test_downgrade_then_upgrade_leaves_no_orphaned_job(db_url: str, mode: 
     try:
         for table in TIME_SERIES_TABLES:
             await set_window(conn, mode, table, timedelta(days=3), LOOKAHEAD)
-        for target in ("-1", "base"):
+        # Just below the key-expiry revision, then all the way down.
+        for target in ("a43a2b52588a", "base"):
             await asyncio.to_thread(migrator.downgrade, target)
             if mode == "timescale":
                 assert await orphaned_jobs(conn) == []

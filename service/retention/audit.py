@@ -1,0 +1,143 @@
+"""Audit tables: plain tables whose old rows are expired by a batched `DELETE`.
+
+`device_events` and `enrollment_events` record who enrolled, who was revoked and which
+addresses were refused. They are small and fleet-wide (not partitioned, so Citus can keep them
+as reference tables), so retention here is a row-level `DELETE … WHERE created_at < cutoff`,
+the same in both storage modes, run by the service's maintenance task and by
+`telemetry retention run`.
+
+Guarantees:
+* A row is kept at least its table's window; it goes at the first run after `created_at +
+  window`, so the overshoot is at most one maintenance interval.
+* Every step is bounded: one `DELETE` removes at most `batch_size` rows (found through the
+  `created_at` index, no sort), and a run does at most `max_batches` of them, each in its own
+  transaction, so no run holds locks for long and a backlog is worked off over several runs.
+* The window lives in `retention_policies` (with a NULL `partition_interval`: the table is not
+  partitioned), so every instance reads the same one and `telemetry retention set` changes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from service.db.time_series import interval_literal
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTable:
+    name: str
+    time_column: str
+    default_window: timedelta
+
+
+DEVICE_EVENTS = AuditTable("device_events", "created_at", timedelta(days=90))
+ENROLLMENT_EVENTS = AuditTable("enrollment_events", "created_at", timedelta(days=90))
+AUDIT_TABLES: tuple[AuditTable, ...] = (DEVICE_EVENTS, ENROLLMENT_EVENTS)
+AUDIT_BY_NAME = {t.name: t for t in AUDIT_TABLES}
+
+DELETE_BATCH = 10_000
+
+_WINDOW = "SELECT drop_after FROM retention_policies WHERE table_name = $1"
+
+_UPSERT = """
+INSERT INTO retention_policies (table_name, drop_after, partition_interval) VALUES ($1, $2, NULL)
+ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, updated_at = now()
+"""
+
+
+def store_window_sql(table: AuditTable, window: timedelta) -> str:
+    """For migrations (works offline): the table's window row."""
+    return (
+        "INSERT INTO retention_policies (table_name, drop_after, partition_interval) "
+        f"VALUES ('{table.name}', {interval_literal(window)}, NULL) "
+        "ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, updated_at = now()"
+    )
+
+
+def _delete_sql(table: AuditTable) -> str:
+    # `id IN (… LIMIT n)`: the inner scan walks the time index and stops after n matches.
+    return (
+        f"DELETE FROM {table.name} WHERE id IN ("
+        f"SELECT id FROM {table.name} WHERE {table.time_column} < $1 LIMIT $2)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditExpiry:
+    """What one run did to one audit table; `error` is set when it failed part-way."""
+
+    table: str
+    dry_run: bool
+    window: timedelta | None = None
+    cutoff: datetime | None = None  # rows created before it expire
+    deleted: int = 0  # in a dry run: how many would be
+    complete: bool = True  # False: the batch limit was reached with rows left
+    seconds: float = 0.0
+    error: str | None = None
+
+
+async def read_window(conn: asyncpg.Connection, table: AuditTable) -> timedelta:
+    """The stored window; the table's default when no row exists (only possible by hand)."""
+    stored: timedelta | None = await conn.fetchval(_WINDOW, table.name)
+    return stored if stored is not None else table.default_window
+
+
+async def set_window(conn: asyncpg.Connection, table: AuditTable, window: timedelta) -> timedelta:
+    if window <= timedelta(0):
+        raise ValueError("a retention window must be longer than zero")
+    await conn.execute(_UPSERT, table.name, window)
+    return await read_window(conn, table)
+
+
+async def expire(
+    conn: asyncpg.Connection,
+    table: AuditTable,
+    *,
+    dry_run: bool = False,
+    batch_size: int = DELETE_BATCH,
+    max_batches: int | None = None,
+) -> AuditExpiry:
+    """Delete the table's rows older than its window, in batches (see the module docstring).
+
+    `max_batches=None` runs until no expired row is left (the CLI); the maintenance task passes
+    a limit. Never raises for a database error: the result carries it."""
+    started = time.perf_counter()
+    window: timedelta | None = None
+    cutoff: datetime | None = None
+    deleted = 0
+    try:
+        window = await read_window(conn, table)
+        cutoff = await conn.fetchval("SELECT now() - $1::interval", window)
+        if dry_run:
+            deleted = await conn.fetchval(
+                f"SELECT count(*) FROM {table.name} WHERE {table.time_column} < $1", cutoff
+            )
+            return AuditExpiry(table.name, True, window, cutoff, deleted, True, time.perf_counter() - started)
+        batches = 0
+        while max_batches is None or batches < max_batches:
+            status = await conn.execute(_delete_sql(table), cutoff, batch_size)
+            count = int(status.split()[-1])
+            deleted += count
+            batches += 1
+            if count < batch_size:
+                return AuditExpiry(
+                    table.name, False, window, cutoff, deleted, True, time.perf_counter() - started
+                )
+        return AuditExpiry(table.name, False, window, cutoff, deleted, False, time.perf_counter() - started)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        return AuditExpiry(
+            table.name, dry_run, window, cutoff, deleted, False, time.perf_counter() - started, error=str(exc)
+        )
+
+
+async def oldest_row(conn: asyncpg.Connection, table: AuditTable) -> datetime | None:
+    # min() over the created_at index: one index probe.
+    return await conn.fetchval(f"SELECT min({table.time_column}) FROM {table.name}")
+
+
+async def row_count(conn: asyncpg.Connection, table: AuditTable) -> int:
+    return await conn.fetchval(f"SELECT count(*) FROM {table.name}")
