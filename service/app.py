@@ -18,6 +18,7 @@ from service.db.watchdog import DatabaseWatchdog
 from service.ingest.statements import prepare_connection
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
+from service.retention.maintenance import PartitionMaintenance
 from service.settings import Settings, StorageMode
 
 
@@ -56,6 +57,10 @@ def create_app(
         ack_timeout=settings.ack_timeout.total_seconds(),
         watchdog=watchdog,
     )
+    # Partitions ahead and expired ones dropped (postgres mode), audit rows expired and failed
+    # TimescaleDB jobs run in the foreground (both modes), retention health assessed: one
+    # instance at a time, under an advisory lock.
+    maintenance = PartitionMaintenance(pool, settings, storage_mode, metrics)
     app = web.Application(middlewares=[errors_and_metrics], client_max_size=settings.max_body_bytes)
     app[SERVICES] = Services(
         settings=settings,
@@ -67,6 +72,7 @@ def create_app(
         storage_mode=storage_mode,
         head_revisions=head_revisions,
         watchdog=watchdog,
+        maintenance=maintenance,
     )
     app[OPENAPI] = build_openapi()
     for endpoint in ENDPOINTS:
@@ -81,12 +87,6 @@ def create_app(
     app.on_startup.append(start_writer)
     app.on_shutdown.append(drain_writer)
 
-    # Plain PostgreSQL has no job scheduler: this instance creates partitions ahead and
-    # drops expired ones (one instance at a time, under an advisory lock). In both modes it
-    # expires the audit tables, which no TimescaleDB policy covers.
-    from service.retention.maintenance import PartitionMaintenance
-
-    maintenance = PartitionMaintenance(pool, settings, storage_mode)
     stop_maintenance = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     rrun = rverbs.add_parser("run", help="run retention now (the cron-able cleanup job)")
     rrun.add_argument("table", nargs="?")
     rrun.add_argument("--dry-run", action="store_true")
+    rverbs.add_parser(
+        "check", help="exit 1, one line per problem, unless every window holds and every job succeeds"
+    )
 
     admin = sub.add_parser("admin", help="operators and enrollment tokens")
     averbs = admin.add_subparsers(dest="verb", required=True)

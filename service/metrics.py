@@ -75,3 +75,33 @@ class Metrics:
         self.enrollment_failures = Counter(
             "telemetry_enrollment_failures", "Refused enrollment attempts", registry=r
         )
+        # Retention health, refreshed by every maintenance round (see service.retention.health).
+        self.retention_oldest_row_age = Gauge(
+            "telemetry_retention_oldest_row_age_seconds",
+            "Age of the oldest row per table (0 while the table is empty)",
+            ["table"],
+            registry=r,
+        )
+        self.retention_job_last_success = Gauge(
+            "telemetry_retention_job_last_success_timestamp_seconds",
+            "When a TimescaleDB job last finished a background run successfully (0: never)",
+            ["job"],
+            registry=r,
+        )
+        self.retention_job_failures = Gauge(
+            "telemetry_retention_job_failures_total",
+            "Failed background runs of a TimescaleDB job, as TimescaleDB counts them",
+            ["job"],
+            registry=r,
+        )
+        self.retention_foreground_runs = Counter(
+            "telemetry_retention_foreground_runs",
+            "Jobs the service ran itself (CALL run_job) because the scheduler failed or was overdue",
+            ["job"],
+            registry=r,
+        )
+        self.retention_problems = Gauge(
+            "telemetry_retention_problems",
+            "Retention problems found by the last check (0: every window holds)",
+            registry=r,
+        )

@@ -14,7 +14,9 @@ from service.api.state import services
 
 async def health(request: web.Request) -> web.Response:
     """200 when the process is up, the database answers and its schema is at head; else 503
-    (still with `live: true`: the process itself is fine, so restarting it would not help)."""
+    (still with `live: true`: the process itself is fine, so restarting it would not help).
+    Ready but with retention problems (a failing job, rows past their window) is `"status":
+    "degraded"` with the problems listed: still serving, but someone should look."""
     svc = services(request)
     database, schema = "ok", "unknown"
     try:
@@ -24,8 +26,11 @@ async def health(request: web.Request) -> web.Response:
     except Exception:
         database = "unreachable"
     ready = database == "ok" and schema == "head" and svc.writer.state.value == "running"
+    retention = svc.maintenance.last_health if svc.maintenance is not None else None
+    problems = list(retention.problems) if retention is not None else []
     body = Health(
-        status="ok" if ready else "unavailable",
+        status=("degraded" if problems else "ok") if ready else "unavailable",
+        problems=problems,
         live=True,
         ready=ready,
         database=database,

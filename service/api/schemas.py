@@ -183,6 +183,8 @@ class Health(Struct):
     database: str
     schema: str
     storage_mode: str | None = None
+    # "degraded" (still ready): retention problems found by the last maintenance round.
+    problems: list[str] = msgspec.field(default_factory=list)
 
 
 SCHEMA_TYPES: tuple[type, ...] = (

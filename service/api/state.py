@@ -12,6 +12,7 @@ from service.api.throttle import FailureThrottle
 from service.db.watchdog import DatabaseWatchdog
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
+from service.retention.maintenance import PartitionMaintenance
 from service.settings import Settings, StorageMode
 
 
@@ -26,6 +27,7 @@ class Services:
     storage_mode: StorageMode
     head_revisions: frozenset[str]
     watchdog: DatabaseWatchdog
+    maintenance: PartitionMaintenance | None = None
 
 
 SERVICES = web.AppKey("services", Services)

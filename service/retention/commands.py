@@ -1,6 +1,7 @@
-"""`telemetry retention show | set TABLE WINDOW | run [TABLE] [--dry-run]`.
+"""`telemetry retention show | set TABLE WINDOW | run [TABLE] [--dry-run] | check`.
 
-Exit codes: 0 done; 1 the database could not be reached or a step failed (the others still ran,
+Exit codes: 0 done (`check`: every window holds); 1 the database could not be reached, a step
+failed, or (`check`) a problem was found, one `PROBLEM …` line each (the others still ran,
 and the report names the failed one); 2 the command cannot run as asked (malformed window,
 unknown table, storage mode forced against the database's). Messages go to stderr, prefixed
 `telemetry retention:`; reports go to stdout.
@@ -23,6 +24,7 @@ from service.db.time_series import TIME_SERIES_TABLES, TimeSeriesTable
 from service.db.urls import asyncpg_dsn
 from service.retention import audit
 from service.retention.cleanup import CleanupReport, KeyExpiry, TableCleanup, run_cleanup
+from service.retention.health import assess
 from service.retention.policies import (
     SchemaNotReadyError,
     UnknownTableError,
@@ -83,6 +85,16 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
                         print_audit_expiry(expiry, sys.stdout)
                     ok = report.ok and all(e.error is None for e in expiries)
                     return 0 if ok else 1
+
+            case "check":
+
+                async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
+                    health = await assess(conn, mode, settings)
+                    for problem in health.problems:
+                        print(f"PROBLEM {problem}")
+                    if health.ok:
+                        print(f"ok: every retention window holds ({mode} mode)")
+                    return 0 if health.ok else 1
 
             case "show":
 

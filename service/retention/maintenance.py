@@ -2,8 +2,8 @@
 mode), dispatch keys and audit rows expired.
 
 TimescaleDB creates chunks on demand and runs retention and key expiry as database jobs, so in
-timescale mode a round only expires the audit tables (step 4). In postgres mode a round, run by
-exactly one instance at a time, does in this order:
+timescale mode a round expires the audit tables (step 4) and heals the jobs (step 5). In
+postgres mode a round, run by exactly one instance at a time, does in this order:
 
 1. for each time-series table, makes sure partitions cover `[now - window, now + horizon]`,
    with `horizon = max(partition_lookahead, max_clock_skew + 2 * maintenance_interval)`: a write
@@ -18,6 +18,11 @@ exactly one instance at a time, does in this order:
    backlog is worked off over several bounded rounds rather than in one unbounded one.
 4. expires audit rows (`device_events`, `enrollment_events`) past their windows, at most
    `AUDIT_BATCHES_PER_ROUND` batches per table per round (see `service.retention.audit`).
+5. timescale mode: runs in the foreground (`CALL run_job`) every project job whose last
+   background run failed or that is overdue, so windows hold even where TimescaleDB's scheduler
+   fails; a warning with the job's last error is logged once per change of its state.
+6. assesses retention health (`service.retention.health`): `last_health`, the metrics, and
+   `/health`'s "degraded" come from it.
 
 Creation comes first: if dropping fails (for example on its lock timeout) the round still leaves
 the partitions writes need.
@@ -34,14 +39,16 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import asyncpg
 
 from service.db.time_series import TIME_SERIES_TABLES
+from service.metrics import Metrics
 from service.retention.audit import AUDIT_TABLES, expire
 from service.retention.cleanup import DROP_LOCK_TIMEOUT, DroppedRange, clean_table, expire_dispatch_keys
+from service.retention.health import RetentionHealth, assess, jobs_to_heal, read_jobs
 from service.retention.policies import ENSURE_PARTITIONS, detect_storage_mode, read_policy
 from service.settings import Settings, StorageMode
 
@@ -65,6 +72,8 @@ class MaintenanceReport:
     dropped: dict[str, tuple[DroppedRange, ...]] = field(default_factory=dict)
     keys_expired: int = 0
     audit_expired: dict[str, int] = field(default_factory=dict)  # rows deleted, per audit table
+    healed: tuple[str, ...] = ()  # jobs run in the foreground ("<job_id> <name>")
+    health: RetentionHealth | None = None
     errors: tuple[str, ...] = ()
     seconds: float = 0.0
 
@@ -84,10 +93,20 @@ class PartitionMaintenance:
     `telemetry retention set` takes effect at the next round of every instance.
     """
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, mode: StorageMode | None = None) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        settings: Settings,
+        mode: StorageMode | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._pool = pool
         self._settings = settings
         self._mode = mode
+        self._metrics = metrics
+        # The last state each job was seen in, so a failing job is logged once, not every round.
+        self._job_states: dict[int, tuple[str | None, str | None]] = {}
+        self.last_health: RetentionHealth | None = None
 
     @property
     def horizon(self) -> timedelta:
@@ -108,20 +127,24 @@ class PartitionMaintenance:
                 if self._mode == "timescale":
                     # TimescaleDB's jobs handle the time-series tables and the dispatch keys.
                     audit_expired, errors = await self._expire_audit(conn)
-                    return MaintenanceReport(
+                    healed, heal_errors = await self._heal_jobs(conn)
+                    report = MaintenanceReport(
                         mode="timescale",
                         ran=True,
                         audit_expired=audit_expired,
-                        errors=tuple(errors),
-                        seconds=time.perf_counter() - started,
+                        healed=healed,
+                        errors=tuple(errors + heal_errors),
                     )
-                return await self._round(conn, started)
+                else:
+                    report = await self._round(conn)
+                health = await self._assess(conn, self._mode)
+                return replace(report, health=health, seconds=time.perf_counter() - started)
             finally:
                 # A broken connection cannot unlock, but the server releases its locks with it.
                 with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                     await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_KEY)
 
-    async def _round(self, conn: asyncpg.Connection, started: float) -> MaintenanceReport:
+    async def _round(self, conn: asyncpg.Connection) -> MaintenanceReport:
         created: dict[str, int] = {}
         dropped: dict[str, tuple[DroppedRange, ...]] = {}
         errors: list[str] = []
@@ -156,7 +179,6 @@ class PartitionMaintenance:
             keys_expired=keys.expired,
             audit_expired=audit_expired,
             errors=tuple(errors),
-            seconds=time.perf_counter() - started,
         )
 
     async def _expire_audit(self, conn: asyncpg.Connection) -> tuple[dict[str, int], list[str]]:
@@ -168,6 +190,45 @@ class PartitionMaintenance:
             if result.error is not None:
                 errors.append(f"{table.name}: expiring audit rows failed: {result.error}")
         return expired, errors
+
+    async def _heal_jobs(self, conn: asyncpg.Connection) -> tuple[tuple[str, ...], list[str]]:
+        now = await conn.fetchval("SELECT now()")
+        healed: list[str] = []
+        errors: list[str] = []
+        jobs = await read_jobs(conn)
+        for job in jobs:
+            state = (job.last_status, job.last_error)
+            if self._job_states.get(job.job_id) != state and (job.failed() or job.overdue(now)):
+                log.warning(
+                    "TimescaleDB job %d (%s) %s (last error: %s); the service runs it itself until the"
+                    " scheduler succeeds",
+                    job.job_id,
+                    job.name,
+                    "failed its last background run" if job.failed() else "is overdue",
+                    job.last_error or "-",
+                )
+            self._job_states[job.job_id] = state
+        for job in jobs_to_heal(jobs, now):
+            try:
+                await conn.execute(f"CALL run_job({int(job.job_id)})")
+            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                errors.append(f"job {job.job_id} ({job.name}): foreground run failed: {exc}")
+                continue
+            healed.append(f"{job.job_id} {job.name}")
+            if self._metrics is not None:
+                self._metrics.retention_foreground_runs.labels(job.name).inc()
+        return tuple(healed), errors
+
+    async def _assess(self, conn: asyncpg.Connection, mode: StorageMode) -> RetentionHealth | None:
+        try:
+            health = await assess(conn, mode, self._settings)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("retention health check failed: %s", exc)
+            return None
+        self.last_health = health
+        if self._metrics is not None:
+            _export(health, self._metrics)
+        return health
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -185,6 +246,17 @@ class PartitionMaintenance:
     @property
     def _interval(self) -> timedelta:
         return self._settings.maintenance_interval
+
+
+def _export(health: RetentionHealth, metrics: Metrics) -> None:
+    metrics.retention_problems.set(len(health.problems))
+    for table, age in health.oldest_age.items():
+        metrics.retention_oldest_row_age.labels(table).set(0 if age is None else age.total_seconds())
+    for job in health.jobs:
+        metrics.retention_job_last_success.labels(job.name).set(
+            0 if job.last_success is None else job.last_success.timestamp()
+        )
+        metrics.retention_job_failures.labels(job.name).set(job.total_failures)
 
 
 def _log_report(report: MaintenanceReport) -> None:

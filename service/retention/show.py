@@ -30,7 +30,9 @@ from service.settings import Settings, StorageMode
 
 _JOB = """
 SELECT j.job_id, j.schedule_interval, j.scheduled, j.next_start,
-       s.last_run_started_at, s.last_run_status, s.job_status
+       s.last_run_started_at, s.last_run_status, s.job_status,
+       (SELECT e.err_message FROM timescaledb_information.job_errors e
+        WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1) AS last_error
 FROM timescaledb_information.jobs j
 LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
 WHERE j.job_id = $1
@@ -48,6 +50,7 @@ class JobStatus:
     last_run: datetime | None
     last_status: str | None
     next_run: datetime | None
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,7 @@ async def _job(conn: asyncpg.Connection, job_id: int | None) -> JobStatus | None
         last_run=row["last_run_started_at"],
         last_status=row["last_run_status"],
         next_run=row["next_start"] if row["scheduled"] else None,
+        last_error=row["last_error"],
     )
 
 
@@ -211,14 +215,22 @@ def _job_fields(job: JobStatus | None, mode: StorageMode) -> dict[str, str]:
             "job": "service partition maintenance",
             "last run": "- (not recorded; see the service log)",
             "last status": "-",
+            "last error": "-",
             "next run": "-",
         }
     if job is None:
-        return {"job": "none: nothing drops old data", "last run": "-", "last status": "-", "next run": "-"}
+        return {
+            "job": "none: nothing drops old data",
+            "last run": "-",
+            "last status": "-",
+            "last error": "-",
+            "next run": "-",
+        }
     return {
         "job": str(job.job_id),
         "last run": format_time(job.last_run) if job.last_run else "never (background)",
         "last status": job.last_status or "-",
+        "last error": (job.last_error or "-") if job.last_status == "Failed" else "-",
         "next run": format_time(job.next_run) if job.scheduled else "paused",
     }
 
@@ -242,6 +254,7 @@ def table_fields(status: TableStatus) -> list[tuple[str, str]]:
         ("schedule", "-" if status.schedule is None else f"every {format_window(status.schedule)}"),
         ("last run", job_fields["last run"]),
         ("last status", job_fields["last status"]),
+        ("last error", job_fields["last error"]),
         ("next run", job_fields["next run"]),
         (unit, str(status.ranges)),
         ("oldest row", format_time(status.oldest_row)),
