@@ -240,8 +240,8 @@ class EmbeddedPostgres:
             ) from None
 
     def _own_contents(self) -> None:
-        """Give what root left in the data directory to the server's account. Symlinks are
-        skipped, not followed, and the walk never enters a symlinked directory."""
+        """Give what root left in the data directory to the server's account. Symlinks (and
+        hard-linked files) are skipped, and the walk never enters a symlinked directory."""
         entry = self._owner_entry()
         if entry is None:
             return
@@ -250,7 +250,9 @@ class EmbeddedPostgres:
                 path = os.path.join(root, name)
                 with contextlib.suppress(FileNotFoundError):
                     st = os.lstat(path)
-                    if stat.S_ISLNK(st.st_mode):
+                    # A symlink is skipped, not followed; a second hard link to a file means
+                    # the file may live outside the data directory too.
+                    if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
                         continue
                     if (st.st_uid, st.st_gid) != (entry.pw_uid, entry.pw_gid):
                         os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
