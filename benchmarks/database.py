@@ -36,13 +36,16 @@ def with_database(url: str, database: str) -> str:
 
 @dataclass
 class EmbeddedCluster:
-    """A throwaway cluster in a temporary directory; `close()` stops it and deletes it."""
+    """A throwaway cluster in a temporary directory; `close()` stops it and deletes it.
+
+    The temporary directory is the cluster's data directory itself: `mkdtemp` makes it 0700,
+    which the server's account could not enter if the cluster lived below it."""
 
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="telemetry-bench-")))
     keep: bool = False
 
     def __post_init__(self) -> None:
-        self.cluster = EmbeddedPostgres(self.data_dir / "postgres", server_options=dict(SERVER_OPTIONS))
+        self.cluster = EmbeddedPostgres(self.data_dir, server_options=dict(SERVER_OPTIONS))
         self.url = self.cluster.start()
 
     @property

