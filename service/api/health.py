@@ -17,6 +17,7 @@ async def health(request: web.Request) -> web.Response:
     (still with `live: true`: the process itself is fine, so restarting it would not help)."""
     svc = services(request)
     database, schema = "ok", "unknown"
+    versions: set[str] | None = None
     try:
         async with asyncio.timeout(2):
             versions = {r[0] for r in await svc.pool.fetch("SELECT version_num FROM alembic_version")}
@@ -31,6 +32,7 @@ async def health(request: web.Request) -> web.Response:
         database=database,
         schema=schema,
         storage_mode=svc.storage_mode,
+        revisions=sorted(versions) if versions is not None else None,
     )
     return json_response(body, status=200 if ready else 503)
 
