@@ -76,6 +76,7 @@ def _explain_one(exc: BaseException, db: str, url: str | None) -> Explanation | 
     from service.db.embedded import EmbeddedPostgresError
     from service.db.preflight import SchemaBehindError
     from service.db.storage_mode import StorageModeError
+    from service.migrations.backup import BackupError
     from service.migrations.commands import MigrationError
     from service.retention.policies import SchemaNotReadyError
     from service.settings import SettingsError
@@ -136,6 +137,8 @@ def _explain_one(exc: BaseException, db: str, url: str | None) -> Explanation | 
             return Explanation(
                 FAILURE, f"database at {db} is unreachable ({_first_line(exc)}); start it or fix DATABASE_URL"
             )
+        case BackupError():
+            return Explanation(FAILURE, str(exc))
         case EmbeddedPostgresError():
             return Explanation(FAILURE, f"embedded PostgreSQL: {exc}")
         case PermissionError() | NotADirectoryError() | FileExistsError() if url is None:
