@@ -1,4 +1,12 @@
-"""`telemetry serve | migrate … | retention … | admin …` (also `python -m service`)."""
+"""`telemetry serve | migrate … | retention … | admin …` (also `python -m service`).
+
+One error path: whatever a command raises ends in `main`, which prints one line
+`telemetry <group>: <what failed>; <what to do>` (database URL with its password masked, see
+`service.cli_errors`) and returns 2 for usage and configuration, 1 for everything else. The
+traceback is logged only with `TELEMETRY_LOG_LEVEL=DEBUG`. Commands that use a database check
+it first (`service.db.preflight`): reachable, in a storage mode it can take, and at head for the
+groups in `_NEEDS_HEAD`.
+"""
 
 from __future__ import annotations
 
@@ -115,15 +123,16 @@ def _run(args: argparse.Namespace, settings: Settings, inv: Invocation) -> int:
             return asyncio.run(
                 serve(settings, host=args.host, port=args.port, migrate=not args.no_migrate, invocation=inv)
             )
-        case "retention" | "admin":
-            if args.command == "retention":
-                from service.retention.commands import run_retention_command as run
-            else:
-                from service.admin import run_admin_command as run
-            url = _database(settings, inv)
-            asyncio.run(check_database(url, settings, need_head=_heads()))
-            return run(args, settings)
-    return 2
+        case "retention":
+            from service.retention.commands import run_retention_command as run
+        case "admin":
+            from service.admin import run_admin_command as run
+        case _:
+            raise ValueError(f"unknown command {args.command!r}")
+    url = _database(settings, inv)
+    need_head = _heads() if args.command in _NEEDS_HEAD else None
+    asyncio.run(check_database(url, settings, need_head=need_head))
+    return run(args, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -218,3 +218,52 @@ async def test_deploy_succeeds_when_the_service_reports_ready_at_the_new_head(
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def _confirm_on_a_terminal(url: str, mode: str, answer: bytes) -> tuple[int, str]:
+    import select
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env |= {"DATABASE_URL": url, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_LOG_LEVEL": "WARNING"}
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "migrate", "downgrade"],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 120
+    try:
+        while b"type yes" not in seen:
+            assert time.monotonic() < deadline, seen
+            if select.select([master], [], [], 1)[0]:
+                seen += os.read(master, 4096)
+        os.write(master, answer)
+        while True:
+            if not select.select([master], [], [], 1)[0]:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), seen.decode(errors="replace")
+
+
+async def test_downgrade_asks_on_a_terminal(db_url: str, mode: str) -> None:
+    code, out = await asyncio.to_thread(_confirm_on_a_terminal, db_url, mode, b"no\n")
+    assert code == 2, out
+    assert await revision(db_url) == {HEAD}
+    code, out = await asyncio.to_thread(_confirm_on_a_terminal, db_url, mode, b"yes\n")
+    assert code == 0, out
+    assert "column users.role" in out
+    assert await revision(db_url) == {PREVIOUS}
