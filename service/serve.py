@@ -9,16 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
 from alembic.script import ScriptDirectory
 
 from service.app import create_app, create_pool
+from service.cli_errors import explain
 from service.db.embedded import resolve_database_url
+from service.db.preflight import check_database, wait_for_database
 from service.db.storage_mode import PROBE_SQL, Probe, decide
 from service.migrations.commands import Migrator
 from service.settings import Settings, StorageMode
+
+if TYPE_CHECKING:
+    from service.cli import Invocation
 
 log = logging.getLogger("telemetry.serve")
 
@@ -33,10 +39,32 @@ def head_revisions(migrator: Migrator) -> frozenset[str]:
     return frozenset(script.get_heads())
 
 
-async def serve(settings: Settings, *, host: str | None, port: int | None, migrate: bool) -> int:
+async def serve(
+    settings: Settings,
+    *,
+    host: str | None,
+    port: int | None,
+    migrate: bool,
+    invocation: Invocation | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT. The database is waited for (`TELEMETRY_DB_WAIT_SECONDS`)
+    before anything else; `/health` reports ready only once it answers at the head revision."""
     host = host or settings.host
     port = settings.port if port is None else port
     url, cluster = await asyncio.to_thread(resolve_database_url, settings.database_url, settings.data_dir)
+    if invocation is not None:
+        invocation.url = url
+    try:
+        reason = lambda exc: explain(exc, url).message.split(";")[0]  # noqa: E731
+        await wait_for_database(url, settings, log, describe=reason)
+        await check_database(url, settings)
+        return await _serve(settings, url, host=host, port=port, migrate=migrate)
+    finally:
+        if cluster is not None:
+            await asyncio.to_thread(cluster.stop)
+
+
+async def _serve(settings: Settings, url: str, *, host: str, port: int, migrate: bool) -> int:
     migrator = Migrator(settings=settings, database_url=url, mode=settings.storage_mode)
     if migrate and settings.migrate_on_start:
         log.info("migrating to head")
@@ -62,7 +90,5 @@ async def serve(settings: Settings, *, host: str | None, port: int | None, migra
         log.info("drained; closing database pool")
     finally:
         await pool.close()
-        if cluster is not None:
-            await asyncio.to_thread(cluster.stop)
     log.info("stopped")
     return 0

@@ -40,6 +40,10 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     migrate_on_start: bool = True
+    # `serve` retries an unreachable database this long (with backoff) before giving up; every
+    # command gives one connection attempt `db_connect_timeout` to be answered.
+    db_wait: timedelta = timedelta(seconds=30)
+    db_connect_timeout: timedelta = timedelta(seconds=10)
     # Group commit: a flush starts when `batch_max_rows` rows wait or `batch_window` has passed
     # since the first row of the batch arrived, whichever comes first.
     batch_window: timedelta = timedelta(milliseconds=5)
@@ -129,6 +133,8 @@ class Settings:
             host=get("TELEMETRY_HOST") or d.host,
             port=as_int("TELEMETRY_PORT", d.port),
             migrate_on_start=as_bool("TELEMETRY_MIGRATE_ON_START", d.migrate_on_start),
+            db_wait=as_seconds("TELEMETRY_DB_WAIT_SECONDS", d.db_wait),
+            db_connect_timeout=as_seconds("TELEMETRY_DB_CONNECT_TIMEOUT_SECONDS", d.db_connect_timeout),
             batch_window=as_seconds("TELEMETRY_BATCH_WINDOW_SECONDS", d.batch_window),
             batch_max_rows=as_int("TELEMETRY_BATCH_MAX_ROWS", d.batch_max_rows, 1),
             queue_max_rows=as_int("TELEMETRY_QUEUE_MAX_ROWS", d.queue_max_rows, 1),

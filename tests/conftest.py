@@ -193,3 +193,23 @@ async def heartbeats_lock(db_url: str) -> AsyncIterator[HeartbeatsLock]:
         yield lock
     finally:
         await lock.conn.close()
+
+
+@pytest.fixture(scope="session")
+def plain_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """A second, small cluster without TimescaleDB preloaded, on a fixed port: for a forced
+    timescale mode the server cannot honour, and for tests that stop and start their database."""
+    from service.db.embedded import free_port
+
+    cluster = EmbeddedPostgres(
+        tmp_path_factory.mktemp("plain-pg"),
+        port=free_port(),
+        # Claiming TimescaleDB is already there keeps start() from preloading it.
+        timescale_available=True,
+        server_options={"shared_preload_libraries": "", "fsync": "off", "max_connections": "50"},
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop("immediate")

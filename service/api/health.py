@@ -19,6 +19,7 @@ async def health(request: web.Request) -> web.Response:
     "degraded"` with the problems listed: still serving, but someone should look."""
     svc = services(request)
     database, schema = "ok", "unknown"
+    versions: set[str] | None = None
     try:
         async with asyncio.timeout(2):
             versions = {r[0] for r in await svc.pool.fetch("SELECT version_num FROM alembic_version")}
@@ -36,6 +37,7 @@ async def health(request: web.Request) -> web.Response:
         database=database,
         schema=schema,
         storage_mode=svc.storage_mode,
+        revisions=sorted(versions) if versions is not None else None,
     )
     return json_response(body, status=200 if ready else 503)
 

@@ -183,6 +183,8 @@ class Health(Struct):
     database: str
     schema: str
     storage_mode: str | None = None
+    # The database's revision(s): a deploy waits for these to be the new head.
+    revisions: list[str] | None = None
     # "degraded" (still ready): retention problems found by the last maintenance round.
     problems: list[str] = msgspec.field(default_factory=list)
 

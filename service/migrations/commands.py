@@ -41,7 +41,8 @@ class Migrator:
     stdout: TextIO = sys.stdout
 
     def config(self) -> Config:
-        cfg = Config(str(ALEMBIC_INI), stdout=self.stdout)
+        # Offline SQL (output_buffer) goes where the messages go, so callers can capture both.
+        cfg = Config(str(ALEMBIC_INI), output_buffer=self.stdout, stdout=self.stdout)
         cfg.attributes["settings"] = self.settings
         if self.database_url:
             cfg.attributes["database_url"] = self.database_url

@@ -1,10 +1,11 @@
 """`telemetry retention show | set TABLE WINDOW | run [TABLE] [--dry-run] | check`.
 
-Exit codes: 0 done (`check`: every window holds); 1 the database could not be reached, a step
-failed, or (`check`) a problem was found, one `PROBLEM …` line each (the others still ran,
-and the report names the failed one); 2 the command cannot run as asked (malformed window,
-unknown table, storage mode forced against the database's). Messages go to stderr, prefixed
-`telemetry retention:`; reports go to stdout.
+Exit codes: 0 done (`check`: every window holds); 1 a step failed (the others still ran, and
+the report names the failed one) or `check` found a problem (one `PROBLEM …` line each); 2 the
+command cannot run as asked (malformed window, unknown table). Messages go to stderr, prefixed
+`telemetry retention:`; reports go to stdout. Database failures (unreachable, refused
+credentials, a storage mode forced against the database's, no schema) are raised to the CLI's
+one error path (`service.cli_errors`), which prints one line and picks the exit code.
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ from typing import TextIO
 import asyncpg
 
 from service.db.embedded import resolve_database_url
-from service.db.storage_mode import StorageModeError
 from service.db.time_series import TIME_SERIES_TABLES, TimeSeriesTable
 from service.db.urls import asyncpg_dsn
 from service.retention import audit
 from service.retention.cleanup import CleanupReport, KeyExpiry, TableCleanup, run_cleanup
 from service.retention.health import assess
 from service.retention.policies import (
-    SchemaNotReadyError,
     UnknownTableError,
     detect_storage_mode,
     read_policy,
@@ -112,18 +111,10 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
         _fail(exc)
         return 2
 
+    # Database failures (unreachable, refused credentials, a forced mode the database was not
+    # built in, no schema) go to the CLI's one error path.
     url, _ = resolve_database_url(settings.database_url, settings.data_dir)
-    try:
-        return asyncio.run(_with_connection(url, settings, work))
-    except StorageModeError as exc:
-        _fail(exc)
-        return 2
-    except SchemaNotReadyError as exc:
-        _fail(exc)
-        return 1
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        _fail(f"database error: {exc}")
-        return 1
+    return asyncio.run(_with_connection(url, settings, work))
 
 
 async def _with_connection(

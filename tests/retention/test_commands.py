@@ -152,7 +152,10 @@ async def test_an_unmigrated_database_says_to_migrate(pg_server: TestServer, mod
     assert "telemetry migrate upgrade" in result.stderr
 
 
-async def test_an_unreachable_database_fails_with_exit_1(pg_server: TestServer, mode: StorageMode) -> None:
+async def test_an_unknown_database_fails_with_one_line_and_exit_2(
+    pg_server: TestServer, mode: StorageMode
+) -> None:
     result = await telemetry(pg_server.url_for("no_such_database"), mode, "show")
-    assert result.returncode == 1
-    assert result.stderr.startswith("telemetry retention: database error")
+    assert result.returncode == 2
+    assert result.stderr.startswith('telemetry retention: database "no_such_database" does not exist')
+    assert len(result.stderr.splitlines()) == 1
