@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from service.admin import register as register_admin
 from service.db.embedded import EmbeddedPostgresError, resolve_database_url
 from service.db.storage_mode import StorageModeError
 from service.settings import Settings, SettingsError
@@ -68,15 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     rrun.add_argument("table", nargs="?")
     rrun.add_argument("--dry-run", action="store_true")
 
-    admin = sub.add_parser("admin", help="operators and enrollment tokens")
-    averbs = admin.add_subparsers(dest="verb", required=True)
-    op = averbs.add_parser("create-operator", help="create an operator; prints its API token")
-    op.add_argument("name")
-    tok = averbs.add_parser("create-enrollment-token", help="mint an enrollment token")
-    tok.add_argument("--expires-in", default="1d", help="e.g. 1d, 12h (default 1d)")
-    tok.add_argument("--max-uses", type=int, default=1)
-    tok.add_argument("--scope", default="device")
-    tok.add_argument("--note", default=None)
+    register_admin(sub)
     return parser
 
 
