@@ -117,3 +117,34 @@ async def test_a_device_credential_stays_bound_to_its_device(api: Api, mode: Sto
     finally:
         await conn.close()
     assert (await api.client.post("/v1/heartbeats", json=ok, headers=bearer(token_b))).status == 401
+
+
+async def test_a_download_event_takes_its_token_id_from_the_device_enrollment(api: Api) -> None:
+    mine = await api.mint()
+    other = await api.mint()
+    r = await api.client.post("/v1/enroll", json={"enrollment_token": mine["token"], "device_id": "dl-a"})
+    token = (await r.json())["device_token"]
+    # a body's enrollment_token_id is accepted (older clients send it) and ignored
+    for claimed in ({"enrollment_token_id": other["id"]}, {}):
+        r = await api.client.post(
+            "/v1/apk-downloads",
+            json={"build_id": "b", "outcome": "completed", **claimed},
+            headers=bearer(token),
+        )
+        assert r.status == 201
+    assert await api.count("SELECT count(*) FROM apk_download_events WHERE device_id = 'dl-a'") == 2
+    assert (
+        await api.count(
+            "SELECT count(*) FROM apk_download_events WHERE device_id = 'dl-a' AND token_id = $1", mine["id"]
+        )
+        == 2
+    )
+    # after a re-enrollment the new events carry the new token
+    new = await api.mint(device_id="dl-a")
+    r = await api.client.post("/v1/enroll", json={"enrollment_token": new["token"], "device_id": "dl-a"})
+    token = (await r.json())["device_token"]
+    r = await api.client.post(
+        "/v1/apk-downloads", json={"build_id": "b", "outcome": "started"}, headers=bearer(token)
+    )
+    assert r.status == 201
+    assert await api.count("SELECT count(*) FROM apk_download_events WHERE token_id = $1", new["id"]) == 1
