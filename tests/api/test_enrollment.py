@@ -9,9 +9,12 @@ import ipaddress
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from service.api.client_address import client_address
 from service.api.state import SERVICES
 from service.api.throttle import FailureThrottle
+from service.settings import Settings, SettingsError
 from tests.api.conftest import Api
 
 OK = {"status": "ok", "battery_pct": 50}
@@ -170,3 +173,12 @@ async def test_a_parallel_burst_of_bad_enrollments_is_limited(api: Api) -> None:
     assert await api.count(
         "SELECT attempts FROM enrollment_events WHERE outcome = 'refused'"
     ) == statuses.count(401)
+
+
+def test_trusted_proxies_are_read_from_the_environment() -> None:
+    assert Settings.from_env({}).trusted_proxies == ()
+    parsed = Settings.from_env({"TELEMETRY_TRUSTED_PROXIES": "10.0.0.0/8, ::1,192.0.2.7"}).trusted_proxies
+    assert [str(net) for net in parsed] == ["10.0.0.0/8", "::1/128", "192.0.2.7/32"]
+    for bad in ("10.0.0.0/33", "proxy.example", "10.0.0.1,,"):
+        with pytest.raises(SettingsError, match="TELEMETRY_TRUSTED_PROXIES"):
+            Settings.from_env({"TELEMETRY_TRUSTED_PROXIES": bad})
