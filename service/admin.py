@@ -1,4 +1,10 @@
-"""`telemetry admin …`: operators and enrollment tokens from the command line."""
+"""`telemetry admin …`: operators and enrollment tokens from the command line.
+
+Operators are `users` rows with a role (`admin`: everything; `viewer`: every GET, 403 on
+writes); their API tokens are `sessions` rows (only the hash is stored) that may expire.
+`revoke-operator` disables the operator and revokes every token; `rotate-operator` revokes every
+token and issues a new one. Running services see either change within their auth cache TTL.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,12 @@ import argparse
 import asyncio
 import re
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
+import msgspec
 
-from service.api.credentials import OPERATOR_PREFIX, new_token, token_hash
+from service.api.credentials import OPERATOR_PREFIX, ROLES, Role, new_token, token_hash
 from service.api.enrollment import create_enrollment_token
 from service.api.schemas import EnrollmentTokenRequest
 from service.db.embedded import resolve_database_url
@@ -20,6 +27,8 @@ from service.settings import Settings
 _DURATION = re.compile(r"^(?P<n>\d+)(?P<unit>[smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+_NEVER = "never"
+_MAX_LIFETIME = timedelta(days=3650)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -29,29 +38,182 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(match["n"]) * _UNITS[match["unit"]])
 
 
-async def create_operator(conn: asyncpg.Connection, name: str) -> str:
+def parse_lifetime(text: str | None) -> timedelta | None:
+    """An operator token's lifetime: a duration of at least 60 s, or `never` (None)."""
+    if text is None or text.strip().lower() == _NEVER:
+        return None
+    lifetime = parse_duration(text)
+    if not timedelta(minutes=1) <= lifetime <= _MAX_LIFETIME:
+        raise ValueError("--expires-in must be between 60s and 3650d, or 'never'")
+    return lifetime
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The `admin` command and its verbs."""
+    admin = subparsers.add_parser("admin", help="operators and enrollment tokens")
+    verbs = admin.add_subparsers(dest="verb", required=True)
+    op = verbs.add_parser("create-operator", help="create an operator; prints its API token")
+    op.add_argument("name")
+    op.add_argument("--role", choices=ROLES, default="admin", help="admin (default) or viewer (reads only)")
+    op.add_argument(
+        "--expires-in", default="90d", help="token lifetime, e.g. 90d, 12h, or 'never' (default 90d)"
+    )
+    verbs.add_parser("list-operators", help="operators, their roles, tokens and expiry")
+    revoke = verbs.add_parser("revoke-operator", help="disable an operator and revoke all its tokens")
+    revoke.add_argument("name")
+    rotate = verbs.add_parser("rotate-operator", help="revoke an operator's tokens; prints a new one")
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--expires-in", default=None, help="new token's lifetime (default: the previous token's)"
+    )
+    tok = verbs.add_parser("create-enrollment-token", help="mint an enrollment token")
+    tok.add_argument("--expires-in", default="1d", help="e.g. 1d, 12h (default 1d)")
+    tok.add_argument("--max-uses", type=int, default=1)
+    tok.add_argument("--scope", default="device")
+    tok.add_argument("--note", default=None)
+    tok.add_argument(
+        "--device-id",
+        default=None,
+        help="bind the token to this device id (the only kind that re-enrolls an existing id)",
+    )
+
+
+async def create_operator(
+    conn: asyncpg.Connection, name: str, *, role: Role = "admin", expires_in: timedelta | None = None
+) -> str:
     """Create operator `name` and return its API token (only its hash is stored)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
     token = new_token(OPERATOR_PREFIX)
     async with conn.transaction():
         user_id = await conn.fetchval(
-            "INSERT INTO users (username) VALUES ($1) ON CONFLICT (username) DO NOTHING RETURNING id", name
+            "INSERT INTO users (username, role) VALUES ($1, $2)"
+            " ON CONFLICT (username) DO NOTHING RETURNING id",
+            name,
+            role,
         )
         if user_id is None:
             raise ValueError(f"operator {name!r} already exists")
         await conn.execute(
-            "INSERT INTO sessions (user_id, token_hash) VALUES ($1, $2)", user_id, token_hash(token)
+            "INSERT INTO sessions (user_id, token_hash, expires_at) VALUES ($1, $2, now() + $3::interval)",
+            user_id,
+            token_hash(token),
+            expires_in,
         )
     return token
+
+
+async def revoke_operator(conn: asyncpg.Connection, name: str) -> int:
+    """Disable `name` and revoke its tokens; returns how many tokens were still active."""
+    async with conn.transaction():
+        user_id = await conn.fetchval(
+            "UPDATE users SET disabled_at = coalesce(disabled_at, now()) WHERE username = $1 RETURNING id",
+            name,
+        )
+        if user_id is None:
+            raise ValueError(f"no operator {name!r}")
+        status = await conn.execute(
+            "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user_id
+        )
+    return int(status.split()[-1])
+
+
+async def rotate_operator(conn: asyncpg.Connection, name: str, *, expires_in: timedelta | None = None) -> str:
+    """Revoke every token of `name` and return a new one. Its lifetime is `expires_in`, else
+    that of the operator's newest token. A disabled operator is not brought back."""
+    async with conn.transaction():
+        user = await conn.fetchrow("SELECT id, disabled_at FROM users WHERE username = $1 FOR UPDATE", name)
+        if user is None:
+            raise ValueError(f"no operator {name!r}")
+        if user["disabled_at"] is not None:
+            raise ValueError(f"operator {name!r} is revoked; create a new operator instead")
+        if expires_in is None:
+            expires_in = await conn.fetchval(
+                "SELECT expires_at - created_at FROM sessions WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
+                user["id"],
+            )
+        await conn.execute(
+            "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL", user["id"]
+        )
+        token = new_token(OPERATOR_PREFIX)
+        await conn.execute(
+            "INSERT INTO sessions (user_id, token_hash, expires_at) VALUES ($1, $2, now() + $3::interval)",
+            user["id"],
+            token_hash(token),
+            expires_in,
+        )
+    return token
+
+
+async def list_operators(conn: asyncpg.Connection) -> list[tuple[str, str, str, int, str, str]]:
+    """Rows of (name, role, status, active tokens, expires, last used), by name."""
+    rows = await conn.fetch(
+        """
+        SELECT u.username, u.role, u.disabled_at,
+               count(s.id) AS tokens, max(s.expires_at) AS expires,
+               bool_or(s.id IS NOT NULL AND s.expires_at IS NULL) AS never_expires,
+               (SELECT max(last_used_at) FROM sessions WHERE user_id = u.id) AS last_used
+        FROM users u
+        LEFT JOIN sessions s ON s.user_id = u.id AND s.revoked_at IS NULL
+             AND (s.expires_at IS NULL OR s.expires_at > now())
+        GROUP BY u.id ORDER BY u.username
+        """
+    )
+
+    def when(value: datetime | None) -> str:
+        return value.isoformat(timespec="seconds") if value is not None else "-"
+
+    listed = []
+    for r in rows:
+        if r["disabled_at"] is not None:
+            status = "revoked"
+        else:
+            status = "active" if r["tokens"] else "expired"
+        expires = "never" if r["never_expires"] else when(r["expires"])
+        listed.append((r["username"], r["role"], status, int(r["tokens"]), expires, when(r["last_used"])))
+    return listed
+
+
+def _print_table(rows: list[tuple[str, str, str, int, str, str]]) -> None:
+    header = ("NAME", "ROLE", "STATUS", "TOKENS", "EXPIRES", "LAST USED")
+    table = [header, *[tuple(str(c) for c in row) for row in rows]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise ValueError("operator name: 1-128 letters, digits or . _ @ -")
 
 
 async def _run(args: argparse.Namespace, url: str) -> int:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         if args.verb == "create-operator":
-            if not _NAME.match(args.name):
-                raise ValueError("operator name: 1-128 letters, digits or . _ @ -")
-            token = await create_operator(conn, args.name)
-            print(f"operator {args.name!r} created; its API token (shown once):", file=sys.stderr)
+            _check_name(args.name)
+            token = await create_operator(
+                conn, args.name, role=args.role, expires_in=parse_lifetime(args.expires_in)
+            )
+            print(f"operator {args.name!r} ({args.role}) created; API token (shown once):", file=sys.stderr)
+            print(token)
+        elif args.verb == "list-operators":
+            _print_table(await list_operators(conn))
+        elif args.verb == "revoke-operator":
+            revoked = await revoke_operator(conn, args.name)
+            print(
+                f"operator {args.name!r} revoked ({revoked} active token(s)); running services refuse"
+                " it within their auth cache TTL",
+                file=sys.stderr,
+            )
+        elif args.verb == "rotate-operator":
+            lifetime = parse_lifetime(args.expires_in) if args.expires_in is not None else None
+            token = await rotate_operator(conn, args.name, expires_in=lifetime)
+            print(
+                f"operator {args.name!r}: old tokens revoked (refused within the auth cache TTL);"
+                " new API token (shown once):",
+                file=sys.stderr,
+            )
             print(token)
         elif args.verb == "create-enrollment-token":
             if args.max_uses < 1:
@@ -59,19 +221,24 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             expires = parse_duration(args.expires_in)
             if expires < timedelta(minutes=1):
                 raise ValueError("--expires-in must be at least 60s")
-            created = await create_enrollment_token(
-                conn,
-                created_by=None,
-                spec=EnrollmentTokenRequest(
-                    expires_in_seconds=int(expires.total_seconds()),
-                    max_uses=args.max_uses,
-                    scope=args.scope,
-                    note=args.note,
-                ),
-            )
+            try:
+                spec = msgspec.convert(
+                    {
+                        "expires_in_seconds": int(expires.total_seconds()),
+                        "max_uses": args.max_uses,
+                        "scope": args.scope,
+                        "note": args.note,
+                        "device_id": args.device_id,
+                    },
+                    EnrollmentTokenRequest,
+                )
+            except msgspec.ValidationError as exc:
+                raise ValueError(f"invalid enrollment token: {exc}") from None
+            created = await create_enrollment_token(conn, created_by=None, spec=spec)
+            bound = f", bound to device {created.device_id!r}" if created.device_id else ""
             print(
                 f"enrollment token {created.id} (expires {created.expires_at.isoformat()}, "
-                f"{created.max_uses} use(s)); shown once:",
+                f"{created.max_uses} use(s){bound}); shown once:",
                 file=sys.stderr,
             )
             print(created.token)

@@ -7,6 +7,7 @@ import asyncio
 import asyncpg
 from aiohttp import web
 
+from service.api.auth import guarded
 from service.api.credentials import Authenticator
 from service.api.middleware import errors_and_metrics
 from service.api.openapi_doc import OPENAPI, build_openapi
@@ -76,7 +77,7 @@ def create_app(
     )
     app[OPENAPI] = build_openapi()
     for endpoint in ENDPOINTS:
-        app.router.add_route(endpoint.method, endpoint.path, endpoint.handler)
+        app.router.add_route(endpoint.method, endpoint.path, guarded(endpoint.auth, endpoint.handler))
 
     async def start_writer(_: web.Application) -> None:
         await writer.start()

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from service.admin import register as register_admin
 from service.cli_errors import check_url, explain
 from service.db.embedded import resolve_database_url
 from service.db.preflight import check_database
@@ -70,15 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="exit 1, one line per problem, unless every window holds and every job succeeds"
     )
 
-    admin = sub.add_parser("admin", help="operators and enrollment tokens")
-    averbs = admin.add_subparsers(dest="verb", required=True)
-    op = averbs.add_parser("create-operator", help="create an operator; prints its API token")
-    op.add_argument("name")
-    tok = averbs.add_parser("create-enrollment-token", help="mint an enrollment token")
-    tok.add_argument("--expires-in", default="1d", help="e.g. 1d, 12h (default 1d)")
-    tok.add_argument("--max-uses", type=int, default=1)
-    tok.add_argument("--scope", default="device")
-    tok.add_argument("--note", default=None)
+    register_admin(sub)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -11,6 +12,7 @@ from typing import Literal
 
 StorageMode = Literal["timescale", "postgres"]
 ModeChoice = Literal["auto", "timescale", "postgres"]
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -65,6 +67,8 @@ class Settings:
     partition_lookahead: timedelta = timedelta(days=1)
     maintenance_interval: timedelta = timedelta(minutes=5)
     log_level: str = "INFO"
+    # Peers whose X-Forwarded-For is believed (reverse proxies); none by default.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -110,6 +114,20 @@ class Settings:
                 return False
             raise SettingsError(f"{name} must be a boolean, got {raw!r}")
 
+        def as_networks(name: str) -> tuple[IPNetwork, ...]:
+            raw = get(name)
+            if raw is None:
+                return ()
+            networks = []
+            for item in raw.split(","):
+                try:
+                    networks.append(ipaddress.ip_network(item.strip(), strict=False))
+                except ValueError:
+                    raise SettingsError(
+                        f"{name} must be a comma-separated list of addresses or CIDR blocks, got {item!r}"
+                    ) from None
+            return tuple(networks)
+
         mode = get("TELEMETRY_STORAGE_MODE") or d.storage_mode
         if mode not in ("auto", "timescale", "postgres"):
             raise SettingsError(f"TELEMETRY_STORAGE_MODE must be auto, timescale or postgres, got {mode!r}")
@@ -153,4 +171,5 @@ class Settings:
             partition_lookahead=as_seconds("TELEMETRY_PARTITION_LOOKAHEAD_SECONDS", d.partition_lookahead),
             maintenance_interval=as_seconds("TELEMETRY_MAINTENANCE_INTERVAL_SECONDS", d.maintenance_interval),
             log_level=get("TELEMETRY_LOG_LEVEL") or d.log_level,
+            trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),
         )

@@ -1,16 +1,49 @@
 """Who is calling: `Authorization: Bearer <token>` → an operator or a device, else 401/403.
 
-Missing, unknown, expired or revoked credentials get 401; a valid credential of the wrong kind
-(a device on an operator endpoint, or the reverse) gets 403.
+Missing, unknown, expired or revoked credentials get 401, byte-identical whatever the reason; a
+valid credential of the wrong kind (a device on an operator endpoint, or the reverse) gets 403,
+and so does a viewer on an endpoint that changes anything.
+
+What an endpoint needs is its `auth` kind in the route table (`service.api.routes`): `viewer`
+(any operator: every read), `admin` (admin operators only: every write), `device` or `none`.
+`guarded` stamps the kind on each request before the handler runs, and `require_operator`
+enforces it, so the role rule lives in the table, not in the handlers.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Literal
 
 from aiohttp import web
 
 from service.api.credentials import DEVICE_PREFIX, OPERATOR_PREFIX, DeviceIdentity, Operator, bearer_token
 from service.api.errors import forbidden, unauthorized
 from service.api.state import services
+
+Auth = Literal["none", "device", "viewer", "admin"]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_REQUIRED = web.RequestKey("required_auth", str)
+_OPERATOR = web.RequestKey("operator", Operator)
+
+
+def guarded(auth: Auth, handler: Handler) -> Handler:
+    """`handler` as registered for an endpoint of kind `auth`. For operator endpoints, the
+    handler must authenticate (`require_operator`): answering without doing so is a bug, and a
+    500 rather than an open endpoint."""
+    if auth not in ("viewer", "admin"):
+        return handler
+
+    async def operator_endpoint(request: web.Request) -> web.StreamResponse:
+        request[_REQUIRED] = auth
+        response = await handler(request)
+        if _OPERATOR not in request:
+            raise RuntimeError(f"{handler.__name__} answered without authenticating its operator")
+        return response
+
+    operator_endpoint.__name__ = handler.__name__
+    return operator_endpoint
 
 
 def _token(request: web.Request) -> str:
@@ -21,14 +54,20 @@ def _token(request: web.Request) -> str:
 
 
 async def require_operator(request: web.Request) -> Operator:
+    """The calling operator, allowed by its role on this endpoint (admin when not stamped)."""
+    if _OPERATOR in request:
+        return request[_OPERATOR]
     token = _token(request)
     auth = services(request).auth
     operator = await auth.operator(token)
-    if operator is not None:
-        return operator
-    if token.startswith(DEVICE_PREFIX) and await auth.device(token) is not None:
-        raise forbidden("device credentials cannot be used on operator endpoints")
-    raise unauthorized()
+    if operator is None:
+        if token.startswith(DEVICE_PREFIX) and await auth.device(token) is not None:
+            raise forbidden("device credentials cannot be used on operator endpoints")
+        raise unauthorized()
+    if request.get(_REQUIRED, "admin") == "admin" and operator.role != "admin":
+        raise forbidden(f"operator role {operator.role!r} can only read; this needs role 'admin'")
+    request[_OPERATOR] = operator
+    return operator
 
 
 async def require_device(request: web.Request) -> DeviceIdentity:

@@ -4,9 +4,11 @@ Only SHA-256 hashes of tokens are stored. A presented token is hashed and looked
 hash; the stored hash is then compared with `hmac.compare_digest`, so no comparison of secret
 material depends on how many leading characters match. Tokens are never logged.
 
-Device lookups are cached for `cache_ttl` seconds (the heartbeat path would otherwise pay one
-query per request); a revocation made through this instance evicts the entry at once, and one
-made elsewhere takes effect within the TTL.
+Device and operator lookups are cached for `cache_ttl` seconds (the heartbeat path would
+otherwise pay one query per request). A device revocation or re-enrollment made through this
+instance evicts its entries at once; one made through another instance, and an operator revoked,
+rotated or demoted with `telemetry admin …`, takes effect here within the TTL. An operator token
+is never cached past its own expiry.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import asyncpg
 
@@ -24,6 +27,9 @@ from service.db.watchdog import DatabaseWatchdog
 OPERATOR_PREFIX = "op_"
 DEVICE_PREFIX = "dev_"
 ENROLLMENT_PREFIX = "enr_"
+
+Role = Literal["admin", "viewer"]
+ROLES: tuple[Role, ...] = ("admin", "viewer")
 
 
 def new_token(prefix: str) -> str:
@@ -48,11 +54,14 @@ class Operator:
     user_id: int
     username: str
     session_id: int
+    role: Role = "admin"
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceIdentity:
     device_id: str
+    # The enrollment token the credential was issued from (None once that token is deleted).
+    enrollment_token_id: int | None = None
 
 
 @dataclass
@@ -60,7 +69,7 @@ class Authenticator:
     pool: asyncpg.Pool
     cache_ttl: float = 5.0
     watchdog: DatabaseWatchdog = field(default_factory=DatabaseWatchdog)
-    _devices: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _devices: dict[str, tuple[DeviceIdentity, float]] = field(default_factory=dict)
     _operators: dict[str, tuple[Operator, float]] = field(default_factory=dict)
 
     async def operator(self, token: str) -> Operator | None:
@@ -79,17 +88,19 @@ class Authenticator:
             FROM users u
             WHERE s.token_hash = $1 AND u.id = s.user_id AND s.revoked_at IS NULL
               AND (s.expires_at IS NULL OR s.expires_at > now()) AND u.disabled_at IS NULL
-            RETURNING s.id, s.token_hash, u.id AS user_id, u.username
+            RETURNING s.id, s.token_hash, u.id AS user_id, u.username, u.role,
+                      extract(epoch FROM s.expires_at - now())::float8 AS remaining
             """,
                 digest,
             )
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             self._operators.pop(digest, None)
             return None
-        operator = Operator(row["user_id"], row["username"], row["id"])
+        operator = Operator(row["user_id"], row["username"], row["id"], row["role"])
+        ttl = self.cache_ttl if row["remaining"] is None else min(self.cache_ttl, row["remaining"])
         if len(self._operators) > 10_000:
             self._operators.clear()
-        self._operators[digest] = (operator, now + self.cache_ttl)
+        self._operators[digest] = (operator, now + ttl)
         return operator
 
     async def device(self, token: str) -> DeviceIdentity | None:
@@ -99,21 +110,24 @@ class Authenticator:
         cached = self._devices.get(digest)
         now = time.monotonic()
         if cached and cached[1] > now:
-            return DeviceIdentity(cached[0])
+            return cached[0]
         with self.watchdog.track():
             row = await self.pool.fetchrow(
-                "SELECT id, token_hash FROM devices WHERE token_hash = $1 AND credential_revoked_at IS NULL",
+                "SELECT id, token_hash, enrollment_token_id FROM devices"
+                " WHERE token_hash = $1 AND credential_revoked_at IS NULL AND banned_at IS NULL",
                 digest,
             )
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             self._devices.pop(digest, None)
             return None
+        identity = DeviceIdentity(row["id"], row["enrollment_token_id"])
         if len(self._devices) > 100_000:
             self._devices.clear()
-        self._devices[digest] = (row["id"], now + self.cache_ttl)
-        return DeviceIdentity(row["id"])
+        self._devices[digest] = (identity, now + self.cache_ttl)
+        return identity
 
     def forget_device(self, device_id: str) -> None:
-        for digest, (cached_id, _) in list(self._devices.items()):
-            if cached_id == device_id:
+        """Drop every cached credential of `device_id` (after a revocation or re-enrollment)."""
+        for digest, (identity, _) in list(self._devices.items()):
+            if identity.device_id == device_id:
                 del self._devices[digest]

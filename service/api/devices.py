@@ -1,4 +1,10 @@
-"""`GET /v1/devices/{device_id}` and `POST /v1/devices/{device_id}/revoke` (operator)."""
+"""`GET /v1/devices/{device_id}`, `POST …/revoke` and `POST …/reinstate` (operator).
+
+Revoking is a ban: the credential stops working (in this instance at once, in others within
+their auth cache TTL) and the device id cannot enroll again, with any token, until an operator
+reinstates it. Reinstating lifts the ban only: the old credential stays revoked, and the device
+comes back by enrolling with a token bound to its id, which issues a new credential.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from aiohttp import web
 from service.api.auth import require_operator
 from service.api.errors import not_found
 from service.api.responses import json_response
-from service.api.schemas import DeviceSummary
+from service.api.schemas import DeviceState, DeviceSummary
 from service.api.state import services
 
 
@@ -23,6 +29,7 @@ async def get_device(request: web.Request) -> web.Response:
     row = await services(request).pool.fetchrow(
         """
         SELECT d.id, d.enrolled_at, d.credential_revoked_at IS NOT NULL AS revoked,
+               d.banned_at IS NOT NULL AS banned,
                h.ts, h.status, h.battery_pct
         FROM devices d
         LEFT JOIN LATERAL (
@@ -43,6 +50,7 @@ async def get_device(request: web.Request) -> web.Response:
             last_seen_at=row["ts"],
             last_status=row["status"],
             last_battery_pct=row["battery_pct"],
+            banned=row["banned"],
         )
     )
 
@@ -53,7 +61,8 @@ async def revoke_device(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     async with svc.pool.acquire() as conn, conn.transaction():
         revoked = await conn.fetchval(
-            "UPDATE devices SET credential_revoked_at = coalesce(credential_revoked_at, now())"
+            "UPDATE devices SET credential_revoked_at = coalesce(credential_revoked_at, now()),"
+            " banned_at = coalesce(banned_at, now())"
             " WHERE id = $1 RETURNING id",
             device_id,
         )
@@ -66,4 +75,24 @@ async def revoke_device(request: web.Request) -> web.Response:
             {"by": operator.username},
         )
     svc.auth.forget_device(device_id)
-    return json_response({"device_id": device_id, "credential_revoked": True})
+    return json_response(DeviceState(device_id=device_id, credential_revoked=True, banned=True))
+
+
+async def reinstate_device(request: web.Request) -> web.Response:
+    operator = await require_operator(request)
+    svc = services(request)
+    device_id = request.match_info["device_id"]
+    async with svc.pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE devices SET banned_at = NULL WHERE id = $1"
+            " RETURNING credential_revoked_at IS NOT NULL AS revoked",
+            device_id,
+        )
+        if row is None:
+            raise not_found(f"no device {device_id!r}", field="device_id")
+        await conn.execute(
+            "INSERT INTO device_events (device_id, event_type, details) VALUES ($1, 'reinstated', $2)",
+            device_id,
+            {"by": operator.username},
+        )
+    return json_response(DeviceState(device_id=device_id, credential_revoked=row["revoked"], banned=False))

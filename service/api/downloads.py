@@ -1,4 +1,8 @@
-"""`POST /v1/apk-downloads` (device): one APK download event of the calling device."""
+"""`POST /v1/apk-downloads` (device): one APK download event of the calling device.
+
+The event's device and enrollment token come from the credential: `token_id` is the token the
+device enrolled with. A body's `enrollment_token_id` is still accepted, for older clients, and
+ignored."""
 
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ async def post_download(request: web.Request) -> web.Response:
                 ts,
                 body.build_id,
                 device.device_id,
-                body.enrollment_token_id,
+                # The device's own enrollment, never the body's claim (its field is ignored).
+                device.enrollment_token_id,
                 body.outcome,
                 body.bytes_downloaded,
             )

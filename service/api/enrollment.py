@@ -1,20 +1,33 @@
 """Enrollment: operators mint enrollment tokens; a device exchanges one for its credential.
 
-An enrollment token is spent atomically (one UPDATE that checks revocation, expiry and the use
-limit), so concurrent enrollments can never exceed `max_uses`. Unknown, expired, revoked and
-used-up tokens all get the same 401 message, and repeated failures from one client are
-throttled (429). A device id that already has an active credential is not re-issued one (409):
-an operator revokes the old credential first.
+Guarantees:
+- A token is spent atomically (one UPDATE that checks revocation, expiry, the use limit and,
+  for a token bound to a device id, that id), so concurrent enrollments can never exceed
+  `max_uses`. Unknown, expired, revoked, used-up tokens and tokens bound to another device id
+  all get the same 401 bytes.
+- A new device id enrolls with any valid token. An existing id (a factory-reset or reinstated
+  device) re-enrolls only with a token bound to it (else 409, token not spent); that rotates its
+  credential: the old one stops working at once in this instance and within the auth cache TTL
+  in others. Deciding between "new" and "existing" is the database's (INSERT … ON CONFLICT), so
+  two first enrollments of one id cannot both win.
+- A banned id (revoked, not reinstated) cannot enroll with any token: 403 `device_banned`,
+  token not spent. The ban is only revealed to a caller holding a valid token.
+- Failed guesses are throttled per client address (`service.api.client_address`): the attempt
+  is reserved before the database is asked and handed back when the token was valid, so a
+  parallel burst is limited too. Refusals are counted in `enrollment_events`, one row per
+  outcome, address and window.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from service.api.auth import require_operator
+from service.api.client_address import request_client
 from service.api.credentials import DEVICE_PREFIX, ENROLLMENT_PREFIX, new_token, token_hash
 from service.api.errors import ApiError, not_found, unauthorized
 from service.api.responses import json_response
@@ -23,6 +36,8 @@ from service.api.state import services
 from service.api.validation import decode
 
 INVALID_ENROLLMENT = "invalid enrollment token"
+# Refused attempts are counted in one row per outcome, client address and window of this length.
+REFUSAL_WINDOW = timedelta(hours=1)
 _MAX_ID = 2**63 - 1
 
 
@@ -31,17 +46,23 @@ async def create_enrollment_token(
 ) -> EnrollmentTokenResponse:
     token = new_token(ENROLLMENT_PREFIX)
     row = await conn.fetchrow(
-        "INSERT INTO enrollment_tokens (token_hash, scope, created_by, expires_at, max_uses, note)"
-        " VALUES ($1, $2, $3, now() + $4::interval, $5, $6) RETURNING id, expires_at",
+        "INSERT INTO enrollment_tokens (token_hash, scope, created_by, expires_at, max_uses, note, device_id)"
+        " VALUES ($1, $2, $3, now() + $4::interval, $5, $6, $7) RETURNING id, expires_at",
         token_hash(token),
         spec.scope,
         created_by,
         timedelta(seconds=spec.expires_in_seconds),
         spec.max_uses,
         spec.note,
+        spec.device_id,
     )
     return EnrollmentTokenResponse(
-        id=row["id"], token=token, scope=spec.scope, expires_at=row["expires_at"], max_uses=spec.max_uses
+        id=row["id"],
+        token=token,
+        scope=spec.scope,
+        expires_at=row["expires_at"],
+        max_uses=spec.max_uses,
+        device_id=spec.device_id,
     )
 
 
@@ -69,81 +90,143 @@ async def revoke_enrollment_token(request: web.Request) -> web.Response:
     return json_response({"id": token_id, "revoked": True})
 
 
-def _client(request: web.Request) -> str:
-    return request.remote or "unknown"
+class _Refused(ApiError):
+    """An enrollment refused after the token was checked; `outcome` is its audit name."""
+
+    outcome = "refused"
+
+
+class _AlreadyEnrolled(_Refused):
+    outcome = "already_enrolled"
+
+    def __init__(self) -> None:
+        super().__init__(
+            409,
+            "already_enrolled",
+            "this device id is already enrolled; re-enrolling it needs an enrollment token bound to it",
+            field="device_id",
+        )
+
+
+class _Banned(_Refused):
+    outcome = "banned"
+
+    def __init__(self) -> None:
+        super().__init__(
+            403,
+            "device_banned",
+            "this device id was revoked; an operator must reinstate it before it can enroll",
+            field="device_id",
+        )
+
+
+async def _record_refusal(conn: asyncpg.Connection, outcome: str, device_id: str, client: str) -> None:
+    """One row per (outcome, address, window) with a count: a flood cannot grow the table."""
+    await conn.execute(
+        """
+        INSERT INTO enrollment_events (device_id, outcome, remote_addr, window_start)
+        VALUES ($1, $2, $3, date_bin($4::interval, now(), TIMESTAMPTZ '2000-01-01'))
+        ON CONFLICT (outcome, remote_addr, window_start)
+        DO UPDATE SET attempts = enrollment_events.attempts + 1, device_id = EXCLUDED.device_id
+        """,
+        device_id,
+        outcome,
+        client[:64],
+        REFUSAL_WINDOW,
+    )
+
+
+async def _issue(conn: asyncpg.Connection, spent: Any, device_id: str, credential_hash: str) -> bool:
+    """Store the credential of `device_id`; True when the id was new. Raises `_Banned` or
+    `_AlreadyEnrolled` (the caller's transaction then rolls back and the token is not spent)."""
+    if spent["device_id"] is None:
+        inserted = await conn.fetchval(
+            "INSERT INTO devices (id, token_hash, enrollment_token_id) VALUES ($1, $2, $3)"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
+            device_id,
+            credential_hash,
+            spent["id"],
+        )
+        if inserted is not None:
+            return True
+        banned = await conn.fetchval("SELECT banned_at IS NOT NULL FROM devices WHERE id = $1", device_id)
+        raise _Banned() if banned else _AlreadyEnrolled()
+    # A token bound to this id: enroll it, or rotate its credential unless it is banned.
+    row = await conn.fetchrow(
+        """
+        INSERT INTO devices (id, token_hash, enrollment_token_id) VALUES ($1, $2, $3)
+        ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash,
+            enrollment_token_id = EXCLUDED.enrollment_token_id, enrolled_at = now(),
+            credential_revoked_at = NULL
+        WHERE devices.banned_at IS NULL
+        RETURNING xmax = 0 AS inserted
+        """,
+        device_id,
+        credential_hash,
+        spent["id"],
+    )
+    if row is None:
+        raise _Banned()
+    return bool(row["inserted"])
 
 
 async def enroll(request: web.Request) -> web.Response:
     svc = services(request)
-    client = _client(request)
-    wait = svc.enrollment_throttle.retry_after(client)
-    if wait is not None:
+    client = request_client(request, svc.settings.trusted_proxies)
+    body = await decode(request, EnrollRequest)  # a malformed body is not a guess: not counted
+    # Check and count in one step, before any await: a parallel burst cannot all pass the check.
+    stamp, wait = svc.enrollment_throttle.reserve(client)
+    if stamp is None:
         raise ApiError(
             429,
             "too_many_attempts",
             "too many failed enrollments; retry later",
             headers={"Retry-After": str(wait)},
         )
-    body = await decode(request, EnrollRequest)
-    digest = token_hash(body.enrollment_token)
+    failed = False
     device_token = new_token(DEVICE_PREFIX)
-    async with svc.pool.acquire() as conn:
-        async with conn.transaction():
-            spent = await conn.fetchrow(
-                """
-                UPDATE enrollment_tokens SET use_count = use_count + 1, last_used_at = now()
-                WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
-                  AND use_count < max_uses
-                RETURNING id, scope
-                """,
-                digest,
-            )
-            if spent is not None:
-                # Insert, or re-issue for a device whose credential an operator revoked.
-                issued = await conn.fetchval(
-                    """
-                    INSERT INTO devices (id, token_hash, enrollment_token_id) VALUES ($1, $2, $3)
-                    ON CONFLICT (id) DO UPDATE SET token_hash = EXCLUDED.token_hash,
-                        enrollment_token_id = EXCLUDED.enrollment_token_id, enrolled_at = now(),
-                        credential_revoked_at = NULL
-                    WHERE devices.credential_revoked_at IS NOT NULL
-                    RETURNING id
-                    """,
-                    body.device_id,
-                    token_hash(device_token),
-                    spent["id"],
-                )
-                if issued is None:
-                    raise _AlreadyEnrolled(spent["id"])
-                await conn.execute(
-                    "INSERT INTO enrollment_events (enrollment_token_id, device_id, outcome, remote_addr)"
-                    " VALUES ($1, $2, 'enrolled', $3)",
-                    spent["id"],
-                    body.device_id,
-                    client,
-                )
-                await conn.execute(
-                    "INSERT INTO device_events (device_id, event_type, details) VALUES ($1, 'enrolled', $2)",
-                    body.device_id,
-                    {"enrollment_token_id": spent["id"], "scope": spent["scope"]},
-                )
-        if spent is None:
-            await conn.execute(
-                "INSERT INTO enrollment_events (device_id, outcome, remote_addr) VALUES ($1, 'refused', $2)",
-                body.device_id,
-                client,
-            )
-            svc.enrollment_throttle.failed(client)
-            svc.metrics.enrollment_failures.inc()
-            raise unauthorized(INVALID_ENROLLMENT)
+    try:
+        async with svc.pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    spent = await conn.fetchrow(
+                        """
+                        UPDATE enrollment_tokens SET use_count = use_count + 1, last_used_at = now()
+                        WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
+                          AND use_count < max_uses AND (device_id IS NULL OR device_id = $2)
+                        RETURNING id, scope, device_id
+                        """,
+                        token_hash(body.enrollment_token),
+                        body.device_id,
+                    )
+                    if spent is None:
+                        failed = True
+                        raise unauthorized(INVALID_ENROLLMENT)
+                    new = await _issue(conn, spent, body.device_id, token_hash(device_token))
+                    await conn.execute(
+                        "INSERT INTO enrollment_events (enrollment_token_id, device_id, outcome, remote_addr)"
+                        " VALUES ($1, $2, 'enrolled', $3)",
+                        spent["id"],
+                        body.device_id,
+                        client[:64],
+                    )
+                    await conn.execute(
+                        "INSERT INTO device_events (device_id, event_type, details) VALUES ($1, $2, $3)",
+                        body.device_id,
+                        "enrolled" if new else "re-enrolled",
+                        {"enrollment_token_id": spent["id"], "scope": spent["scope"]},
+                    )
+            except _Refused as refused:
+                await _record_refusal(conn, refused.outcome, body.device_id, client)
+                raise
+            except ApiError:
+                if failed:
+                    await _record_refusal(conn, "refused", body.device_id, client)
+                    svc.metrics.enrollment_failures.inc()
+                raise
+    finally:
+        if not failed:
+            svc.enrollment_throttle.release(client, stamp)
+    # A re-enrollment rotated the credential: the old one must not live on in this cache.
+    svc.auth.forget_device(body.device_id)
     return json_response(EnrollResponse(device_id=body.device_id, device_token=device_token), status=201)
-
-
-class _AlreadyEnrolled(ApiError):
-    def __init__(self, token_id: int) -> None:
-        super().__init__(
-            409,
-            "already_enrolled",
-            "this device id already has an active credential; an operator must revoke it first",
-            field="device_id",
-        )

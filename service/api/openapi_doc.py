@@ -36,8 +36,11 @@ def build_openapi() -> dict[str, Any]:
         ]
         if params:
             op["parameters"] = params
-        if ep.auth != "none":
-            op["security"] = [{ep.auth: []}]
+        if ep.auth == "device":
+            op["security"] = [{"device": []}]
+        elif ep.auth != "none":
+            op["security"] = [{"operator": []}]
+            op["description"] = _ROLES[ep.auth]
         if ep.request is not None:
             op["requestBody"] = {
                 "required": True,
@@ -82,6 +85,12 @@ def build_openapi() -> dict[str, Any]:
     }
 
 
+_ROLES = {
+    "viewer": "Any operator: roles `admin` and `viewer`.",
+    "admin": "Operators with role `admin` only (a `viewer` gets 403).",
+}
+
+
 def _path_schema(name: str) -> dict[str, Any]:
     if name == "token_id":  # a database id
         return {"type": "integer", "format": "int64", "minimum": 1}
@@ -112,7 +121,7 @@ def _describe(status: int) -> str:
         201: "Created",
         400: "Malformed request",
         401: "Missing or invalid credentials",
-        403: "Credential of the wrong kind",
+        403: "Credential of the wrong kind or role, or (enroll) a banned device id",
         404: "Not found",
         409: "Conflict",
         413: "Body too large",

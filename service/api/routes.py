@@ -1,19 +1,15 @@
 """Every endpoint in one table: the app factory registers it and the OpenAPI document is built
-from it, so the two cannot disagree."""
+from it, so the two cannot disagree. An endpoint's `auth` kind is also what operators' roles are
+checked against (`service.api.auth.guarded`): `viewer` endpoints only read, `admin` endpoints
+change something."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
-
-from aiohttp import web
 
 from service.api import devices, dispatches, downloads, enrollment, health, heartbeats, openapi_doc
 from service.api import schemas as s
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Auth = Literal["none", "operator", "device"]
+from service.api.auth import Auth, Handler
 
 
 @dataclass(frozen=True)
@@ -40,6 +36,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             201: s.EnrollResponse,
             400: s.ErrorBody,
             401: s.ErrorBody,
+            403: s.ErrorBody,
             409: s.ErrorBody,
             422: s.ErrorBody,
             429: s.ErrorBody,
@@ -85,8 +82,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "POST",
         "/v1/enrollment-tokens",
         enrollment.post_enrollment_token,
-        "operator",
-        "Mint an enrollment token (shown once)",
+        "admin",
+        "Mint an enrollment token (shown once); with device_id, only that device id can enroll with"
+        " it, and it is the only kind that can re-enroll an existing device id",
         s.EnrollmentTokenRequest,
         {
             201: s.EnrollmentTokenResponse,
@@ -100,7 +98,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "DELETE",
         "/v1/enrollment-tokens/{token_id}",
         enrollment.revoke_enrollment_token,
-        "operator",
+        "admin",
         "Revoke an enrollment token",
         None,
         {200: None, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
@@ -109,7 +107,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "POST",
         "/v1/dispatches",
         dispatches.create_dispatch,
-        "operator",
+        "admin",
         "Create a dispatch once per request_id (201 created, 200 existing, 409 conflicting)",
         s.DispatchRequest,
         {
@@ -128,7 +126,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET",
         "/v1/dispatches/{request_id}",
         dispatches.get_dispatch,
-        "operator",
+        "viewer",
         "Look up a dispatch by request_id",
         None,
         {200: s.Dispatch, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
@@ -137,7 +135,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET",
         "/v1/devices/{device_id}",
         devices.get_device,
-        "operator",
+        "viewer",
         "A device: enrollment, last seen, last battery and status",
         None,
         {200: s.DeviceSummary, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
@@ -146,16 +144,26 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "POST",
         "/v1/devices/{device_id}/revoke",
         devices.revoke_device,
-        "operator",
-        "Revoke a device's credential",
+        "admin",
+        "Revoke a device's credential and ban its id: it cannot enroll again until reinstated",
         None,
-        {200: None, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
+        {200: s.DeviceState, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        "POST",
+        "/v1/devices/{device_id}/reinstate",
+        devices.reinstate_device,
+        "admin",
+        "Lift a device's ban; its old credential stays revoked, so it re-enrolls with a token"
+        " bound to its id",
+        None,
+        {200: s.DeviceState, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
     ),
     Endpoint(
         "GET",
         "/v1/devices/{device_id}/heartbeats",
         heartbeats.list_heartbeats,
-        "operator",
+        "viewer",
         "A device's heartbeats, newest first",
         None,
         {200: s.HeartbeatList, 400: s.ErrorBody, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
@@ -165,7 +173,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET",
         "/v1/devices/{device_id}/dispatches",
         dispatches.list_device_dispatches,
-        "operator",
+        "viewer",
         "A device's dispatches, newest first",
         None,
         {200: s.DispatchList, 400: s.ErrorBody, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},

@@ -67,7 +67,19 @@ class ApkDownload(Struct):
     build_id: Annotated[str, Meta(min_length=1, max_length=128)]
     outcome: Annotated[str, Meta(pattern=r"^(started|completed|failed|cancelled)$")]
     ts: Timestamp | None = None
-    enrollment_token_id: Annotated[int, Meta(ge=1)] | None = None
+    # Accepted for older clients and ignored: the event's token is the device's own enrollment.
+    enrollment_token_id: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                description="Deprecated and ignored: the event's token is the one the calling"
+                " device enrolled with",
+                extra_json_schema={"deprecated": True},
+            ),
+        ]
+        | None
+    ) = None
     bytes_downloaded: Annotated[int, Meta(ge=0)] | None = None
     # Makes a retry idempotent: the same device, event_key and ts name the same event.
     event_key: (
@@ -109,6 +121,9 @@ class EnrollmentTokenRequest(Struct):
     max_uses: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
     scope: Annotated[str, Meta(pattern=r"^(device)$")] = "device"
     note: Annotated[str, Meta(max_length=500)] | None = None
+    # Bound token: only this device id can enroll with it, and only a bound token re-enrolls an
+    # existing id (a factory-reset or reinstated device).
+    device_id: DeviceId | None = None
 
 
 class EnrollmentTokenResponse(Struct):
@@ -117,6 +132,7 @@ class EnrollmentTokenResponse(Struct):
     scope: str
     expires_at: datetime
     max_uses: int
+    device_id: str | None = None
 
 
 class DispatchRequest(Struct):
@@ -164,6 +180,15 @@ class DeviceSummary(Struct):
     last_seen_at: datetime | None
     last_status: str | None
     last_battery_pct: int | None
+    banned: bool = False  # revoked and not reinstated: the id cannot enroll
+
+
+class DeviceState(Struct):
+    """After a revocation or a reinstatement."""
+
+    device_id: str
+    credential_revoked: bool
+    banned: bool
 
 
 class ErrorDetail(Struct):
@@ -204,6 +229,7 @@ SCHEMA_TYPES: tuple[type, ...] = (
     DispatchList,
     HeartbeatList,
     DeviceSummary,
+    DeviceState,
     ErrorBody,
     Health,
 )

@@ -34,9 +34,10 @@ class Api:
         assert r.status == 201, await r.text()
         return await r.json()
 
-    async def enroll(self, device_id: str) -> str:
-        """Enroll `device_id` through the API; returns its device token."""
-        token = (await self.mint())["token"]
+    async def enroll(self, device_id: str, *, bound: bool = False) -> str:
+        """Enroll `device_id` through the API (with a token bound to it when `bound`: needed to
+        re-enroll an existing id); returns its device token."""
+        token = (await self.mint(**({"device_id": device_id} if bound else {})))["token"]
         r = await self.client.post("/v1/enroll", json={"enrollment_token": token, "device_id": device_id})
         assert r.status == 201, await r.text()
         return (await r.json())["device_token"]

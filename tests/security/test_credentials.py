@@ -54,12 +54,32 @@ async def test_throttle_refuses_even_a_valid_token_without_spending_it_and_lifts
 
 def test_throttle_memory_is_bounded_under_a_flood_of_clients() -> None:
     t = FailureThrottle(limit=2, window=60, max_clients=100)
+    t.reserve("victim")
+    t.reserve("victim")
     for i in range(1000):
-        t.failed(f"10.0.{i // 256}.{i % 256}")
-        assert len(t._failures) <= 100
-    t.failed("victim")
-    t.failed("victim")
+        t.reserve(f"10.0.{i // 256}.{i % 256}")
+        assert len(t) <= 100
+        # a guesser who keeps guessing is recently seen, so the flood does not evict it
+        assert t.reserve("victim")[0] is None
     assert t.retry_after("victim") is not None and t.retry_after("someone else") is None
+    # the flood evicted the least recently seen clients one by one, never everyone at once
+    assert len(t) == 100
+    assert t.retry_after("10.0.0.0") is None  # evicted long ago: a fresh start
+    t.reserve("10.0.3.231")  # the latest one is remembered: its second attempt hits the limit
+    assert t.retry_after("10.0.3.231") is not None
+
+
+def test_throttle_reserve_counts_and_release_hands_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(throttle, "time", Clock())
+    t = FailureThrottle(limit=3, window=60)
+    stamps = [t.reserve("a")[0] for _ in range(3)]
+    assert all(stamp is not None for stamp in stamps)
+    stamp, wait = t.reserve("a")
+    assert stamp is None and wait == 61
+    t.release("a", stamps[0])  # that attempt was a success: it no longer counts
+    stamp, wait = t.reserve("a")
+    assert stamp is not None and wait is None
+    assert t.reserve("b")[0] is not None  # other clients are not affected
 
 
 async def test_a_device_credential_stays_bound_to_its_device(api: Api, mode: StorageMode) -> None:
@@ -78,9 +98,11 @@ async def test_a_device_credential_stays_bound_to_its_device(api: Api, mode: Sto
     )
     assert (await r.json())["device_id"] == "bind-a"
     assert await api.count("SELECT count(*) FROM apk_download_events WHERE device_id = 'bind-b'") == 0
-    # revoke and re-enroll a: the old credential stays dead, the new one is a's, b is untouched
+    # revoke, reinstate and re-enroll a: the old credential stays dead, the new one is a's, b is
+    # untouched
     assert (await api.client.post("/v1/devices/bind-a/revoke", headers=api.op())).status == 200
-    new_a = await api.enroll("bind-a")
+    assert (await api.client.post("/v1/devices/bind-a/reinstate", headers=api.op())).status == 200
+    new_a = await api.enroll("bind-a", bound=True)
     assert new_a != old_a
     assert (await api.client.post("/v1/heartbeats", json=ok, headers=bearer(old_a))).status == 401
     r = await api.client.post("/v1/heartbeats", json=ok, headers=bearer(new_a))
@@ -95,3 +117,34 @@ async def test_a_device_credential_stays_bound_to_its_device(api: Api, mode: Sto
     finally:
         await conn.close()
     assert (await api.client.post("/v1/heartbeats", json=ok, headers=bearer(token_b))).status == 401
+
+
+async def test_a_download_event_takes_its_token_id_from_the_device_enrollment(api: Api) -> None:
+    mine = await api.mint()
+    other = await api.mint()
+    r = await api.client.post("/v1/enroll", json={"enrollment_token": mine["token"], "device_id": "dl-a"})
+    token = (await r.json())["device_token"]
+    # a body's enrollment_token_id is accepted (older clients send it) and ignored
+    for claimed in ({"enrollment_token_id": other["id"]}, {}):
+        r = await api.client.post(
+            "/v1/apk-downloads",
+            json={"build_id": "b", "outcome": "completed", **claimed},
+            headers=bearer(token),
+        )
+        assert r.status == 201
+    assert await api.count("SELECT count(*) FROM apk_download_events WHERE device_id = 'dl-a'") == 2
+    assert (
+        await api.count(
+            "SELECT count(*) FROM apk_download_events WHERE device_id = 'dl-a' AND token_id = $1", mine["id"]
+        )
+        == 2
+    )
+    # after a re-enrollment the new events carry the new token
+    new = await api.mint(device_id="dl-a")
+    r = await api.client.post("/v1/enroll", json={"enrollment_token": new["token"], "device_id": "dl-a"})
+    token = (await r.json())["device_token"]
+    r = await api.client.post(
+        "/v1/apk-downloads", json={"build_id": "b", "outcome": "started"}, headers=bearer(token)
+    )
+    assert r.status == 201
+    assert await api.count("SELECT count(*) FROM apk_download_events WHERE token_id = $1", new["id"]) == 1
