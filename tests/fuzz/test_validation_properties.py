@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from service.api.errors import ApiError
 from service.api.schemas import Heartbeat, HeartbeatBatch
-from service.api.validation import MAX_DEPTH, check_no_nul, check_timestamp, convert, query_limit
+from service.api.validation import MAX_DEPTH, check_storable, check_timestamp, convert, query_limit
 from tests.fuzz.strategies import JSON, OFFSETS, heartbeats
 
 FIXED = settings(max_examples=200, derandomize=True, database=None, deadline=None)
@@ -97,7 +97,7 @@ def test_any_valid_heartbeat_round_trips_through_json_and_validation(
 ) -> None:
     body["ts"] = (NOW - timedelta(microseconds=offset)).astimezone(tz).isoformat()
     raw = msgspec.json.decode(msgspec.json.encode(body))
-    check_no_nul(raw)
+    check_storable(raw)
     decoded = convert(raw, Heartbeat)
     assert decoded.ts == datetime.fromisoformat(body["ts"])
     again = msgspec.to_builtins(decoded)
@@ -115,7 +115,7 @@ def test_a_nul_anywhere_in_text_is_refused_naming_where(body: dict[str, Any], da
     name = data.draw(st.sampled_from(fields))
     at = data.draw(st.integers(0, len(body[name]) - 1))
     body[name] = body[name][:at] + "\x00" + body[name][at + 1 :]
-    error = refusal(check_no_nul, body)
+    error = refusal(check_storable, body)
     assert (error.status, error.field, error.code) == (422, name, "invalid_character")
 
 
@@ -127,7 +127,7 @@ def test_any_nesting_deeper_than_the_limit_is_refused_without_exhausting_the_sta
     value = leaf
     for _ in range(depth):
         value = [value] if as_list else {"a": value}
-    error = refusal(check_no_nul, {"extra": value})
+    error = refusal(check_storable, {"extra": value})
     assert (error.status, error.code) == (422, "too_deep")
     assert error.field is not None and error.field.startswith("extra")
 
