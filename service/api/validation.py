@@ -132,7 +132,10 @@ def _violates(value: Any, nul_possible: bool) -> bool:
             if depth > MAX_DEPTH:
                 return True
             stack.extend((item, depth + 1) for item in v if type(item) is not str or nul_possible)
-        elif _bad_number(v):
+        elif kind is int:
+            if not JSON_INT_MIN <= v <= JSON_INT_MAX:
+                return True
+        elif kind is float and not math.isfinite(v):
             return True
     return False
 

@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from service.api.errors import ApiError
-from service.api.schemas import Heartbeat, HeartbeatBatch
+from service.api.schemas import JSON_INT_MAX, JSON_INT_MIN, Heartbeat, HeartbeatBatch
 from service.api.validation import MAX_DEPTH, check_storable, check_timestamp, convert, query_limit
 from tests.fuzz.strategies import JSON, OFFSETS, heartbeats
 
@@ -143,3 +143,35 @@ def test_any_limit_is_an_integer_in_range_or_refused_naming_limit(raw: str) -> N
         assert (error.status, error.field) == (400, "limit")
     else:
         assert 1 <= limit <= 1000 and limit == int(raw)
+
+
+beyond_bigint = st.integers(max_value=JSON_INT_MIN - 1) | st.integers(min_value=JSON_INT_MAX + 1)
+
+
+@FIXED
+@given(body=heartbeats(), number=beyond_bigint, path=st.lists(st.sampled_from(["k", 0]), max_size=6))
+def test_an_integer_past_bigint_anywhere_in_extra_is_refused_naming_where(
+    body: dict[str, Any], number: int, path: list[str | int]
+) -> None:
+    value: Any = number
+    name = ""
+    for step in reversed(path):
+        value = {step: value} if step == "k" else [value]
+    for step in path:
+        name += ".k" if step == "k" else "[0]"
+    body["extra"] = {"n": value}
+    error = refusal(check_storable, body)
+    assert (error.status, error.code, error.field) == (422, "number_out_of_range", "extra.n" + name)
+
+
+@FIXED
+@given(number=st.integers(JSON_INT_MIN, JSON_INT_MAX) | st.floats(allow_nan=False, allow_infinity=False))
+def test_any_finite_number_within_bigint_is_accepted_in_extra(number: int | float) -> None:
+    check_storable({"status": "ok", "battery_pct": 5, "extra": {"n": [number, {"m": number}]}})
+
+
+@FIXED
+@given(number=st.sampled_from([float("inf"), float("-inf"), float("nan")]))
+def test_a_non_finite_float_is_refused(number: float) -> None:
+    error = refusal(check_storable, {"extra": {"f": number}})
+    assert (error.status, error.field) == (422, "extra.f")
