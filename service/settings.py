@@ -1,8 +1,13 @@
-"""The one typed settings object. Nothing else in the package reads the environment."""
+"""The one typed settings object. Nothing else in the package reads the environment.
+
+Every value is checked where it is read: a malformed, non-finite (`nan`, `inf`) or out-of-range
+value raises `SettingsError` naming the variable, so the CLI exits 2 with one line.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -17,6 +22,12 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 class SettingsError(ValueError):
     """A configuration value is missing or malformed; the message names the variable."""
+
+
+# Upper bounds that only catch typos and overflow: no setting means anything past them.
+MAX_INT = 2**31 - 1
+MAX_SECONDS = 100 * 365 * 86400
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +91,7 @@ class Settings:
             value = env.get(name)
             return value if value not in (None, "") else None
 
-        def as_int(name: str, default: int, minimum: int = 0) -> int:
+        def as_int(name: str, default: int, minimum: int = 0, maximum: int = MAX_INT) -> int:
             raw = get(name)
             if raw is None:
                 return default
@@ -88,11 +99,12 @@ class Settings:
                 value = int(raw)
             except ValueError:
                 raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-            if value < minimum:
-                raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+            if not minimum <= value <= maximum:
+                raise SettingsError(f"{name} must be between {minimum} and {maximum}, got {value}")
             return value
 
-        def as_seconds(name: str, default: timedelta) -> timedelta:
+        def as_seconds(name: str, default: timedelta, *, positive: bool = False) -> timedelta:
+            """Seconds, finite, >= 0 (> 0 when `positive`: zero would mean "never" or "always")."""
             raw = get(name)
             if raw is None:
                 return default
@@ -100,8 +112,12 @@ class Settings:
                 value = float(raw)
             except ValueError:
                 raise SettingsError(f"{name} must be a number of seconds, got {raw!r}") from None
-            if value < 0:
-                raise SettingsError(f"{name} must not be negative, got {raw}")
+            if not math.isfinite(value):
+                raise SettingsError(f"{name} must be a finite number of seconds, got {raw!r}")
+            if value < 0 or (positive and value == 0):
+                raise SettingsError(f"{name} must be {'>' if positive else '>='} 0 seconds, got {raw}")
+            if value > MAX_SECONDS:
+                raise SettingsError(f"{name} must be at most {MAX_SECONDS} seconds (100 years), got {raw}")
             return timedelta(seconds=value)
 
         def as_bool(name: str, default: bool) -> bool:
@@ -131,17 +147,26 @@ class Settings:
         mode = get("TELEMETRY_STORAGE_MODE") or d.storage_mode
         if mode not in ("auto", "timescale", "postgres"):
             raise SettingsError(f"TELEMETRY_STORAGE_MODE must be auto, timescale or postgres, got {mode!r}")
+        log_level = (get("TELEMETRY_LOG_LEVEL") or d.log_level).upper()
+        if log_level not in LOG_LEVELS:
+            raise SettingsError(
+                f"TELEMETRY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
+            )
         retention = RetentionWindows(
             device_heartbeats=as_seconds(
-                "TELEMETRY_RETENTION_HEARTBEATS_SECONDS", d.retention.device_heartbeats
+                "TELEMETRY_RETENTION_HEARTBEATS_SECONDS", d.retention.device_heartbeats, positive=True
             ),
-            fcm_dispatches=as_seconds("TELEMETRY_RETENTION_DISPATCHES_SECONDS", d.retention.fcm_dispatches),
+            fcm_dispatches=as_seconds(
+                "TELEMETRY_RETENTION_DISPATCHES_SECONDS", d.retention.fcm_dispatches, positive=True
+            ),
             apk_download_events=as_seconds(
-                "TELEMETRY_RETENTION_DOWNLOADS_SECONDS", d.retention.apk_download_events
+                "TELEMETRY_RETENTION_DOWNLOADS_SECONDS", d.retention.apk_download_events, positive=True
             ),
-            device_events=as_seconds("TELEMETRY_RETENTION_DEVICE_EVENTS_SECONDS", d.retention.device_events),
+            device_events=as_seconds(
+                "TELEMETRY_RETENTION_DEVICE_EVENTS_SECONDS", d.retention.device_events, positive=True
+            ),
             enrollment_events=as_seconds(
-                "TELEMETRY_RETENTION_ENROLLMENT_EVENTS_SECONDS", d.retention.enrollment_events
+                "TELEMETRY_RETENTION_ENROLLMENT_EVENTS_SECONDS", d.retention.enrollment_events, positive=True
             ),
         )
         return cls(
@@ -149,17 +174,19 @@ class Settings:
             data_dir=Path(get("TELEMETRY_DATA_DIR") or d.data_dir),
             storage_mode=mode,  # type: ignore[arg-type]
             host=get("TELEMETRY_HOST") or d.host,
-            port=as_int("TELEMETRY_PORT", d.port),
+            port=as_int("TELEMETRY_PORT", d.port, 1, 65535),
             migrate_on_start=as_bool("TELEMETRY_MIGRATE_ON_START", d.migrate_on_start),
             db_wait=as_seconds("TELEMETRY_DB_WAIT_SECONDS", d.db_wait),
-            db_connect_timeout=as_seconds("TELEMETRY_DB_CONNECT_TIMEOUT_SECONDS", d.db_connect_timeout),
+            db_connect_timeout=as_seconds(
+                "TELEMETRY_DB_CONNECT_TIMEOUT_SECONDS", d.db_connect_timeout, positive=True
+            ),
             batch_window=as_seconds("TELEMETRY_BATCH_WINDOW_SECONDS", d.batch_window),
             batch_max_rows=as_int("TELEMETRY_BATCH_MAX_ROWS", d.batch_max_rows, 1),
             queue_max_rows=as_int("TELEMETRY_QUEUE_MAX_ROWS", d.queue_max_rows, 1),
             retry_after_seconds=as_int("TELEMETRY_RETRY_AFTER_SECONDS", d.retry_after_seconds, 1),
             flush_retry_attempts=as_int("TELEMETRY_FLUSH_RETRY_ATTEMPTS", d.flush_retry_attempts, 1),
-            stall_after=as_seconds("TELEMETRY_STALL_SECONDS", d.stall_after),
-            ack_timeout=as_seconds("TELEMETRY_ACK_TIMEOUT_SECONDS", d.ack_timeout),
+            stall_after=as_seconds("TELEMETRY_STALL_SECONDS", d.stall_after, positive=True),
+            ack_timeout=as_seconds("TELEMETRY_ACK_TIMEOUT_SECONDS", d.ack_timeout, positive=True),
             pool_size=as_int("TELEMETRY_POOL_SIZE", d.pool_size, 2),
             heartbeat_bucket_seconds=as_int(
                 "TELEMETRY_HEARTBEAT_BUCKET_SECONDS", d.heartbeat_bucket_seconds, 1
@@ -168,8 +195,12 @@ class Settings:
             max_batch_heartbeats=as_int("TELEMETRY_MAX_BATCH_HEARTBEATS", d.max_batch_heartbeats, 1),
             max_body_bytes=as_int("TELEMETRY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
             retention=retention,
-            partition_lookahead=as_seconds("TELEMETRY_PARTITION_LOOKAHEAD_SECONDS", d.partition_lookahead),
-            maintenance_interval=as_seconds("TELEMETRY_MAINTENANCE_INTERVAL_SECONDS", d.maintenance_interval),
-            log_level=get("TELEMETRY_LOG_LEVEL") or d.log_level,
+            partition_lookahead=as_seconds(
+                "TELEMETRY_PARTITION_LOOKAHEAD_SECONDS", d.partition_lookahead, positive=True
+            ),
+            maintenance_interval=as_seconds(
+                "TELEMETRY_MAINTENANCE_INTERVAL_SECONDS", d.maintenance_interval, positive=True
+            ),
+            log_level=log_level,
             trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),
         )

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from service.api import request_id
 from service.api.auth import require_operator
 from service.api.devices import ensure_device_exists
 from service.api.errors import ApiError, not_found
@@ -38,7 +39,7 @@ async def create_dispatch(request: web.Request) -> web.Response:
     async with svc.pool.acquire() as conn:
         await ensure_device_exists(conn, body.device_id)
     row = (0, body.request_id, body.device_id, body.action, body.payload, datetime.now(UTC), operator.user_id)
-    (outcome,) = await svc.writer.submit_dispatches([row])
+    (outcome,) = await svc.writer.submit_dispatches([row], request_id=request_id.of(request))
     stored = outcome.dispatch
     if (
         not outcome.created

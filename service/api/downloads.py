@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from service.api import request_id
 from service.api.auth import require_device
 from service.api.errors import unprocessable
 from service.api.responses import json_response
@@ -61,7 +62,8 @@ async def post_download(request: web.Request) -> web.Response:
                 body.outcome,
                 body.bytes_downloaded,
             )
-        ]
+        ],
+        request_id=request_id.of(request),
     )
     response = ApkDownloadResponse(id=row_id, device_id=device.device_id, ts=ts, stored=stored)
     return json_response(response, status=201 if stored else 200)

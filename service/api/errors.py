@@ -1,4 +1,5 @@
-"""Error responses: every error is `{"error": {"code", "message", "field"?}}` with a 4xx/5xx."""
+"""Error responses: every error is `{"error": {"code", "message", "field"?, "request_id"}}` with a
+4xx/5xx. Messages are written for the client: never an exception's text, SQL or class names."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ class ApiError(Exception):
         self.field = field
         self.headers = headers or {}
 
-    def response(self) -> web.Response:
+    def response(self, request_id: str | None = None) -> web.Response:
         body: dict[str, str] = {"code": self.code, "message": self.message}
         if self.field is not None:
             body["field"] = self.field
+        if request_id is not None:
+            body["request_id"] = request_id
         return web.Response(
             status=self.status,
             body=msgspec.json.encode({"error": body}),

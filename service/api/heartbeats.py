@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from service.api import request_id
 from service.api.auth import require_device, require_operator
 from service.api.devices import ensure_device_exists
 from service.api.responses import json_response
@@ -42,7 +43,7 @@ async def post_heartbeats(request: web.Request) -> web.Response:
         rows.append(
             (0, device.device_id, ts, hb.status, hb.battery_pct, hb.app_version, hb.network, hb.extra)
         )
-    stored = await svc.writer.submit_heartbeats(rows)
+    stored = await svc.writer.submit_heartbeats(rows, request_id=request_id.of(request))
     bucket = settings.heartbeat_bucket_seconds
     results = [
         HeartbeatResult(ts=row[2], bucket_start=bucket_start(row[2], bucket), stored=ok)

@@ -1,4 +1,5 @@
-"""Request middleware: JSON error bodies for every failure, and per-route metrics."""
+"""Request middleware: a request id on every response, JSON error bodies for every failure (with
+generic messages: the cause goes to the log under the request id), and per-route metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 import asyncpg
 from aiohttp import web
 
+from service.api import request_id
 from service.api.errors import ApiError, not_found, unavailable
 from service.api.state import SERVICES
 from service.db.watchdog import DatabaseStalled
@@ -33,14 +35,12 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
             return unavailable("write queue is full; retry later", retry_after, code="queue_full")
         case DatabaseStalled():
             return unavailable(
-                f"the database is not keeping up ({exc}); nothing was stored",
-                retry_after,
-                code="storage_stalled",
+                "the database is not keeping up; nothing was stored", retry_after, code="storage_stalled"
             )
         case CommitUnconfirmed():
             return unavailable(
-                f"{exc}; retrying with the same request_id (dispatches), ts (heartbeats) or event_key"
-                " and ts (downloads) is safe",
+                "the commit was not confirmed in time; the rows may still be stored. Retrying with the"
+                " same request_id (dispatches), ts (heartbeats) or event_key and ts (downloads) is safe",
                 retry_after,
                 code="commit_unconfirmed",
             )
@@ -53,13 +53,24 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
                 "the database is unavailable; nothing was stored", retry_after, code="storage_unavailable"
             )
         case WriteFailed():
-            return ApiError(422, "rejected", f"the database refused the rows; nothing was stored: {exc}")
+            return ApiError(
+                422,
+                "rejected",
+                "the request's rows could not be stored; nothing was stored for it (quote the"
+                " request_id when reporting this)",
+            )
         case web.HTTPException():
             return ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
         case asyncpg.PostgresConnectionError() | asyncpg.CannotConnectNowError() | OSError() | TimeoutError():
             return unavailable("the database is unavailable", retry_after, code="storage_unavailable")
         case _:
-            log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
+            log.error(
+                "request %s: unhandled error on %s %s",
+                request_id.of(request),
+                request.method,
+                request.path,
+                exc_info=exc,
+            )
             return ApiError(500, "internal", "internal error")
 
 
@@ -69,6 +80,7 @@ async def errors_and_metrics(request: web.Request, handler: web.Handler) -> web.
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
     svc = request.app[SERVICES]
+    rid = request_id.of(request)
     try:
         if route.startswith("/v1/") and svc.watchdog.stalled:
             # Every /v1/ endpoint needs the database: while it is stalled, answer at once
@@ -88,8 +100,10 @@ async def errors_and_metrics(request: web.Request, handler: web.Handler) -> web.
     except Exception as exc:  # every failure becomes a JSON error body
         error = _to_error(request, exc)
         if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | DatabaseStalled | WriterClosed):
-            log.warning("%s %s → %d %s", request.method, route, error.status, error.code)
-        response = error.response()
+            log.warning("request %s: %s %s → %d %s", rid, request.method, route, error.status, error.code)
+        response = error.response(rid)
+    if not response.prepared:  # a streamed response has sent its headers already
+        response.headers[request_id.HEADER] = rid
     metrics = svc.metrics
     metrics.requests.labels(request.method, route, str(response.status)).inc()
     metrics.request_seconds.labels(route).observe(time.perf_counter() - started)

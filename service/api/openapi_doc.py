@@ -58,8 +58,9 @@ def build_openapi() -> dict[str, Any]:
                 entry["content"] = {
                     "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
                 }
+            entry["headers"] = {"X-Request-ID": _REQUEST_ID}
             if body is schemas.ErrorBody and status in _ERROR_HEADERS:
-                entry["headers"] = _ERROR_HEADERS[status]
+                entry["headers"] |= _ERROR_HEADERS[status]
             responses[str(status)] = entry
         op["responses"] = responses
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
@@ -73,7 +74,13 @@ def build_openapi() -> dict[str, Any]:
         }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Device telemetry API", "version": "1.0.0"},
+        "info": {
+            "title": "Device telemetry API",
+            "version": "1.0.0",
+            "description": "Every response carries X-Request-ID; every error body is"
+            ' {"error": {"code", "message", "field"?, "request_id"}}: quote the request_id when'
+            " reporting a failure.",
+        },
         "paths": paths,
         "components": {
             "schemas": components,
@@ -97,6 +104,13 @@ def _path_schema(name: str) -> dict[str, Any]:
     return {"type": "string", "minLength": 1}
 
 
+_REQUEST_ID = {
+    "required": True,
+    "description": "The request's id: the request's own X-Request-ID when it is 1-128 of"
+    " [A-Za-z0-9._-], else one the service made. Error bodies repeat it as error.request_id and"
+    " the service's log lines about the failure name it.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"},
+}
 _RETRY_AFTER = {
     "required": True,
     "description": "Seconds to wait before retrying",

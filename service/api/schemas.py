@@ -4,6 +4,11 @@ come from these same declarations.
 Structural rules (types, required and unknown fields, lengths, ranges) live in the structs;
 rules that depend on the clock or configuration (timestamps inside the retention window and
 the accepted clock skew, batch size) are checked by `service.api.validation`.
+
+Every integer field is bounded to its column's type (`service.db.models`) and every string to
+its column's length, so no value that passes validation can fail when the writer encodes it.
+Numbers inside free-form JSON (`extra`, `payload`) are held to `JSON_INT_MIN..JSON_INT_MAX` and
+must be finite by `service.api.validation.check_storable`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,15 @@ from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
+
+# Column types' ranges (PostgreSQL smallint, integer, bigint).
+INT2_MAX = 2**15 - 1
+INT4_MAX = 2**31 - 1
+INT8_MAX = 2**63 - 1
+# Integers inside free-form JSON: what a bigint (and most JSON readers' int64) can hold.
+JSON_INT_MIN, JSON_INT_MAX = -INT8_MAX, INT8_MAX
+
+FREE_FORM = "Free-form JSON object: integers within ±(2^63-1), nested at most 32 deep, no U+0000 in text"
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
 
@@ -45,7 +59,7 @@ class Heartbeat(Struct):
     ts: Timestamp | None = None
     app_version: Annotated[str, Meta(max_length=64)] | None = None
     network: Annotated[str, Meta(max_length=32)] | None = None
-    extra: Annotated[dict[str, Any], Meta(max_length=32)] | None = None
+    extra: Annotated[dict[str, Any], Meta(max_length=32, description=FREE_FORM)] | None = None
 
 
 class HeartbeatBatch(Struct):
@@ -73,6 +87,7 @@ class ApkDownload(Struct):
             int,
             Meta(
                 ge=1,
+                le=INT8_MAX,
                 description="Deprecated and ignored: the event's token is the one the calling"
                 " device enrolled with",
                 extra_json_schema={"deprecated": True},
@@ -80,7 +95,7 @@ class ApkDownload(Struct):
         ]
         | None
     ) = None
-    bytes_downloaded: Annotated[int, Meta(ge=0)] | None = None
+    bytes_downloaded: Annotated[int, Meta(ge=0, le=INT8_MAX)] | None = None
     # Makes a retry idempotent: the same device, event_key and ts name the same event.
     event_key: (
         Annotated[
@@ -139,7 +154,7 @@ class DispatchRequest(Struct):
     request_id: RequestId
     device_id: DeviceId
     action: ShortText
-    payload: Annotated[dict[str, Any], Meta(max_length=64)] | None = None
+    payload: Annotated[dict[str, Any], Meta(max_length=64, description=FREE_FORM)] | None = None
 
 
 class Dispatch(Struct):
@@ -195,6 +210,10 @@ class ErrorDetail(Struct):
     code: str
     message: str
     field: str | None = None
+    request_id: Annotated[
+        str | None,
+        Meta(description="The request's id (also in the X-Request-ID header): quote it when reporting"),
+    ] = None
 
 
 class ErrorBody(Struct):

@@ -6,6 +6,7 @@ refused whole (422 naming the element's field) and writes nothing.
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from service.api.errors import bad_request, from_validation, unprocessable
-from service.api.schemas import Heartbeat, HeartbeatBatch
+from service.api.schemas import JSON_INT_MAX, JSON_INT_MIN, Heartbeat, HeartbeatBatch
 
 T = TypeVar("T")
 
@@ -26,15 +27,17 @@ async def read_json(request: web.Request) -> Any:
         raise bad_request("request body is empty; a JSON object is required", code="empty_body")
     try:
         value = _json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+    except msgspec.DecodeError as exc:  # the parser's own words: what and where (byte offset)
         raise bad_request(f"malformed JSON: {exc}", code="malformed_json") from None
+    except UnicodeDecodeError:
+        raise bad_request("malformed JSON: not valid UTF-8", code="malformed_json") from None
     except RecursionError:  # msgspec's decoder counts nesting against the interpreter's limit
         raise bad_request("malformed JSON: nested too deeply", code="malformed_json") from None
     if not isinstance(value, dict):
         raise unprocessable("the body must be a JSON object", code="invalid_type")
     # A decoded string can hold U+0000 only if the document spelled it `\u0000` (a raw NUL
     # byte is malformed JSON), so most bodies skip the per-string search.
-    check_no_nul(value, nul_possible=b"\\u0000" in body)
+    check_storable(value, nul_possible=b"\\u0000" in body)
     return value
 
 
@@ -100,9 +103,16 @@ def query_limit(request: web.Request, default: int = 100, maximum: int = 1000) -
 MAX_DEPTH = 32
 
 
+def _bad_number(v: Any) -> bool:
+    kind = type(v)
+    if kind is int:
+        return not JSON_INT_MIN <= v <= JSON_INT_MAX
+    return kind is float and not math.isfinite(v)
+
+
 def _violates(value: Any, nul_possible: bool) -> bool:
-    """Whether `value` holds a NUL (when `nul_possible`) or nests deeper than MAX_DEPTH: the
-    fast pass, without building field paths (bodies are nearly always fine)."""
+    """Whether `value` holds a NUL (when `nul_possible`), a number out of range, or nests deeper
+    than MAX_DEPTH: the fast pass, without building field paths (bodies are nearly always fine)."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
@@ -122,14 +132,22 @@ def _violates(value: Any, nul_possible: bool) -> bool:
             if depth > MAX_DEPTH:
                 return True
             stack.extend((item, depth + 1) for item in v if type(item) is not str or nul_possible)
+        elif kind is int:
+            if not JSON_INT_MIN <= v <= JSON_INT_MAX:
+                return True
+        elif kind is float and not math.isfinite(v):
+            return True
     return False
 
 
-def check_no_nul(value: Any, *, nul_possible: bool = True) -> None:
-    """PostgreSQL text and jsonb cannot hold U+0000: refuse it here, naming the field. Also
-    refuses objects and arrays nested more than MAX_DEPTH deep (no telemetry needs that, and
-    deeper values would fail later, when the stored value is encoded again). Iterative, so no
-    depth of input can exhaust the interpreter's stack. `read_json` applies it to every body."""
+def check_storable(value: Any, *, nul_possible: bool = True) -> None:
+    """Refuse, naming the field, what the database cannot store or the writer cannot encode:
+    text with U+0000 (PostgreSQL text and jsonb cannot hold it), integers outside
+    `JSON_INT_MIN..JSON_INT_MAX` and non-finite floats (anywhere, free-form JSON included:
+    typed fields have their own, narrower, bounds), and objects and arrays nested more than
+    MAX_DEPTH deep (no telemetry needs that, and deeper values would fail later, when the
+    stored value is encoded again). Iterative, so no depth of input can exhaust the
+    interpreter's stack. `read_json` applies it to every body."""
     if not _violates(value, nul_possible):
         return
     stack: list[tuple[Any, str, int]] = [(value, "", 0)]
@@ -143,6 +161,12 @@ def check_no_nul(value: Any, *, nul_possible: bool = True) -> None:
                     code="invalid_character",
                 )
             continue
+        if _bad_number(v):
+            raise unprocessable(
+                f"numbers must be finite and integers within {JSON_INT_MIN}..{JSON_INT_MAX}",
+                field=path or None,
+                code="number_out_of_range",
+            )
         if isinstance(v, dict | list) and depth > MAX_DEPTH:
             raise unprocessable(
                 f"objects and arrays must not be nested more than {MAX_DEPTH} deep",

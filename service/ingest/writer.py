@@ -21,8 +21,13 @@ Guarantees:
   `retry_attempts` times; the statements are idempotent, so a batch whose COMMIT outcome was
   unknown can be re-run without storing anything twice. When retries are exhausted every
   request of the batch gets `WriteFailed`, never a success.
-* A non-transient database error (a row the database refuses) fails only the requests that
-  cause it: the batch is re-run request by request.
+* One request never fails another: any other failure of a flush (a row the database refuses,
+  a value the client cannot encode such as an int past bigint, any exception at all) is
+  isolated by bisection: the batch is split in halves, each re-run in its own transaction,
+  recursively, so a single bad request among N costs O(log N) extra transactions. Only the
+  request that causes it gets `WriteFailed(transient=False)`, with a generic message and its
+  `request_id`; the exception itself is logged under that id. Every other request commits
+  and gets its result.
 * `stop()` refuses new submissions (`WriterClosed`), flushes everything already queued, then
   returns. It does not cut in-flight flushes short.
 """
@@ -34,6 +39,7 @@ import contextlib
 import enum
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,6 +63,16 @@ TABLE_OF: dict[Kind, str] = {
     "downloads": "apk_download_events",
 }
 
+# Client-side errors are about the rows, not the connection: retrying cannot help. asyncpg's
+# `DataError` (a value its encoder refuses) subclasses InterfaceError, which RETRYABLE holds
+# for "connection is closed", so these are caught first.
+NOT_RETRYABLE: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions._base.DataError,
+    asyncpg.exceptions.ClientConfigurationError,
+    asyncpg.exceptions.UnsupportedClientFeatureError,
+    asyncpg.exceptions.UnsupportedServerFeatureError,
+)
+
 RETRYABLE: tuple[type[BaseException], ...] = (
     *TRANSIENT_ERRORS,
     asyncpg.PostgresConnectionError,
@@ -69,6 +85,11 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
 )
+
+
+# What callers are told: never the exception's text (it may quote SQL or other rows).
+REFUSED = "the rows could not be stored; nothing was stored for this request"
+UNAVAILABLE = "the database is unavailable; nothing was stored"
 
 
 class WriterState(enum.Enum):
@@ -95,11 +116,15 @@ class CommitUnconfirmed(WriterError):
 
 
 class WriteFailed(WriterError):
-    """The rows could not be committed; `transient` says whether retrying later may work."""
+    """The rows could not be committed; `transient` says whether retrying later may work.
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    The message is generic (never the underlying exception's text); `request_id` names the
+    request in the log line that holds the cause."""
+
+    def __init__(self, message: str, *, transient: bool, request_id: str | None = None) -> None:
         super().__init__(message)
         self.transient = transient
+        self.request_id = request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +138,7 @@ class _Request:
     kind: Kind
     rows: Sequence[tuple[Any, ...]]
     future: asyncio.Future[Any]
+    request_id: str
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
@@ -178,9 +204,11 @@ class GroupCommitWriter:
             self.metrics.rejected_writes.labels("queue_full").inc()
             raise QueueFull(f"write queue full ({self._queued_rows} rows waiting)")
 
-    async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]]) -> Any:
+    async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]], request_id: str | None) -> Any:
         self.ensure_capacity(len(rows))
-        request = _Request(kind, rows, asyncio.get_running_loop().create_future())
+        request = _Request(
+            kind, rows, asyncio.get_running_loop().create_future(), request_id or uuid.uuid4().hex
+        )
         # Mark the outcome as seen even when the caller has gone (no "never retrieved" noise).
         request.future.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append(request)
@@ -196,20 +224,29 @@ class GroupCommitWriter:
                 f"commit not confirmed within {self.ack_timeout:g}s; the rows may still be stored"
             ) from None
 
-    async def submit_heartbeats(self, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+    async def submit_heartbeats(
+        self, rows: Sequence[tuple[Any, ...]], *, request_id: str | None = None
+    ) -> list[bool]:
         """Rows as `statements.HEARTBEAT_COLUMNS` (any `ord`); returns stored (True) or
         absorbed by the device's bucket (False), per row."""
-        return await self._submit("heartbeats", rows)
+        return await self._submit("heartbeats", rows, request_id)
 
-    async def submit_dispatches(self, rows: Sequence[tuple[Any, ...]]) -> list[DispatchOutcome]:
+    async def submit_dispatches(
+        self, rows: Sequence[tuple[Any, ...]], *, request_id: str | None = None
+    ) -> list[DispatchOutcome]:
         """Rows as `statements.DISPATCH_COLUMNS`; returns per row whether it created the
         dispatch, and the dispatch stored under its request_id."""
-        return await self._submit("dispatches", rows)
+        return await self._submit("dispatches", rows, request_id)
 
-    async def submit_downloads(self, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+    async def submit_downloads(
+        self, rows: Sequence[tuple[Any, ...]], *, request_id: str | None = None
+    ) -> list[bool]:
         """Rows as `statements.DOWNLOAD_COLUMNS` (ids chosen by the caller); returns stored
-        (True) or already there under the same (id, ts) (False), per row."""
-        return await self._submit("downloads", rows)
+        (True) or already there under the same (id, ts) (False), per row.
+
+        Every `submit_*` takes the caller's `request_id` (default: a new one), which a
+        `WriteFailed` carries and the log line about its cause names."""
+        return await self._submit("downloads", rows, request_id)
 
     # -- flushing ------------------------------------------------------------------------------
 
@@ -249,27 +286,47 @@ class GroupCommitWriter:
                 return
             try:
                 await self._flush(batch)
-            except Exception as exc:  # never let a flusher die with waiters pending
-                log.exception("unexpected flush failure")
-                self._fail(batch, WriteFailed(f"internal error: {type(exc).__name__}", transient=False))
+            except Exception:  # never let a flusher die with waiters pending
+                log.exception(
+                    "unexpected flush failure; failing requests %s", ", ".join(r.request_id for r in batch)
+                )
+                for request in batch:
+                    refused = WriteFailed(REFUSED, transient=False, request_id=request.request_id)
+                    self._fail([request], refused)
 
     async def _flush(self, batch: list[_Request]) -> None:
+        """Commit `batch`, or isolate the request(s) that make it fail by bisection."""
         started = time.monotonic()
         try:
             results = await self._with_retries(batch)
-        except WriteFailed as exc:
-            if exc.transient or len(batch) == 1:
-                self._fail(batch, exc)
+        except WriteFailed as exc:  # transient, retries exhausted: nobody's rows can commit now
+            self._fail(batch, exc)
+            return
+        except Exception as exc:
+            if len(batch) == 1:
+                self._refuse(batch[0], exc)
                 return
-            # One request's rows were refused: isolate it so the others still commit.
-            for request in batch:
-                await self._flush([request])
+            # Some request's rows cannot be written: re-run each half in its own transaction.
+            half = len(batch) // 2
+            await self._flush(batch[:half])
+            await self._flush(batch[half:])
             return
         self.metrics.flush_seconds.observe(time.monotonic() - started)
         self.metrics.batch_rows.observe(sum(len(r.rows) for r in batch))
         for request, result in zip(batch, results, strict=True):
             if not request.future.done():
                 request.future.set_result(result)
+
+    def _refuse(self, request: _Request, exc: Exception) -> None:
+        """`request` alone fails `exc`: log the cause under its id, answer it generically."""
+        log.error(
+            "request %s: %d %s row(s) refused; nothing stored for it",
+            request.request_id,
+            len(request.rows),
+            request.kind,
+            exc_info=exc,
+        )
+        self._fail([request], WriteFailed(REFUSED, transient=False, request_id=request.request_id))
 
     def _fail(self, batch: list[_Request], exc: WriteFailed) -> None:
         for request in batch:
@@ -278,15 +335,20 @@ class GroupCommitWriter:
                 request.future.set_exception(exc)
 
     async def _with_retries(self, batch: list[_Request]) -> list[Any]:
+        """The batch's results, retrying transient failures; raises `WriteFailed(transient=True)`
+        once retries are exhausted, and any other exception as it is (the rows' fault)."""
         delay = self.retry_base_delay
         for attempt in range(1, self.retry_attempts + 1):
             try:
                 with self.watchdog.track():  # each attempt, not the backoff between them
                     async with self.pool.acquire() as conn:
                         return await self._commit(conn, batch)
+            except NOT_RETRYABLE:
+                raise
             except RETRYABLE as exc:
                 if attempt == self.retry_attempts:
-                    raise WriteFailed(f"database unavailable: {type(exc).__name__}", transient=True) from exc
+                    log.error("flush failed %d times; last error: %r", attempt, exc)
+                    raise WriteFailed(UNAVAILABLE, transient=True) from exc
                 self.metrics.flush_retries.inc()
                 log.warning(
                     "flush attempt %d failed (%s); retrying in %.2fs", attempt, type(exc).__name__, delay
@@ -297,8 +359,8 @@ class GroupCommitWriter:
                 if statements.is_missing_partition(exc):
                     await self._create_missing_partitions()
                     continue
-                raise WriteFailed(f"rows refused by the database: {exc}", transient=False) from exc
-        raise WriteFailed("database unavailable", transient=True)
+                raise
+        raise WriteFailed(UNAVAILABLE, transient=True)
 
     async def _create_missing_partitions(self) -> None:
         log.warning("insert found no partition; creating partitions now")

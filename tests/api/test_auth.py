@@ -113,7 +113,12 @@ async def test_unknown_expired_revoked_and_used_up_enrollment_tokens_get_the_sam
     }
     answers = {}
     for name, token in candidates.items():
-        r = await api.client.post("/v1/enroll", json={"enrollment_token": token, "device_id": "second"})
+        # the same request id for each, since every answer carries it (header and body)
+        r = await api.client.post(
+            "/v1/enroll",
+            json={"enrollment_token": token, "device_id": "second"},
+            headers={"X-Request-ID": "same-for-all"},
+        )
         headers = {k: v for k, v in r.headers.items() if k.lower() not in ("date", "server")}
         answers[name] = (r.status, await r.read(), sorted(headers.items()))
     assert len(set(map(repr, answers.values()))) == 1, answers

@@ -7,6 +7,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from service.api.schemas import JSON_INT_MAX, JSON_INT_MIN
+
 # PostgreSQL text cannot hold U+0000 (the service refuses it), and JSON text is UTF-8, which
 # has no lone surrogates: st.characters() yields both unless told otherwise.
 TEXT = st.characters(codec="utf-8", exclude_characters="\x00")
@@ -16,9 +18,9 @@ def text(min_size: int = 0, max_size: int = 64) -> st.SearchStrategy[str]:
     return st.text(TEXT, min_size=min_size, max_size=max_size)
 
 
-SCALARS = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | text()
-)
+# The service holds integers in free-form JSON to a bigint's range (schemas.JSON_INT_MIN/MAX).
+INTEGERS = st.integers(JSON_INT_MIN, JSON_INT_MAX)
+SCALARS = st.none() | st.booleans() | INTEGERS | st.floats(allow_nan=False, allow_infinity=False) | text()
 
 JSON: st.SearchStrategy[Any] = st.recursive(
     SCALARS,

@@ -13,8 +13,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from service.api.errors import ApiError
-from service.api.schemas import Heartbeat, HeartbeatBatch
-from service.api.validation import MAX_DEPTH, check_no_nul, check_timestamp, convert, query_limit
+from service.api.schemas import JSON_INT_MAX, JSON_INT_MIN, Heartbeat, HeartbeatBatch
+from service.api.validation import MAX_DEPTH, check_storable, check_timestamp, convert, query_limit
 from tests.fuzz.strategies import JSON, OFFSETS, heartbeats
 
 FIXED = settings(max_examples=200, derandomize=True, database=None, deadline=None)
@@ -97,7 +97,7 @@ def test_any_valid_heartbeat_round_trips_through_json_and_validation(
 ) -> None:
     body["ts"] = (NOW - timedelta(microseconds=offset)).astimezone(tz).isoformat()
     raw = msgspec.json.decode(msgspec.json.encode(body))
-    check_no_nul(raw)
+    check_storable(raw)
     decoded = convert(raw, Heartbeat)
     assert decoded.ts == datetime.fromisoformat(body["ts"])
     again = msgspec.to_builtins(decoded)
@@ -115,7 +115,7 @@ def test_a_nul_anywhere_in_text_is_refused_naming_where(body: dict[str, Any], da
     name = data.draw(st.sampled_from(fields))
     at = data.draw(st.integers(0, len(body[name]) - 1))
     body[name] = body[name][:at] + "\x00" + body[name][at + 1 :]
-    error = refusal(check_no_nul, body)
+    error = refusal(check_storable, body)
     assert (error.status, error.field, error.code) == (422, name, "invalid_character")
 
 
@@ -127,7 +127,7 @@ def test_any_nesting_deeper_than_the_limit_is_refused_without_exhausting_the_sta
     value = leaf
     for _ in range(depth):
         value = [value] if as_list else {"a": value}
-    error = refusal(check_no_nul, {"extra": value})
+    error = refusal(check_storable, {"extra": value})
     assert (error.status, error.code) == (422, "too_deep")
     assert error.field is not None and error.field.startswith("extra")
 
@@ -143,3 +143,35 @@ def test_any_limit_is_an_integer_in_range_or_refused_naming_limit(raw: str) -> N
         assert (error.status, error.field) == (400, "limit")
     else:
         assert 1 <= limit <= 1000 and limit == int(raw)
+
+
+beyond_bigint = st.integers(max_value=JSON_INT_MIN - 1) | st.integers(min_value=JSON_INT_MAX + 1)
+
+
+@FIXED
+@given(body=heartbeats(), number=beyond_bigint, path=st.lists(st.sampled_from(["k", 0]), max_size=6))
+def test_an_integer_past_bigint_anywhere_in_extra_is_refused_naming_where(
+    body: dict[str, Any], number: int, path: list[str | int]
+) -> None:
+    value: Any = number
+    name = ""
+    for step in reversed(path):
+        value = {step: value} if step == "k" else [value]
+    for step in path:
+        name += ".k" if step == "k" else "[0]"
+    body["extra"] = {"n": value}
+    error = refusal(check_storable, body)
+    assert (error.status, error.code, error.field) == (422, "number_out_of_range", "extra.n" + name)
+
+
+@FIXED
+@given(number=st.integers(JSON_INT_MIN, JSON_INT_MAX) | st.floats(allow_nan=False, allow_infinity=False))
+def test_any_finite_number_within_bigint_is_accepted_in_extra(number: int | float) -> None:
+    check_storable({"status": "ok", "battery_pct": 5, "extra": {"n": [number, {"m": number}]}})
+
+
+@FIXED
+@given(number=st.sampled_from([float("inf"), float("-inf"), float("nan")]))
+def test_a_non_finite_float_is_refused(number: float) -> None:
+    error = refusal(check_storable, {"extra": {"f": number}})
+    assert (error.status, error.field) == (422, "extra.f")

@@ -10,7 +10,14 @@ import asyncpg
 import pytest
 
 from service.app import create_pool
-from service.ingest.writer import GroupCommitWriter, WriteFailed, WriterClosed, WriterState
+from service.ingest.writer import (
+    NOT_RETRYABLE,
+    RETRYABLE,
+    GroupCommitWriter,
+    WriteFailed,
+    WriterClosed,
+    WriterState,
+)
 from service.metrics import Metrics
 from tests.conftest import HeartbeatsLock, settings_for
 
@@ -164,3 +171,123 @@ async def test_a_refused_request_fails_alone(pool: asyncpg.Pool, db_url: str) ->
         assert await conn.fetchval("SELECT count(*) FROM device_heartbeats") == 5
     finally:
         await conn.close()
+
+
+def download(device: str, ts: datetime, size: int | None = 1024, id_: int = 0) -> tuple[object, ...]:
+    return (id_ or abs(hash((device, ts, size))) % 2**62 + 1, ts, "build-1", device, None, "completed", size)
+
+
+async def stored_count(db_url: str, table: str) -> int:
+    conn = await asyncpg.connect(db_url)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    finally:
+        await conn.close()
+
+
+def successful_flushes(writer: GroupCommitWriter) -> int:
+    samples = writer.metrics.batch_rows.collect()[0].samples
+    return int(next(s.value for s in samples if s.name.endswith("_count")))
+
+
+async def test_a_request_that_breaks_encoding_fails_alone_and_the_rest_of_its_batch_commits(
+    pool: asyncpg.Pool, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """bytes_downloaded 2^63 does not fit a bigint: asyncpg's encoder raises (no database error)
+    in the middle of the batch's COPY. Validation would refuse it; the writer must cope anyway."""
+    writer = make_writer(pool, batch_window=timedelta(milliseconds=100), flushers=1)
+    await writer.start()
+    try:
+        good_heartbeats = [
+            asyncio.create_task(writer.submit_heartbeats([heartbeat(f"e{i}", T0)])) for i in range(10)
+        ]
+        good_downloads = [
+            asyncio.create_task(writer.submit_downloads([download(f"e{i}", T0)])) for i in range(10)
+        ]
+        bad = asyncio.create_task(
+            writer.submit_downloads([download("evil", T0, size=2**63)], request_id="req-evil-1")
+        )
+        assert await asyncio.gather(*good_heartbeats) == [[True]] * 10
+        assert await asyncio.gather(*good_downloads) == [[True]] * 10
+        with pytest.raises(WriteFailed) as info:
+            await bad
+    finally:
+        await writer.stop()
+    assert not info.value.transient
+    assert info.value.request_id == "req-evil-1"
+    assert "Overflow" not in str(info.value) and "int" not in str(info.value)
+    assert writer.metrics.flush_retries._value.get() == 0  # type: ignore[attr-defined]
+    assert await stored_count(db_url, "device_heartbeats") == 10
+    assert await stored_count(db_url, "apk_download_events") == 10
+    (logged,) = [r for r in caplog.records if "req-evil-1" in r.getMessage()]
+    assert logged.exc_info is not None and isinstance(logged.exc_info[1], OverflowError | ValueError)
+
+
+async def test_a_value_the_encoder_cannot_take_is_refused_at_once_not_retried(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    """In a binary COPY asyncpg's encoders raise TypeError/OverflowError/ValueError as they are:
+    the row's fault, so no retry (retry_base_delay=1 s would show) and no one else fails."""
+    writer = make_writer(pool, batch_window=timedelta(milliseconds=50), flushers=1, retry_base_delay=1.0)
+    await writer.start()
+    try:
+        good = [asyncio.create_task(writer.submit_heartbeats([heartbeat(f"t{i}", T0)])) for i in range(5)]
+        bad = asyncio.create_task(writer.submit_heartbeats([heartbeat("t-bad", T0, battery="many")]))  # type: ignore[arg-type]
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(WriteFailed) as info:
+            await bad
+        assert asyncio.get_running_loop().time() - started < 1.0  # no backoff: not retried
+        assert await asyncio.gather(*good) == [[True]] * 5
+    finally:
+        await writer.stop()
+    assert not info.value.transient
+    assert writer.metrics.flush_retries._value.get() == 0  # type: ignore[attr-defined]
+    assert await stored_count(db_url, "device_heartbeats") == 5
+
+
+async def test_one_bad_request_among_64_costs_a_logarithmic_number_of_transactions(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    writer = make_writer(pool, batch_window=timedelta(milliseconds=200), flushers=1)
+    await writer.start()
+    try:
+        submissions = [writer.submit_heartbeats([heartbeat(f"b{i}", T0)]) for i in range(63)]
+        submissions.insert(37, writer.submit_heartbeats([heartbeat("b-bad", T0, battery=2**40)]))
+        results = await asyncio.gather(*submissions, return_exceptions=True)
+    finally:
+        await writer.stop()
+    assert isinstance(results.pop(37), WriteFailed)
+    assert results == [[True]] * 63
+    assert await stored_count(db_url, "device_heartbeats") == 63
+    # bisection: one committed half per level (log2 64 = 6), not one transaction per request
+    assert successful_flushes(writer) <= 7
+
+
+async def test_several_bad_requests_in_one_batch_each_fail_alone(pool: asyncpg.Pool, db_url: str) -> None:
+    writer = make_writer(pool, batch_window=timedelta(milliseconds=100), flushers=1)
+    await writer.start()
+    try:
+        submissions = []
+        for i in range(20):
+            if i % 7 == 3:  # refused by the database (smallint range) or by the encoder (int8)
+                row = heartbeat(f"m{i}", T0, battery=500) if i % 2 else heartbeat(f"m{i}", T0, battery=2**70)
+                submissions.append(writer.submit_heartbeats([row], request_id=f"bad-{i}"))
+            else:
+                submissions.append(writer.submit_heartbeats([heartbeat(f"m{i}", T0)]))
+        results = await asyncio.gather(*submissions, return_exceptions=True)
+    finally:
+        await writer.stop()
+    failed = {i: r for i, r in enumerate(results) if isinstance(r, BaseException)}
+    assert sorted(failed) == [3, 10, 17]
+    assert all(isinstance(r, WriteFailed) and r.request_id == f"bad-{i}" for i, r in failed.items())
+    assert await stored_count(db_url, "device_heartbeats") == 17
+
+
+def test_asyncpg_client_side_data_errors_are_never_taken_for_a_lost_connection() -> None:
+    """asyncpg's own DataError (a query argument its encoder refuses) subclasses InterfaceError,
+    which RETRYABLE holds for "connection is closed"; the writer catches NOT_RETRYABLE first."""
+    client_data_error = asyncpg.exceptions._base.DataError
+    assert issubclass(client_data_error, asyncpg.InterfaceError)
+    assert client_data_error in NOT_RETRYABLE
+    assert all(issubclass(cls, asyncpg.InterfaceError) for cls in NOT_RETRYABLE)
+    assert not issubclass(OverflowError, RETRYABLE) and not issubclass(TypeError, RETRYABLE)
