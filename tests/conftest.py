@@ -196,13 +196,16 @@ async def heartbeats_lock(db_url: str) -> AsyncIterator[HeartbeatsLock]:
 
 
 @pytest.fixture(scope="session")
-def plain_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def plain_cluster() -> Iterator[EmbeddedPostgres]:
     """A second, small cluster without TimescaleDB preloaded, on a fixed port: for a forced
-    timescale mode the server cannot honour, and for tests that stop and start their database."""
+    timescale mode the server cannot honour, and for tests that stop and start their database.
+    In its own temporary directory under /tmp, which the `postgres` user can reach (pytest's
+    tmp_path lies under a 0700 directory, and the cluster refuses rather than chmod it)."""
     from service.db.embedded import free_port
 
+    tmp = Path(tempfile.mkdtemp(prefix="telemetry-plain-pg-"))
     cluster = EmbeddedPostgres(
-        tmp_path_factory.mktemp("plain-pg"),
+        tmp,
         port=free_port(),
         # Claiming TimescaleDB is already there keeps start() from preloading it.
         timescale_available=True,
@@ -213,3 +216,4 @@ def plain_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded
         yield cluster
     finally:
         cluster.stop("immediate")
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from service.db.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "5b1f0c2d9e47"
+HEAD = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
 
 
 def readme_commands() -> list[str]:

@@ -212,6 +212,8 @@ class EmbeddedPostgres:
                 st = parent.stat()
             except FileNotFoundError:
                 return  # created below with the default mode
+            if not stat.S_ISDIR(st.st_mode):
+                return  # not a directory: creating the data directory fails and says so
             if st.st_uid == entry.pw_uid:
                 bit = stat.S_IXUSR
             elif st.st_gid in groups:

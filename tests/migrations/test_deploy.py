@@ -19,7 +19,11 @@ import pytest
 
 from service.db.embedded import free_port
 from tests.conftest import PROJECT_TABLES, migrate
-from tests.migrations.test_migrations import HEAD, PREVIOUS, user_tables
+from tests.migrations.test_migrations import EARLIER, HEAD, PREVIOUS, user_tables
+
+# Downgrading to BEFORE_TRUST undoes the revision that added users.role, devices.banned_at, …:
+# the downgrade that drops columns holding data.
+BEFORE_TRUST = EARLIER
 
 
 def telemetry(url: str, mode: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -62,7 +66,9 @@ async def test_downgrade_that_drops_needs_yes_and_otherwise_changes_nothing(db_u
         await conn.close()
     before = await columns(db_url, "users")
 
-    refused = await asyncio.to_thread(telemetry, db_url, mode, "migrate", "downgrade")
+    refused = await asyncio.to_thread(
+        telemetry, db_url, mode, "migrate", "downgrade", "--revision", BEFORE_TRUST
+    )
     assert refused.returncode == 2, refused.stderr
     assert "column users.role (2 rows)" in refused.stderr
     assert "column devices.banned_at (0 rows)" in refused.stderr
@@ -82,15 +88,17 @@ async def test_downgrade_that_drops_needs_yes_and_otherwise_changes_nothing(db_u
     )
     assert await user_tables(db_url) == PROJECT_TABLES
 
-    confirmed = await asyncio.to_thread(telemetry, db_url, mode, "migrate", "downgrade", "--yes")
+    confirmed = await asyncio.to_thread(
+        telemetry, db_url, mode, "migrate", "downgrade", "--revision", BEFORE_TRUST, "--yes"
+    )
     assert confirmed.returncode == 0, confirmed.stderr
-    assert await revision(db_url) == {PREVIOUS}
+    assert await revision(db_url) == {BEFORE_TRUST}
     assert "role" not in await columns(db_url, "users")
 
 
 async def test_offline_downgrade_sql_needs_no_confirmation(db_url: str, mode: str) -> None:
     result = await asyncio.to_thread(
-        telemetry, "", mode, "migrate", "downgrade", "--sql", "--mode", mode, "--revision", PREVIOUS
+        telemetry, "", mode, "migrate", "downgrade", "--sql", "--mode", mode, "--revision", BEFORE_TRUST
     )
     assert result.returncode == 0, result.stderr
     assert "ALTER TABLE users DROP COLUMN role" in result.stdout
@@ -173,7 +181,15 @@ async def test_deploy_rolls_back_when_health_never_turns_ready(
     assert dump.read_bytes()[:5] == b"PGDMP"
     assert await revision(empty_db) == {PREVIOUS}
     assert await user_tables(empty_db) == tables
-    assert "role" not in await columns(empty_db, "users")
+    # The head revision's change is undone: audit tables have no retention window again.
+    conn = await asyncpg.connect(empty_db)
+    try:
+        audit_windows = await conn.fetchval(
+            "SELECT count(*) FROM retention_policies WHERE partition_interval IS NULL"
+        )
+    finally:
+        await conn.close()
+    assert audit_windows == 0
 
 
 async def test_deploy_succeeds_when_the_service_reports_ready_at_the_new_head(
@@ -227,7 +243,7 @@ def _confirm_on_a_terminal(url: str, mode: str, answer: bytes) -> tuple[int, str
     env |= {"DATABASE_URL": url, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_LOG_LEVEL": "WARNING"}
     master, slave = os.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "migrate", "downgrade"],
+        [sys.executable, "-m", "service", "migrate", "downgrade", "--revision", BEFORE_TRUST],
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -266,4 +282,4 @@ async def test_downgrade_asks_on_a_terminal(db_url: str, mode: str) -> None:
     code, out = await asyncio.to_thread(_confirm_on_a_terminal, db_url, mode, b"yes\n")
     assert code == 0, out
     assert "column users.role" in out
-    assert await revision(db_url) == {PREVIOUS}
+    assert await revision(db_url) == {BEFORE_TRUST}
