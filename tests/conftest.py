@@ -207,8 +207,7 @@ def plain_cluster() -> Iterator[EmbeddedPostgres]:
     cluster = EmbeddedPostgres(
         tmp,
         port=free_port(),
-        # Claiming TimescaleDB is already there keeps start() from preloading it.
-        timescale_available=True,
+        preload_timescale=False,
         server_options={"shared_preload_libraries": "", "fsync": "off", "max_connections": "50"},
     )
     cluster.start()

@@ -125,6 +125,8 @@ class EmbeddedPostgres:
     server_options: dict[str, str] = field(default_factory=dict)
     bindir: Path = field(default_factory=find_bindir)
     timescale_available: bool = False
+    # False: never restart the server to preload TimescaleDB (a plain-PostgreSQL cluster).
+    preload_timescale: bool = True
     _use_lock: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -392,7 +394,7 @@ class EmbeddedPostgres:
 
     def _start_server(self) -> None:
         self._pg_ctl_start()
-        if not self.timescale_available and self._timescale_installable():
+        if self.preload_timescale and not self.timescale_available and self._timescale_installable():
             self._exec("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop")
             self.server_options["shared_preload_libraries"] = "timescaledb"
             self._pg_ctl_start()
