@@ -174,9 +174,9 @@ async def enroll(request: web.Request) -> web.Response:
     svc = services(request)
     client = request_client(request, svc.settings.trusted_proxies)
     body = await decode(request, EnrollRequest)  # a malformed body is not a guess: not counted
-    # Check and count in one step, before any await: a parallel burst cannot all pass the check.
-    stamp, wait = svc.enrollment_throttle.reserve(client)
-    if stamp is None:
+    # Failures plus attempts in flight stay under the limit: a parallel burst cannot all pass.
+    attempt, wait = await svc.enrollment_throttle.reserve(client)
+    if attempt is None:
         raise ApiError(
             429,
             "too_many_attempts",
@@ -225,8 +225,10 @@ async def enroll(request: web.Request) -> web.Response:
                     svc.metrics.enrollment_failures.inc()
                 raise
     finally:
-        if not failed:
-            svc.enrollment_throttle.release(client, stamp)
+        if failed:
+            svc.enrollment_throttle.fail(attempt)
+        else:
+            svc.enrollment_throttle.release(attempt)
     # A re-enrollment rotated the credential: the old one must not live on in this cache.
     svc.auth.forget_device(body.device_id)
     return json_response(EnrollResponse(device_id=body.device_id, device_token=device_token), status=201)

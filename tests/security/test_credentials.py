@@ -4,6 +4,8 @@ revocation and re-enrollment."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 
@@ -52,34 +54,58 @@ async def test_throttle_refuses_even_a_valid_token_without_spending_it_and_lifts
     assert await api.count("SELECT count(*) FROM devices WHERE id = 'real'") == 1
 
 
+def _failed(t: FailureThrottle, client: str) -> None:
+    attempt, _ = t.try_reserve(client)
+    assert attempt is not None
+    t.fail(attempt)
+
+
 def test_throttle_memory_is_bounded_under_a_flood_of_clients() -> None:
     t = FailureThrottle(limit=2, window=60, max_clients=100)
-    t.reserve("victim")
-    t.reserve("victim")
+    _failed(t, "victim")
+    _failed(t, "victim")
     for i in range(1000):
-        t.reserve(f"10.0.{i // 256}.{i % 256}")
+        _failed(t, f"10.0.{i // 256}.{i % 256}")
         assert len(t) <= 100
         # a guesser who keeps guessing is recently seen, so the flood does not evict it
-        assert t.reserve("victim")[0] is None
+        assert t.try_reserve("victim")[0] is None
     assert t.retry_after("victim") is not None and t.retry_after("someone else") is None
     # the flood evicted the least recently seen clients one by one, never everyone at once
     assert len(t) == 100
     assert t.retry_after("10.0.0.0") is None  # evicted long ago: a fresh start
-    t.reserve("10.0.3.231")  # the latest one is remembered: its second attempt hits the limit
+    _failed(t, "10.0.3.231")  # the latest one is remembered: its second failure hits the limit
     assert t.retry_after("10.0.3.231") is not None
 
 
-def test_throttle_reserve_counts_and_release_hands_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_throttle_counts_failures_and_attempts_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(throttle, "time", Clock())
     t = FailureThrottle(limit=3, window=60)
-    stamps = [t.reserve("a")[0] for _ in range(3)]
-    assert all(stamp is not None for stamp in stamps)
-    stamp, wait = t.reserve("a")
-    assert stamp is None and wait == 61
-    t.release("a", stamps[0])  # that attempt was a success: it no longer counts
-    stamp, wait = t.reserve("a")
-    assert stamp is not None and wait is None
-    assert t.reserve("b")[0] is not None  # other clients are not affected
+    attempts = [t.try_reserve("a")[0] for _ in range(3)]
+    assert all(attempt is not None for attempt in attempts)
+    # three in flight: a fourth could make four failures, so it must wait (not refused yet)
+    assert t.try_reserve("a") == (None, None)
+    t.release(attempts[0])  # that attempt was a success: it no longer counts
+    fourth, _ = t.try_reserve("a")
+    assert fourth is not None
+    for attempt in (attempts[1], attempts[2], fourth):
+        t.fail(attempt)  # type: ignore[arg-type]
+    assert t.try_reserve("a") == (None, 61)  # three failures: refused, for the window
+    assert t.try_reserve("b")[0] is not None  # other clients are not affected
+
+
+async def test_a_parallel_burst_of_good_attempts_waits_its_turn_instead_of_being_refused() -> None:
+    t = FailureThrottle(limit=3, window=60, max_wait=5)
+
+    async def good(i: int) -> bool:
+        attempt, _ = await t.reserve("nat")
+        if attempt is None:
+            return False
+        await asyncio.sleep(0.01)
+        t.release(attempt)
+        return True
+
+    assert all(await asyncio.gather(*(good(i) for i in range(20))))
+    assert t.retry_after("nat") is None
 
 
 async def test_a_device_credential_stays_bound_to_its_device(api: Api, mode: StorageMode) -> None:
