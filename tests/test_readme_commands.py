@@ -22,7 +22,7 @@ import pytest
 from service.db.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "5b1f0c2d9e47"
+HEAD = "e31c9e0a6175"
 
 
 def readme_commands() -> list[str]:
