@@ -40,10 +40,14 @@ def upgrade() -> None:
     windows = settings.retention.as_dict()
     if not op.get_context().as_sql:
         # The raw window in force (`retention set` may have changed it since it was migrated).
-        stored = op.get_bind().execute(
-            sa.text("SELECT drop_after FROM retention_policies WHERE table_name = :t"),
-            {"t": ts.HEARTBEATS.name},
-        ).scalar()
+        stored = (
+            op.get_bind()
+            .execute(
+                sa.text("SELECT drop_after FROM retention_policies WHERE table_name = :t"),
+                {"t": ts.HEARTBEATS.name},
+            )
+            .scalar()
+        )
         windows[ts.HEARTBEATS.name] = stored or windows[ts.HEARTBEATS.name]
     rollups.check_windows(windows)
     op.create_table(
