@@ -2,7 +2,8 @@
 
 Exit codes: 0 done (`check`: every window holds); 1 a step failed (the others still ran, and
 the report names the failed one) or `check` found a problem (one `PROBLEM …` line each); 2 the
-command cannot run as asked (malformed window, unknown table). Messages go to stderr, prefixed
+command cannot run as asked (malformed window, unknown table, a window shorter than the refresh
+reach of the rollup the table feeds: the message names both). Messages go to stderr, prefixed
 `telemetry retention:`; reports go to stdout. Database failures (unreachable, refused
 credentials, a storage mode forced against the database's, no schema) are raised to the CLI's
 one error path (`service.cli_errors`), which prints one line and picks the exit code.
@@ -20,6 +21,7 @@ from typing import TextIO
 import asyncpg
 
 from service.db.embedded import resolve_database_url
+from service.db.rollups import GuardError, check_guard
 from service.db.time_series import TIME_SERIES_TABLES, TimeSeriesTable
 from service.db.urls import asyncpg_dsn
 from service.retention import audit
@@ -64,6 +66,7 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
             case "set":
                 table = resolve_table(args.table)
                 window = parse_window(args.window)
+                check_guard(table.name, window)
 
                 async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
                     return await _set(conn, mode, table, window, settings)
@@ -107,7 +110,7 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
             case _:
                 _fail(f"unknown verb {args.verb!r}")
                 return 2
-    except (UnknownTableError, WindowError) as exc:
+    except (UnknownTableError, WindowError, GuardError) as exc:
         _fail(exc)
         return 2
 

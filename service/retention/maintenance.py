@@ -44,8 +44,10 @@ from datetime import timedelta
 
 import asyncpg
 
+from service.db.rollups import ROLLUPS
 from service.db.time_series import TIME_SERIES_TABLES
 from service.metrics import Metrics
+from service.retention import rollups
 from service.retention.audit import AUDIT_TABLES, expire
 from service.retention.cleanup import DROP_LOCK_TIMEOUT, DroppedRange, clean_table, expire_dispatch_keys
 from service.retention.health import RetentionHealth, assess, jobs_to_heal, read_jobs
@@ -73,6 +75,7 @@ class MaintenanceReport:
     keys_expired: int = 0
     audit_expired: dict[str, int] = field(default_factory=dict)  # rows deleted, per audit table
     healed: tuple[str, ...] = ()  # jobs run in the foreground ("<job_id> <name>")
+    rollups: rollups.RefreshReport | None = None  # rollup tables refreshed (table mechanism)
     health: RetentionHealth | None = None
     errors: tuple[str, ...] = ()
     seconds: float = 0.0
@@ -128,11 +131,17 @@ class PartitionMaintenance:
                     # TimescaleDB's jobs handle the time-series tables and the dispatch keys.
                     audit_expired, errors = await self._expire_audit(conn)
                     healed, heal_errors = await self._heal_jobs(conn)
+                    refreshed = None
+                    if await rollups.mechanism_or_none(conn) == "rollup_table":
+                        # An Apache build: no continuous aggregates, the rollup tables are ours.
+                        refreshed, rollup_errors = await self._rollup_tables(conn)
+                        errors += rollup_errors
                     report = MaintenanceReport(
                         mode="timescale",
                         ran=True,
                         audit_expired=audit_expired,
                         healed=healed,
+                        rollups=refreshed,
                         errors=tuple(errors + heal_errors),
                     )
                 else:
@@ -160,6 +169,9 @@ class PartitionMaintenance:
                     )
             except asyncpg.PostgresError as exc:
                 errors.append(f"{table.name}: creating partitions failed: {exc}")
+        # Rollups before the raw drop: the guard holds raw partitions until they are rolled up.
+        refreshed, rollup_errors = await self._rollup_tables(conn)
+        errors += rollup_errors
         for table in TIME_SERIES_TABLES:
             result = await clean_table(conn, "postgres", table, count_rows=False)
             if result.error is not None:
@@ -178,8 +190,34 @@ class PartitionMaintenance:
             dropped=dropped,
             keys_expired=keys.expired,
             audit_expired=audit_expired,
+            rollups=refreshed,
             errors=tuple(errors),
         )
+
+    async def _rollup_tables(
+        self, conn: asyncpg.Connection
+    ) -> tuple[rollups.RefreshReport | None, list[str]]:
+        """Table mechanism: partitions of the rollup tables ahead and within their windows,
+        and every rollup refreshed from its watermark."""
+        if await rollups.mechanism_or_none(conn) != "rollup_table":
+            return None, []
+        errors: list[str] = []
+        for rollup in ROLLUPS:
+            table = rollups.as_time_series(rollup)
+            try:
+                policy = await read_policy(conn, "postgres", table)
+                await conn.fetchval(
+                    ENSURE_PARTITIONS, table.name, policy.interval, policy.window, self.horizon
+                )
+            except asyncpg.PostgresError as exc:
+                errors.append(f"{table.name}: creating partitions failed: {exc}")
+        report = await rollups.refresh_tables(conn)
+        errors += report.errors
+        for rollup in ROLLUPS:
+            result = await clean_table(conn, "postgres", rollups.as_time_series(rollup), count_rows=False)
+            if result.error is not None:
+                errors.append(f"{rollup.name}: dropping expired partitions failed: {result.error}")
+        return report, errors
 
     async def _expire_audit(self, conn: asyncpg.Connection) -> tuple[dict[str, int], list[str]]:
         expired: dict[str, int] = {}
