@@ -66,7 +66,10 @@ async def test_any_number_of_sets_leaves_exactly_one_retention_job_per_table(
         t.name: timedelta(days=3) for t in TIME_SERIES_TABLES
     }
     if mode == "timescale":
-        assert await retention_jobs(conn) == {t.name: [timedelta(days=3)] for t in TIME_SERIES_TABLES}
+        assert await retention_jobs(conn) == {
+            **{t.name: [timedelta(days=3)] for t in TIME_SERIES_TABLES},
+            **{r.name: [r.default_window] for r in ROLLUPS},
+        }
     policies = await read_policies(conn, mode)
     assert [p.window for p in policies] == [timedelta(days=3)] * 3
 
