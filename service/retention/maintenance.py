@@ -290,6 +290,8 @@ def _export(health: RetentionHealth, metrics: Metrics) -> None:
     metrics.retention_problems.set(len(health.problems))
     for table, age in health.oldest_age.items():
         metrics.retention_oldest_row_age.labels(table).set(0 if age is None else age.total_seconds())
+    for rollup, lag in health.rollup_lag.items():
+        metrics.rollup_lag.labels(rollup).set(0 if lag is None else lag.total_seconds())
     for job in health.jobs:
         metrics.retention_job_last_success.labels(job.name).set(
             0 if job.last_success is None else job.last_success.timestamp()

@@ -18,10 +18,13 @@ import pytest
 from service.api.history import device_history, fleet_history
 from service.db.rollups import FLEET_DAILY, HOURLY, STATUSES
 from service.db.time_series import HEARTBEATS
+from service.metrics import Metrics
 from service.retention.cleanup import clean_table, run_cleanup
+from service.retention.health import assess
+from service.retention.maintenance import PartitionMaintenance
 from service.retention.policies import read_policy, set_window
 from service.retention.rollups import read_mechanism, refresh_now, refresh_tables, watermark
-from service.settings import RetentionWindows, StorageMode
+from service.settings import RetentionWindows, Settings, StorageMode
 from tests.conftest import TestServer, create_database, migrate, settings_for
 from tests.retention.history import cover, server_now
 
@@ -307,3 +310,48 @@ async def test_migrations_refuse_a_raw_window_shorter_than_the_refresh_reach(
     settings = settings_for(url, mode, retention=RetentionWindows(device_heartbeats=timedelta(hours=12)))
     with pytest.raises(Exception, match=r"window 12h is shorter than .* reach 1d2h30m"):
         await migrate(url, mode, settings=settings)
+
+
+async def test_retention_check_fails_on_a_held_back_watermark_and_passes_once_caught_up(
+    db_url: str, quiet: asyncpg.Connection, mode: StorageMode
+) -> None:
+    conn = quiet
+    now = await server_now(conn)
+    await insert(conn, mode, fleet_beats(now, oldest=timedelta(hours=10), newest=timedelta(minutes=5)))
+    if mode == "timescale":
+        await conn.execute(
+            f"CALL refresh_continuous_aggregate('{HOURLY.name}', now() - interval '2 days',"
+            " now() - interval '8 hours')"
+        )
+    else:
+        assert (await refresh_tables(conn)).errors == []
+        await conn.execute(
+            "UPDATE rollup_watermarks SET materialized_until = $1 WHERE rollup = $2",
+            floor(now - timedelta(hours=8), HOUR),
+            HOURLY.name,
+        )
+    health = await assess(conn, mode, Settings(storage_mode=mode))
+    lag = health.rollup_lag[HOURLY.name]
+    assert lag is not None and lag > timedelta(hours=8)
+    lagging = [p for p in health.problems if p.startswith(f"{HOURLY.name}: watermark")]
+    assert len(lagging) == 1 and "more than 4h (TELEMETRY_ROLLUP_MAX_LAG_SECONDS)" in lagging[0]
+    result = await asyncio.to_thread(_telemetry, db_url, mode, "retention", "check")
+    assert result.returncode == 1
+    assert f"PROBLEM {lagging[0].split(' lags ')[0]} lags " in result.stdout
+
+    # The metric says the same.
+    metrics = Metrics()
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    try:
+        await PartitionMaintenance(pool, Settings(storage_mode=mode), mode, metrics).run_once()
+    finally:
+        await pool.close()
+    if mode == "timescale":
+        # The round ran no refresh (nothing failed or overdue: the jobs are paused here).
+        assert metrics.rollup_lag.labels(HOURLY.name)._value.get() > 8 * 3600
+        await materialize(conn, mode)
+    else:
+        # The round refreshed the rollup tables from their watermark.
+        assert metrics.rollup_lag.labels(HOURLY.name)._value.get() < 2 * 3600
+    caught_up = await assess(conn, mode, Settings(storage_mode=mode))
+    assert not [p for p in caught_up.problems if p.startswith(HOURLY.name)]
