@@ -34,6 +34,7 @@ from service.retention.policies import (
     resolve_table,
     set_window,
 )
+from service.retention.rollup_show import collect_rollups, render_rollups
 from service.retention.show import collect, collect_audit, format_time, render_plain, render_rich
 from service.retention.windows import WindowError, format_window, parse_window
 from service.settings import Settings, StorageMode
@@ -105,6 +106,7 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
                     audits_ = await collect_audit(conn, settings)
                     render = render_rich if sys.stdout.isatty() else render_plain
                     render(tables_, keys, sys.stdout, audits_)
+                    render_rollups(await collect_rollups(conn, mode), sys.stdout)
                     return 0
 
             case _:

@@ -16,13 +16,14 @@ import asyncpg
 import pytest
 
 from service.api.history import device_history, fleet_history
-from service.db.rollups import FLEET_DAILY, HOURLY, STATUSES
+from service.db.rollups import FLEET_DAILY, HOURLY, STATUSES, mechanism_for
 from service.db.time_series import HEARTBEATS
 from service.metrics import Metrics
 from service.retention.cleanup import clean_table, run_cleanup
 from service.retention.health import assess
 from service.retention.maintenance import PartitionMaintenance
 from service.retention.policies import read_policy, set_window
+from service.retention.rollup_show import mechanism_reason
 from service.retention.rollups import read_mechanism, refresh_now, refresh_tables, watermark
 from service.settings import RetentionWindows, Settings, StorageMode
 from tests.conftest import TestServer, create_database, migrate, settings_for
@@ -355,3 +356,23 @@ async def test_retention_check_fails_on_a_held_back_watermark_and_passes_once_ca
         assert metrics.rollup_lag.labels(HOURLY.name)._value.get() < 2 * 3600
     caught_up = await assess(conn, mode, Settings(storage_mode=mode))
     assert not [p for p in caught_up.problems if p.startswith(HOURLY.name)]
+
+
+async def test_retention_show_names_each_rollup_and_its_mechanism(db_url: str, mode: StorageMode) -> None:
+    result = await asyncio.to_thread(_telemetry, db_url, mode, "retention", "show")
+    assert result.returncode == 0, result.stderr
+    blocks = result.stdout.split("\n\n")
+    hourly = next(b for b in blocks if b.startswith(f"{HOURLY.name}\n"))
+    daily = next(b for b in blocks if b.startswith(f"{FLEET_DAILY.name}\n"))
+    want = "continuous aggregate" if mode == "timescale" else "rollup table, refreshed from its watermark"
+    assert want in hourly and want in daily
+    assert "window            90d" in hourly and "window            400d" in daily
+    assert "source must keep  1d2h30m" in hourly
+
+
+def test_an_apache_build_uses_rollup_tables_and_show_says_why() -> None:
+    assert mechanism_for("timescale", "timescale") == "continuous_aggregate"
+    assert mechanism_for("timescale", "apache") == "rollup_table"
+    assert mechanism_for("postgres", None) == "rollup_table"
+    why = mechanism_reason("timescale", "rollup_table", "apache")
+    assert "Apache build, no continuous aggregates" in why
