@@ -267,7 +267,7 @@ def test_version_names_the_package_and_the_schema_head() -> None:
 
     result = _run(["--version"], {})
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"telemetry {version('device-telemetry')}, schema head e31c9e0a6175"
+    assert result.stdout.strip() == f"telemetry {version('device-telemetry')}, schema head 81159e67ec7f"
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,7 @@ import pytest
 from service.db.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-HEAD = "e31c9e0a6175"
+HEAD = "81159e67ec7f"
 
 
 def readme_commands() -> list[str]:

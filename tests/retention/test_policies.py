@@ -184,6 +184,7 @@ EXPECTED_JOBS = sorted(
     [("policy_retention", t.name) for t in TIME_SERIES_TABLES]
     + [(DISPATCH_KEY_EXPIRY_PROCEDURE, None)]
     + [(p, r.name) for r in ROLLUPS for p in ("policy_refresh_continuous_aggregate", "policy_retention")]
+    + [("policy_compression", HEARTBEATS.name)]
 )
 
 
