@@ -12,8 +12,12 @@ postgres mode a round, run by exactly one instance at a time, does in this order
    partition. The oldest partition covers `now - window`, the oldest time a write may carry.
    (This relies on the heartbeat bucket dividing the partition interval, as the defaults do, so
    a bucket's start lies in the same partition as its heartbeat.)
-2. drops the partitions past the window (see `service.retention.cleanup` for the rule), without
-   counting their rows, to keep rounds cheap;
+2. rollup tables (`service.retention.rollups`): creates and drops their partitions by their own
+   windows and refreshes them from their watermarks (also in timescale mode on an Apache build,
+   which has no continuous aggregates);
+2b. drops the partitions past the window (see `service.retention.cleanup` for the rule), without
+   counting their rows, to keep rounds cheap; a heartbeat partition only once the hourly
+   rollup's watermark has passed its end (the guard);
 3. expires dispatch idempotency keys, at most `KEY_BATCHES_PER_ROUND` batches per round, so a
    backlog is worked off over several bounded rounds rather than in one unbounded one.
 4. expires audit rows (`device_events`, `enrollment_events`) past their windows, at most
