@@ -176,7 +176,21 @@ def _keys_line(keys: KeyExpiry) -> str:
 
 
 def print_cleanup(report: CleanupReport, out: TextIO) -> None:
-    """Per table one summary line, then one line per dropped range; failures also on stderr."""
+    """Per table one summary line, then one line per dropped range; failures also on stderr.
+    Rollup tables refreshed first (postgres mode) get a line each."""
+    if report.rollups is not None:
+        for refresh in report.rollups.refreshes:
+            if refresh.error is not None:
+                print(f"{refresh.rollup}: refresh FAILED: {refresh.error}", file=out)
+                _fail(f"{refresh.rollup}: {refresh.error}")
+            elif refresh.lo is None:
+                print(f"{refresh.rollup}: up to date, watermark {format_time(refresh.watermark)}", file=out)
+            else:
+                print(
+                    f"{refresh.rollup}: refreshed [{format_time(refresh.lo)}, {format_time(refresh.hi)}),"
+                    f" {refresh.rows} rows; watermark {format_time(refresh.watermark)}",
+                    file=out,
+                )
     for result in report.tables:
         if result.error is not None:
             print(f"{result.table}: FAILED: {result.error}", file=out)
