@@ -9,8 +9,10 @@ The table mechanism's refresh (`refresh_tables`, run by the maintenance task eve
 
 * `hi` is the start of the newest bucket that closed at least `end_offset` ago (the daily one
   also waits for the hourly watermark to pass the whole day);
+* nothing happens unless `hi` is past the watermark (a new bucket closed);
 * `lo` is the watermark minus `lookback` (so a late row for a recently closed bucket still
-  counts), or, the first time, the start of the source's oldest partition; never earlier than
+  counts: a heartbeat is rolled up if it arrives within `end_offset + bucket + lookback` after
+  its bucket ends, two hours for the hourly rollup), or, the first time, the start of the source's oldest partition; never earlier than
   the source's oldest partition, so a refresh never re-reads a range whose rows are gone;
 * the buckets in `[lo, hi)` are deleted and recomputed from the source, and the watermark moves
   to `hi` (forward only). Re-running a window therefore changes nothing: the result is a
@@ -168,7 +170,10 @@ async def _refresh_one(conn: asyncpg.Connection, rollup: Rollup) -> RollupRefres
         lo = floor if wm is None else wm - rollup.lookback
         if lo is not None and floor is not None:
             lo = max(lo, floor)
-        if lo is None or lo >= hi:
+        # Nothing new closed since the last refresh: the look-back is re-read only when the
+        # watermark moves, so a bucket is computed twice (once, then one bucket later), not
+        # once per round.
+        if lo is None or lo >= hi or (wm is not None and hi <= wm):
             new = wm if wm is not None and wm >= hi else hi
             await conn.execute(
                 f"INSERT INTO {WATERMARKS} (rollup, materialized_until, refreshed_at) VALUES ($1, $2, now())"
