@@ -11,9 +11,10 @@ The table mechanism's refresh (`refresh_tables`, run by the maintenance task eve
   also waits for the hourly watermark to pass the whole day);
 * nothing happens unless `hi` is past the watermark (a new bucket closed);
 * `lo` is the watermark minus `lookback` (so a late row for a recently closed bucket still
-  counts: a heartbeat is rolled up if it arrives within `end_offset + bucket + lookback` after
-  its bucket ends, two hours for the hourly rollup), or, the first time, the start of the source's oldest partition; never earlier than
-  the source's oldest partition, so a refresh never re-reads a range whose rows are gone;
+  counts: a heartbeat is rolled up if it arrives within `end_offset + lookback` after its
+  bucket ends, two hours for the hourly rollup), or, the first time, the start of the source's
+  oldest partition; never earlier than the source's oldest partition, so a refresh never
+  re-reads a range whose rows are gone;
 * the buckets in `[lo, hi)` are deleted and recomputed from the source, and the watermark moves
   to `hi` (forward only). Re-running a window therefore changes nothing: the result is a
   function of the source rows alone.
