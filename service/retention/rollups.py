@@ -7,7 +7,7 @@ TimescaleDB's own (`cagg_watermark`); a rollup table's is `rollup_watermarks.mat
 The table mechanism's refresh (`refresh_tables`, run by the maintenance task every round and by
 `telemetry retention run`), per rollup in one transaction under a per-rollup advisory lock:
 
-* `hi` is the start of the newest bucket that closed at least `end_offset` ago (the daily one
+* `hi` is the end of the newest bucket that closed at least `end_offset` ago (the daily one
   also waits for the hourly watermark to pass the whole day);
 * nothing happens unless `hi` is past the watermark (a new bucket closed);
 * `lo` is the watermark minus `lookback` (so a late row for a recently closed bucket still
