@@ -245,8 +245,8 @@ def create_rollups(
     """Create both rollups with their windows stored in `retention_policies`.
 
     Raises `GuardError` (before any DDL) when a source window is shorter than the reach of the
-    rollup refreshed from it. The partition functions must exist for `rollup_table`; in
-    timescale mode with that mechanism (an Apache build) they are created here.
+    rollup refreshed from it. `rollup_table` needs the partition functions
+    (`time_series.create_partition_functions`), which the revision creates on an Apache build.
     """
     check_windows(windows)
     if mechanism == "continuous_aggregate":
