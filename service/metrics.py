@@ -100,6 +100,12 @@ class Metrics:
             ["job"],
             registry=r,
         )
+        self.rollup_lag = Gauge(
+            "telemetry_rollup_lag_seconds",
+            "How far a rollup's watermark is behind now (buckets after it come from raw rows)",
+            ["rollup"],
+            registry=r,
+        )
         self.retention_problems = Gauge(
             "telemetry_retention_problems",
             "Retention problems found by the last check (0: every window holds)",

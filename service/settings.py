@@ -40,6 +40,9 @@ class RetentionWindows:
     # Audit tables (plain tables expired by a batched DELETE), the guides' 90 days.
     device_events: timedelta = timedelta(days=90)
     enrollment_events: timedelta = timedelta(days=90)
+    # Rollups (continuous aggregates, or rollup tables kept by the maintenance task).
+    device_heartbeats_hourly: timedelta = timedelta(days=90)
+    fleet_daily: timedelta = timedelta(days=400)
 
     def as_dict(self) -> dict[str, timedelta]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -77,6 +80,11 @@ class Settings:
     retention: RetentionWindows = field(default_factory=RetentionWindows)
     partition_lookahead: timedelta = timedelta(days=1)
     maintenance_interval: timedelta = timedelta(minutes=5)
+    # `retention check` fails when the hourly rollup's watermark is older than this (the daily
+    # one is allowed one day more: its buckets close once a day).
+    rollup_max_lag: timedelta = timedelta(hours=4)
+    # timescale mode: heartbeat chunks older than this are compressed (zero: never).
+    compress_after: timedelta = timedelta(hours=6)
     log_level: str = "INFO"
     # Peers whose X-Forwarded-For is believed (reverse proxies); none by default.
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -168,6 +176,10 @@ class Settings:
             enrollment_events=as_seconds(
                 "TELEMETRY_RETENTION_ENROLLMENT_EVENTS_SECONDS", d.retention.enrollment_events, positive=True
             ),
+            device_heartbeats_hourly=as_seconds(
+                "TELEMETRY_RETENTION_HOURLY_SECONDS", d.retention.device_heartbeats_hourly
+            ),
+            fleet_daily=as_seconds("TELEMETRY_RETENTION_FLEET_DAILY_SECONDS", d.retention.fleet_daily),
         )
         return cls(
             database_url=get("DATABASE_URL"),
@@ -201,6 +213,8 @@ class Settings:
             maintenance_interval=as_seconds(
                 "TELEMETRY_MAINTENANCE_INTERVAL_SECONDS", d.maintenance_interval, positive=True
             ),
+            rollup_max_lag=as_seconds("TELEMETRY_ROLLUP_MAX_LAG_SECONDS", d.rollup_max_lag, positive=True),
+            compress_after=as_seconds("TELEMETRY_COMPRESS_AFTER_SECONDS", d.compress_after),
             log_level=log_level,
             trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),
         )

@@ -44,6 +44,10 @@ PROJECT_TABLES = {
     "enrollment_events",
     "commands",
     "retention_policies",
+    "rollup_watermarks",
+    # Tables in postgres mode, continuous aggregates (views) in timescale mode.
+    "device_heartbeats_hourly",
+    "fleet_daily",
 }
 
 

@@ -26,13 +26,7 @@ def build_openapi() -> dict[str, Any]:
             if name.startswith("{")
         ]
         params += [
-            {
-                "name": q,
-                "in": "query",
-                "required": False,
-                "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-            }
-            for q in ep.query
+            {"name": q, "in": "query", "required": False, "schema": _query_schema(q)} for q in ep.query
         ]
         if params:
             op["parameters"] = params
@@ -96,6 +90,18 @@ _ROLES = {
     "viewer": "Any operator: roles `admin` and `viewer`.",
     "admin": "Operators with role `admin` only (a `viewer` gets 403).",
 }
+
+
+_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    "from": {"type": "string", "format": "date-time", "description": "Default: a span before `to`"},
+    "to": {"type": "string", "format": "date-time", "description": "Default: now"},
+    "bucket": {"type": "string", "enum": ["1h", "1d"], "default": "1h"},
+}
+
+
+def _query_schema(name: str) -> dict[str, Any]:
+    return _QUERY_SCHEMAS[name]
 
 
 def _path_schema(name: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.api import devices, dispatches, downloads, enrollment, health, heartbeats, openapi_doc
+from service.api import devices, dispatches, downloads, enrollment, health, heartbeats, history, openapi_doc
 from service.api import schemas as s
 from service.api.auth import Auth, Handler
 
@@ -178,6 +178,33 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         {200: s.DispatchList, 400: s.ErrorBody, 401: s.ErrorBody, 403: s.ErrorBody, 404: s.ErrorBody},
         query=("limit",),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/devices/{device_id}/history",
+        history.get_device_history,
+        "operator",
+        "A device's heartbeats per hour or day: rollups, plus the raw rows not rolled up yet",
+        None,
+        {
+            200: s.DeviceHistory,
+            400: s.ErrorBody,
+            401: s.ErrorBody,
+            403: s.ErrorBody,
+            404: s.ErrorBody,
+            422: s.ErrorBody,
+        },
+        query=("from", "to", "bucket"),
+    ),
+    Endpoint(
+        "GET",
+        "/v1/fleet/history",
+        history.get_fleet_history,
+        "operator",
+        "The fleet's devices seen, heartbeats and average battery per hour or day",
+        None,
+        {200: s.FleetHistory, 400: s.ErrorBody, 401: s.ErrorBody, 403: s.ErrorBody, 422: s.ErrorBody},
+        query=("from", "to", "bucket"),
     ),
     Endpoint(
         "GET",

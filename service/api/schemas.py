@@ -252,3 +252,50 @@ SCHEMA_TYPES: tuple[type, ...] = (
     ErrorBody,
     Health,
 )
+
+
+# --- history (rollups plus the raw tail; see service.api.history) ------------------------------
+
+
+class DeviceHistoryBucket(Struct):
+    start: datetime
+    heartbeats: int
+    battery_min: int | None
+    battery_avg: float | None
+    battery_max: int | None
+    # ok, charging, idle, low_battery, other
+    status_counts: dict[str, int]
+    last_app_version: str | None
+    first_ts: datetime | None
+    last_ts: datetime | None
+
+
+class FleetHistoryBucket(Struct):
+    start: datetime
+    devices_seen: int
+    heartbeats: int
+    battery_avg: float | None
+
+
+class DeviceHistory(Struct):
+    device_id: str
+    bucket: str
+    from_: datetime = msgspec.field(name="from")
+    to: datetime = msgspec.field(name="to")
+    # The oldest bucket this tier still keeps: earlier buckets are absent, not empty.
+    available_from: datetime = msgspec.field(name="available_from")
+    # Buckets before it come from the rollup, later ones from the raw rows.
+    materialized_until: datetime | None = None
+    buckets: list[DeviceHistoryBucket] = msgspec.field(default_factory=list)
+
+
+class FleetHistory(Struct):
+    bucket: str
+    from_: datetime = msgspec.field(name="from")
+    to: datetime = msgspec.field(name="to")
+    available_from: datetime = msgspec.field(name="available_from")
+    materialized_until: datetime | None = None
+    buckets: list[FleetHistoryBucket] = msgspec.field(default_factory=list)
+
+
+SCHEMA_TYPES += (DeviceHistory, FleetHistory)

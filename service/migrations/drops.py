@@ -16,7 +16,8 @@ from service.db.preflight import connect
 from service.migrations.commands import MigrationError, Migrator
 from service.settings import Settings, StorageMode
 
-_DROP_TABLE = re.compile(r"\bDROP TABLE (?:IF EXISTS )?(?P<table>[\w.\"]+)", re.I)
+# A continuous aggregate (a rollup in timescale mode) holds data like a table.
+_DROP_TABLE = re.compile(r"\bDROP (?:TABLE|MATERIALIZED VIEW) (?:IF EXISTS )?(?P<table>[\w.\"]+)", re.I)
 _DROP_COLUMN = re.compile(
     r"\bALTER TABLE (?P<table>[\w.\"]+) DROP COLUMN (?:IF EXISTS )?(?P<column>[\w\"]+)", re.I
 )

@@ -5,6 +5,11 @@
 * `cleanup`: run retention now (`telemetry retention run`, the cron-able cleanup job).
 * `maintenance`: postgres mode's in-service task: partitions ahead, expired ones dropped.
 * `show`: what `telemetry retention show` reports.
+* `rollups`: the rollups' watermarks, the rollup tables' refresh, and the guard that keeps raw
+  partitions until they are rolled up (definitions and DDL: `service.db.rollups`).
+* `rollup_show`: the rollups' part of `telemetry retention show`.
+* `health`: `retention check`, the metrics and `/health`'s "degraded" (windows, jobs, rollup lag).
+* `audit`: the audit tables' windows (batched DELETE).
 * `commands`: the `telemetry retention` CLI verbs.
 
 The rule in both modes: a chunk/partition is dropped once its whole range is older than

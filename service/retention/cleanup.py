@@ -34,6 +34,7 @@ from service.db.time_series import (
     PARTITION_SCHEMA,
     TimeSeriesTable,
 )
+from service.retention import rollups
 from service.retention.policies import read_policy
 from service.settings import StorageMode
 
@@ -128,10 +129,16 @@ class KeyExpiry:
 class CleanupReport:
     tables: tuple[TableCleanup, ...]
     keys: KeyExpiry | None
+    rollups: rollups.RefreshReport | None = None  # the rollup tables' refresh, when it ran
 
     @property
     def ok(self) -> bool:
-        return all(t.error is None for t in self.tables) and (self.keys is None or self.keys.error is None)
+        refreshed = self.rollups is None or not self.rollups.errors
+        return (
+            refreshed
+            and all(t.error is None for t in self.tables)
+            and (self.keys is None or self.keys.error is None)
+        )
 
 
 async def _count(conn: asyncpg.Connection, qualified: str) -> int:
@@ -186,6 +193,9 @@ async def _clean_partitions(
         # session): held from the listing through the drop, so both see the same partitions.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PARTITION_LOCK_PREFIX + table.name)
         cutoff = await conn.fetchval("SELECT now() - $1::interval", policy.window)
+        # The guard: a rollup's source is kept until the rollup has read it (a dry run assumes
+        # the refresh that a real run does first).
+        cutoff = await rollups.drop_cutoff(conn, table.name, cutoff, assume_refreshed=dry_run)
         before = await conn.fetch(_PARTITIONS, table.name)
         expired = [p for p in before if p["range_end"] <= cutoff]
         # Counted before the first DROP: each DROP locks the parent exclusively until commit.
@@ -283,9 +293,14 @@ async def run_cleanup(
     count_rows: bool = True,
 ) -> CleanupReport:
     """Retention now for `tables`, one after another, and dispatch-key expiry when the dispatch
-    table is among them. A failure of one step is reported and the others still run."""
+    table is among them. A failure of one step is reported and the others still run.
+    With rollup tables (postgres mode) the rollups are refreshed first, so that the guard lets
+    go of every source partition they have read."""
+    refresh = None
+    if not dry_run and await rollups.mechanism_or_none(conn) == "rollup_table":
+        refresh = await rollups.refresh_tables(conn)
     results = []
     for table in tables:
         results.append(await clean_table(conn, mode, table, dry_run=dry_run, count_rows=count_rows))
     keys = await expire_dispatch_keys(conn, dry_run=dry_run) if DISPATCHES in tables else None
-    return CleanupReport(tables=tuple(results), keys=keys)
+    return CleanupReport(tables=tuple(results), keys=keys, rollups=refresh)

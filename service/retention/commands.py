@@ -2,7 +2,8 @@
 
 Exit codes: 0 done (`check`: every window holds); 1 a step failed (the others still ran, and
 the report names the failed one) or `check` found a problem (one `PROBLEM …` line each); 2 the
-command cannot run as asked (malformed window, unknown table). Messages go to stderr, prefixed
+command cannot run as asked (malformed window, unknown table, a window shorter than the refresh
+reach of the rollup the table feeds: the message names both). Messages go to stderr, prefixed
 `telemetry retention:`; reports go to stdout. Database failures (unreachable, refused
 credentials, a storage mode forced against the database's, no schema) are raised to the CLI's
 one error path (`service.cli_errors`), which prints one line and picks the exit code.
@@ -20,6 +21,7 @@ from typing import TextIO
 import asyncpg
 
 from service.db.embedded import resolve_database_url
+from service.db.rollups import GuardError, check_guard
 from service.db.time_series import TIME_SERIES_TABLES, TimeSeriesTable
 from service.db.urls import asyncpg_dsn
 from service.retention import audit
@@ -32,6 +34,7 @@ from service.retention.policies import (
     resolve_table,
     set_window,
 )
+from service.retention.rollup_show import collect_rollups, render_rollups
 from service.retention.show import collect, collect_audit, format_time, render_plain, render_rich
 from service.retention.windows import WindowError, format_window, parse_window
 from service.settings import Settings, StorageMode
@@ -64,6 +67,7 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
             case "set":
                 table = resolve_table(args.table)
                 window = parse_window(args.window)
+                check_guard(table.name, window)
 
                 async def work(conn: asyncpg.Connection, mode: StorageMode) -> int:
                     return await _set(conn, mode, table, window, settings)
@@ -102,12 +106,13 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
                     audits_ = await collect_audit(conn, settings)
                     render = render_rich if sys.stdout.isatty() else render_plain
                     render(tables_, keys, sys.stdout, audits_)
+                    render_rollups(await collect_rollups(conn, mode), sys.stdout)
                     return 0
 
             case _:
                 _fail(f"unknown verb {args.verb!r}")
                 return 2
-    except (UnknownTableError, WindowError) as exc:
+    except (UnknownTableError, WindowError, GuardError) as exc:
         _fail(exc)
         return 2
 
@@ -171,7 +176,21 @@ def _keys_line(keys: KeyExpiry) -> str:
 
 
 def print_cleanup(report: CleanupReport, out: TextIO) -> None:
-    """Per table one summary line, then one line per dropped range; failures also on stderr."""
+    """Per table one summary line, then one line per dropped range; failures also on stderr.
+    Rollup tables refreshed first (postgres mode) get a line each."""
+    if report.rollups is not None:
+        for refresh in report.rollups.refreshes:
+            if refresh.error is not None:
+                print(f"{refresh.rollup}: refresh FAILED: {refresh.error}", file=out)
+                _fail(f"{refresh.rollup}: {refresh.error}")
+            elif refresh.lo is None:
+                print(f"{refresh.rollup}: up to date, watermark {format_time(refresh.watermark)}", file=out)
+            else:
+                print(
+                    f"{refresh.rollup}: refreshed [{format_time(refresh.lo)}, {format_time(refresh.hi)}),"
+                    f" {refresh.rows} rows; watermark {format_time(refresh.watermark)}",
+                    file=out,
+                )
     for result in report.tables:
         if result.error is not None:
             print(f"{result.table}: FAILED: {result.error}", file=out)

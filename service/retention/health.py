@@ -10,6 +10,10 @@ retention is verified, not assumed:
   audit tables), when a job's last background run failed, or when a job is overdue by more than
   its schedule. It reads only catalog views and one `min()` per table range, so it is cheap
   enough for every maintenance round.
+* rollups (`service.db.rollups`): a problem when a rollup's watermark lags more than
+  `settings.rollup_max_lag` behind now (the daily rollup one day more, since its buckets close
+  once a day), or when it never materialized although raw rows are older than that. Refresh
+  jobs (and the compression job) are project jobs like the retention ones: reported and healed.
 * `jobs_to_heal` names the jobs the service's maintenance runs in the foreground
   (`CALL run_job`) because the scheduler did not run them successfully; those runs are not
   recorded in `job_stats`, so a job keeps reporting its failure (and `retention check` keeps
@@ -24,8 +28,9 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from service.db.time_series import DISPATCH_KEY_EXPIRY_PROCEDURE, TIME_SERIES_TABLES
-from service.retention import audit
+from service.db.rollups import HOURLY, ROLLUPS
+from service.db.time_series import DISPATCH_KEY_EXPIRY_PROCEDURE, HEARTBEATS, TIME_SERIES_TABLES
+from service.retention import audit, rollups
 from service.retention.policies import RETENTION_PROC
 from service.retention.show import table_status
 from service.retention.windows import format_window
@@ -40,11 +45,19 @@ SELECT j.job_id, j.proc_name, j.hypertable_name, j.schedule_interval, j.schedule
         WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1) AS last_error
 FROM timescaledb_information.jobs j
 LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
-WHERE (j.proc_name = '{RETENTION_PROC}' AND j.hypertable_schema = current_schema()
+WHERE (j.proc_name = ANY($2::text[]) AND j.hypertable_schema = current_schema()
        AND j.hypertable_name = ANY($1::text[]))
    OR j.proc_name = '{DISPATCH_KEY_EXPIRY_PROCEDURE}'
 ORDER BY j.job_id
 """
+
+# The policies of our hypertables and continuous aggregates, by the name a job is reported as.
+_POLICY_KINDS = {
+    RETENTION_PROC: "retention",
+    "policy_refresh_continuous_aggregate": "refresh",
+    "policy_compression": "compression",
+    "policy_columnstore": "compression",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +65,7 @@ class JobHealth:
     """One TimescaleDB job of the project, as its background runs left it."""
 
     job_id: int
-    name: str  # "retention:<table>" or "dispatch_key_expiry"
+    name: str  # "retention:<table>", "refresh:<rollup>", "compression:<table>", "dispatch_key_expiry"
     schedule: timedelta
     scheduled: bool
     next_start: datetime | None
@@ -67,9 +80,7 @@ class JobHealth:
 
     def overdue(self, now: datetime) -> bool:
         """Scheduled, and its next run should have started more than one schedule ago."""
-        return (
-            self.scheduled and self.next_start is not None and now - self.next_start > self.schedule
-        )
+        return self.scheduled and self.next_start is not None and now - self.next_start > self.schedule
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +90,8 @@ class RetentionHealth:
     jobs: tuple[JobHealth, ...] = ()
     # Age of the oldest row per table (None: empty table).
     oldest_age: dict[str, timedelta | None] = field(default_factory=dict)
+    # How far each rollup's watermark is behind now (None: nothing materialized yet).
+    rollup_lag: dict[str, timedelta | None] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
 
     @property
@@ -87,14 +100,15 @@ class RetentionHealth:
 
 
 async def read_jobs(conn: asyncpg.Connection) -> list[JobHealth]:
-    rows = await conn.fetch(_JOBS, [t.name for t in TIME_SERIES_TABLES])
+    names = [t.name for t in TIME_SERIES_TABLES] + [r.name for r in ROLLUPS]
+    rows = await conn.fetch(_JOBS, names, list(_POLICY_KINDS))
     return [
         # TimescaleDB reports "never" as -infinity, which asyncpg decodes as a naive datetime.min.
         JobHealth(
             job_id=r["job_id"],
             name=(
-                f"retention:{r['hypertable_name']}"
-                if r["proc_name"] == RETENTION_PROC
+                f"{_POLICY_KINDS[r['proc_name']]}:{r['hypertable_name']}"
+                if r["proc_name"] in _POLICY_KINDS
                 else "dispatch_key_expiry"
             ),
             schedule=r["schedule_interval"],
@@ -146,6 +160,7 @@ async def assess(conn: asyncpg.Connection, mode: StorageMode, settings: Settings
                 f"{table.name}: oldest row is {format_window(_whole(age))} old, past its window "
                 f"{format_window(window)} + one maintenance interval"
             )
+    rollup_lag = await _rollup_lags(conn, now, settings, oldest_age.get(HEARTBEATS.name), problems)
     jobs = await read_jobs(conn) if mode == "timescale" else []
     for job in jobs:
         if job.failed():
@@ -157,8 +172,47 @@ async def assess(conn: asyncpg.Connection, mode: StorageMode, settings: Settings
                 f"(schedule {format_window(job.schedule)})"
             )
     return RetentionHealth(
-        mode=mode, checked_at=now, jobs=tuple(jobs), oldest_age=oldest_age, problems=tuple(problems)
+        mode=mode,
+        checked_at=now,
+        jobs=tuple(jobs),
+        oldest_age=oldest_age,
+        rollup_lag=rollup_lag,
+        problems=tuple(problems),
     )
+
+
+def allowed_lag(rollup_bucket: timedelta, settings: Settings) -> timedelta:
+    """`rollup_max_lag` for the hourly rollup; a coarser rollup gets its extra bucket length."""
+    return settings.rollup_max_lag + (rollup_bucket - HOURLY.bucket)
+
+
+async def _rollup_lags(
+    conn: asyncpg.Connection,
+    now: datetime,
+    settings: Settings,
+    oldest_raw: timedelta | None,
+    problems: list[str],
+) -> dict[str, timedelta | None]:
+    mechanism = await rollups.mechanism_or_none(conn)
+    if mechanism is None:
+        return {}
+    lags: dict[str, timedelta | None] = {}
+    for rollup in ROLLUPS:
+        wm = await rollups.watermark(conn, mechanism, rollup)
+        lag = None if wm is None else now - wm
+        lags[rollup.name] = lag
+        allowed = allowed_lag(rollup.bucket, settings)
+        if lag is not None and lag > allowed:
+            problems.append(
+                f"{rollup.name}: watermark {wm:%Y-%m-%d %H:%M:%S %Z} lags {format_window(_whole(lag))}, "
+                f"more than {format_window(allowed)} (TELEMETRY_ROLLUP_MAX_LAG_SECONDS)"
+            )
+        elif lag is None and oldest_raw is not None and oldest_raw > allowed:
+            problems.append(
+                f"{rollup.name}: nothing materialized although raw heartbeats are "
+                f"{format_window(_whole(oldest_raw))} old (allowed lag {format_window(allowed)})"
+            )
+    return lags
 
 
 def _whole(value: timedelta) -> timedelta:

@@ -12,8 +12,12 @@ postgres mode a round, run by exactly one instance at a time, does in this order
    partition. The oldest partition covers `now - window`, the oldest time a write may carry.
    (This relies on the heartbeat bucket dividing the partition interval, as the defaults do, so
    a bucket's start lies in the same partition as its heartbeat.)
-2. drops the partitions past the window (see `service.retention.cleanup` for the rule), without
-   counting their rows, to keep rounds cheap;
+2. rollup tables (`service.retention.rollups`): creates and drops their partitions by their own
+   windows and refreshes them from their watermarks (also in timescale mode on an Apache build,
+   which has no continuous aggregates);
+2b. drops the partitions past the window (see `service.retention.cleanup` for the rule), without
+   counting their rows, to keep rounds cheap; a heartbeat partition only once the hourly
+   rollup's watermark has passed its end (the guard);
 3. expires dispatch idempotency keys, at most `KEY_BATCHES_PER_ROUND` batches per round, so a
    backlog is worked off over several bounded rounds rather than in one unbounded one.
 4. expires audit rows (`device_events`, `enrollment_events`) past their windows, at most
@@ -44,8 +48,10 @@ from datetime import timedelta
 
 import asyncpg
 
+from service.db.rollups import ROLLUPS
 from service.db.time_series import TIME_SERIES_TABLES
 from service.metrics import Metrics
+from service.retention import rollups
 from service.retention.audit import AUDIT_TABLES, expire
 from service.retention.cleanup import DROP_LOCK_TIMEOUT, DroppedRange, clean_table, expire_dispatch_keys
 from service.retention.health import RetentionHealth, assess, jobs_to_heal, read_jobs
@@ -73,6 +79,7 @@ class MaintenanceReport:
     keys_expired: int = 0
     audit_expired: dict[str, int] = field(default_factory=dict)  # rows deleted, per audit table
     healed: tuple[str, ...] = ()  # jobs run in the foreground ("<job_id> <name>")
+    rollups: rollups.RefreshReport | None = None  # rollup tables refreshed (table mechanism)
     health: RetentionHealth | None = None
     errors: tuple[str, ...] = ()
     seconds: float = 0.0
@@ -128,11 +135,17 @@ class PartitionMaintenance:
                     # TimescaleDB's jobs handle the time-series tables and the dispatch keys.
                     audit_expired, errors = await self._expire_audit(conn)
                     healed, heal_errors = await self._heal_jobs(conn)
+                    refreshed = None
+                    if await rollups.mechanism_or_none(conn) == "rollup_table":
+                        # An Apache build: no continuous aggregates, the rollup tables are ours.
+                        refreshed, rollup_errors = await self._rollup_tables(conn)
+                        errors += rollup_errors
                     report = MaintenanceReport(
                         mode="timescale",
                         ran=True,
                         audit_expired=audit_expired,
                         healed=healed,
+                        rollups=refreshed,
                         errors=tuple(errors + heal_errors),
                     )
                 else:
@@ -160,6 +173,9 @@ class PartitionMaintenance:
                     )
             except asyncpg.PostgresError as exc:
                 errors.append(f"{table.name}: creating partitions failed: {exc}")
+        # Rollups before the raw drop: the guard holds raw partitions until they are rolled up.
+        refreshed, rollup_errors = await self._rollup_tables(conn)
+        errors += rollup_errors
         for table in TIME_SERIES_TABLES:
             result = await clean_table(conn, "postgres", table, count_rows=False)
             if result.error is not None:
@@ -178,8 +194,34 @@ class PartitionMaintenance:
             dropped=dropped,
             keys_expired=keys.expired,
             audit_expired=audit_expired,
+            rollups=refreshed,
             errors=tuple(errors),
         )
+
+    async def _rollup_tables(
+        self, conn: asyncpg.Connection
+    ) -> tuple[rollups.RefreshReport | None, list[str]]:
+        """Table mechanism: partitions of the rollup tables ahead and within their windows,
+        and every rollup refreshed from its watermark."""
+        if await rollups.mechanism_or_none(conn) != "rollup_table":
+            return None, []
+        errors: list[str] = []
+        for rollup in ROLLUPS:
+            table = rollups.as_time_series(rollup)
+            try:
+                policy = await read_policy(conn, "postgres", table)
+                await conn.fetchval(
+                    ENSURE_PARTITIONS, table.name, policy.interval, policy.window, self.horizon
+                )
+            except asyncpg.PostgresError as exc:
+                errors.append(f"{table.name}: creating partitions failed: {exc}")
+        report = await rollups.refresh_tables(conn)
+        errors += report.errors
+        for rollup in ROLLUPS:
+            result = await clean_table(conn, "postgres", rollups.as_time_series(rollup), count_rows=False)
+            if result.error is not None:
+                errors.append(f"{rollup.name}: dropping expired partitions failed: {result.error}")
+        return report, errors
 
     async def _expire_audit(self, conn: asyncpg.Connection) -> tuple[dict[str, int], list[str]]:
         expired: dict[str, int] = {}
@@ -252,6 +294,8 @@ def _export(health: RetentionHealth, metrics: Metrics) -> None:
     metrics.retention_problems.set(len(health.problems))
     for table, age in health.oldest_age.items():
         metrics.retention_oldest_row_age.labels(table).set(0 if age is None else age.total_seconds())
+    for rollup, lag in health.rollup_lag.items():
+        metrics.rollup_lag.labels(rollup).set(0 if lag is None else lag.total_seconds())
     for job in health.jobs:
         metrics.retention_job_last_success.labels(job.name).set(
             0 if job.last_success is None else job.last_success.timestamp()

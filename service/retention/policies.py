@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from service.db.rollups import check_guard
 from service.db.storage_mode import PROBE_SQL, Probe, StorageModeError, decide
 from service.db.time_series import BY_NAME, TIME_SERIES_TABLES, TimeSeriesTable
 from service.retention.audit import AUDIT_TABLES
@@ -147,9 +148,13 @@ async def set_window(
     any extra ones (only possible by hand) are deleted. postgres: the stored window changes and
     the partitions a write inside the new window needs are created now, so a longer window never
     waits for the next maintenance round. Both: `retention_policies` holds the new window.
+
+    Raises `GuardError` (changing nothing) when the window is shorter than the refresh reach of
+    the rollup fed by the table (`service.db.rollups`).
     """
     if window <= timedelta(0):
         raise ValueError("a retention window must be longer than zero")
+    check_guard(table.name, window)  # GuardError: the rollup fed by it would lose rows
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(table))
         if mode == "timescale":

@@ -19,11 +19,11 @@ import pytest
 
 from service.db.embedded import free_port
 from tests.conftest import PROJECT_TABLES, migrate
-from tests.migrations.test_migrations import EARLIER, HEAD, PREVIOUS, user_tables
+from tests.migrations.test_migrations import HEAD, PREVIOUS, user_tables
 
-# Downgrading to BEFORE_TRUST undoes the revision that added users.role, devices.banned_at, …:
-# the downgrade that drops columns holding data.
-BEFORE_TRUST = EARLIER
+# The revision before the one that added users.role and devices.banned_at (5b1f0c2d9e47): a
+# downgrade to it drops columns that hold data.
+BEFORE_ROLES = "aadd574780ab"
 
 
 def telemetry(url: str, mode: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -67,11 +67,13 @@ async def test_downgrade_that_drops_needs_yes_and_otherwise_changes_nothing(db_u
     before = await columns(db_url, "users")
 
     refused = await asyncio.to_thread(
-        telemetry, db_url, mode, "migrate", "downgrade", "--revision", BEFORE_TRUST
+        telemetry, db_url, mode, "migrate", "downgrade", "--revision", BEFORE_ROLES
     )
     assert refused.returncode == 2, refused.stderr
     assert "column users.role (2 rows)" in refused.stderr
     assert "column devices.banned_at (0 rows)" in refused.stderr
+    # The rollups go too, tables (postgres) or continuous aggregates (timescale).
+    assert "table device_heartbeats_hourly (0 rows)" in refused.stderr
     assert refused.stderr.splitlines()[-1] == (
         "telemetry migrate: downgrade not confirmed: pass --yes to drop the above (nothing was changed)"
     )
@@ -89,16 +91,16 @@ async def test_downgrade_that_drops_needs_yes_and_otherwise_changes_nothing(db_u
     assert await user_tables(db_url) == PROJECT_TABLES
 
     confirmed = await asyncio.to_thread(
-        telemetry, db_url, mode, "migrate", "downgrade", "--revision", BEFORE_TRUST, "--yes"
+        telemetry, db_url, mode, "migrate", "downgrade", "--yes", "--revision", BEFORE_ROLES
     )
     assert confirmed.returncode == 0, confirmed.stderr
-    assert await revision(db_url) == {BEFORE_TRUST}
+    assert await revision(db_url) == {BEFORE_ROLES}
     assert "role" not in await columns(db_url, "users")
 
 
 async def test_offline_downgrade_sql_needs_no_confirmation(db_url: str, mode: str) -> None:
     result = await asyncio.to_thread(
-        telemetry, "", mode, "migrate", "downgrade", "--sql", "--mode", mode, "--revision", BEFORE_TRUST
+        telemetry, "", mode, "migrate", "downgrade", "--sql", "--mode", mode, "--revision", BEFORE_ROLES
     )
     assert result.returncode == 0, result.stderr
     assert "ALTER TABLE users DROP COLUMN role" in result.stdout
@@ -158,7 +160,7 @@ def never_ready() -> Iterator[str]:
 async def test_deploy_rolls_back_when_health_never_turns_ready(
     empty_db: str, mode: str, tmp_path: Path, never_ready: str
 ) -> None:
-    await migrate(empty_db, mode, PREVIOUS)  # type: ignore[arg-type]
+    await migrate(empty_db, mode, BEFORE_ROLES)  # type: ignore[arg-type]
     tables = await user_tables(empty_db)
     dump = tmp_path / "before.dump"
     result = await asyncio.to_thread(
@@ -176,20 +178,12 @@ async def test_deploy_rolls_back_when_health_never_turns_ready(
     )
     assert result.returncode == 1, result.stderr
     assert f"did not report ready at {HEAD} within 3s" in result.stderr
-    assert f"schema back at {PREVIOUS}" in result.stderr
+    assert f"schema back at {BEFORE_ROLES}" in result.stderr
     assert "pg_restore --clean --if-exists" in result.stderr and str(dump) in result.stderr
     assert dump.read_bytes()[:5] == b"PGDMP"
-    assert await revision(empty_db) == {PREVIOUS}
+    assert await revision(empty_db) == {BEFORE_ROLES}
     assert await user_tables(empty_db) == tables
-    # The head revision's change is undone: audit tables have no retention window again.
-    conn = await asyncpg.connect(empty_db)
-    try:
-        audit_windows = await conn.fetchval(
-            "SELECT count(*) FROM retention_policies WHERE partition_interval IS NULL"
-        )
-    finally:
-        await conn.close()
-    assert audit_windows == 0
+    assert "role" not in await columns(empty_db, "users")
 
 
 async def test_deploy_succeeds_when_the_service_reports_ready_at_the_new_head(
@@ -243,7 +237,7 @@ def _confirm_on_a_terminal(url: str, mode: str, answer: bytes) -> tuple[int, str
     env |= {"DATABASE_URL": url, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_LOG_LEVEL": "WARNING"}
     master, slave = os.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "migrate", "downgrade", "--revision", BEFORE_TRUST],
+        [sys.executable, "-m", "service", "migrate", "downgrade", "--revision", BEFORE_ROLES],
         stdin=slave,
         stdout=slave,
         stderr=slave,
@@ -282,4 +276,4 @@ async def test_downgrade_asks_on_a_terminal(db_url: str, mode: str) -> None:
     code, out = await asyncio.to_thread(_confirm_on_a_terminal, db_url, mode, b"yes\n")
     assert code == 0, out
     assert "column users.role" in out
-    assert await revision(db_url) == {BEFORE_TRUST}
+    assert await revision(db_url) == {BEFORE_ROLES}

@@ -17,9 +17,9 @@ from service.migrations.commands import Migrator
 from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-EARLIER = "aadd574780ab"
-PREVIOUS = "5b1f0c2d9e47"
-HEAD = "0c4e8a7d2f61"
+EARLIER = "0c4e8a7d2f61"
+PREVIOUS = "e31c9e0a6175"
+HEAD = "81159e67ec7f"
 
 
 async def user_tables(url: str) -> set[str]:
@@ -28,7 +28,7 @@ async def user_tables(url: str) -> set[str]:
         rows = await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
             " UNION SELECT relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE n.nspname = 'public' AND c.relkind = 'p'"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('p', 'v')"
         )
     finally:
         await conn.close()
@@ -75,6 +75,8 @@ async def test_time_series_tables_are_partitioned_with_retention(
             "device_heartbeats": [timedelta(days=2)],
             "fcm_dispatches": [timedelta(days=2)],
             "apk_download_events": [timedelta(days=7)],
+            "device_heartbeats_hourly": [timedelta(days=90)],
+            "fleet_daily": [timedelta(days=400)],
         }
     else:
         for table in TIME_SERIES_TABLES:
@@ -103,6 +105,8 @@ async def test_time_series_tables_are_partitioned_with_retention(
         "apk_download_events": timedelta(days=7),
         "device_events": timedelta(days=90),
         "enrollment_events": timedelta(days=90),
+        "device_heartbeats_hourly": timedelta(days=90),
+        "fleet_daily": timedelta(days=400),
     }
 
 

@@ -158,3 +158,24 @@ async def test_a_failed_retention_job_is_run_by_one_instance_per_pass_and_old_ch
             for p in ran.health.problems
         )
     assert await conn.fetchval("SELECT count(*) FROM device_heartbeats WHERE bucket_start <= $1", old) == 0
+
+
+async def test_a_failed_refresh_job_is_run_by_the_service_and_the_rollup_catches_up(
+    pools: list[asyncpg.Pool], conn: asyncpg.Connection, mode: StorageMode
+) -> None:
+    if mode != "timescale":
+        pytest.skip("timescale only: rollup tables are refreshed by the service itself")
+    await pause_background_jobs(conn)
+    now = await server_now(conn)
+    await insert_at(conn, mode, HEARTBEATS, [now - timedelta(hours=5), now - timedelta(hours=3)])
+    jobs = {j.name: j for j in await read_jobs(conn)}
+    refresh = jobs["refresh:device_heartbeats_hourly"]
+    assert {
+        "refresh:fleet_daily",
+        "retention:device_heartbeats_hourly",
+        "compression:device_heartbeats",
+    } <= set(jobs)
+    await _record_failed_background_run(conn, refresh.job_id)
+    report = await PartitionMaintenance(pools[0], Settings(storage_mode=mode), mode, Metrics()).run_once()
+    assert f"{refresh.job_id} refresh:device_heartbeats_hourly" in report.healed
+    assert await conn.fetchval("SELECT sum(heartbeats) FROM device_heartbeats_hourly") == 2

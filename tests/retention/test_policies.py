@@ -8,6 +8,7 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from service.db.rollups import ROLLUPS
 from service.db.time_series import DISPATCH_KEY_EXPIRY_PROCEDURE, DOWNLOADS, HEARTBEATS, TIME_SERIES_TABLES
 from service.retention.policies import (
     SchemaNotReadyError,
@@ -56,12 +57,19 @@ async def test_set_then_show_shows_the_new_window(conn: asyncpg.Connection, mode
 async def test_any_number_of_sets_leaves_exactly_one_retention_job_per_table(
     conn: asyncpg.Connection, mode: StorageMode
 ) -> None:
-    for window in (timedelta(days=1), timedelta(hours=90), timedelta(minutes=90), timedelta(days=3)):
+    # Heartbeat windows stay at or above the hourly rollup's refresh reach (the guard).
+    for window in (timedelta(hours=28), timedelta(hours=90), timedelta(hours=30), timedelta(days=3)):
         for table in TIME_SERIES_TABLES:
             await set_window(conn, mode, table, window, LOOKAHEAD)
-    assert await stored_windows(conn) == {t.name: timedelta(days=3) for t in TIME_SERIES_TABLES}
+    windows = await stored_windows(conn)
+    assert {t.name: windows[t.name] for t in TIME_SERIES_TABLES} == {
+        t.name: timedelta(days=3) for t in TIME_SERIES_TABLES
+    }
     if mode == "timescale":
-        assert await retention_jobs(conn) == {t.name: [timedelta(days=3)] for t in TIME_SERIES_TABLES}
+        assert await retention_jobs(conn) == {
+            **{t.name: [timedelta(days=3)] for t in TIME_SERIES_TABLES},
+            **{r.name: [r.default_window] for r in ROLLUPS},
+        }
     policies = await read_policies(conn, mode)
     assert [p.window for p in policies] == [timedelta(days=3)] * 3
 
@@ -74,7 +82,7 @@ async def test_concurrent_sets_leave_one_job_and_an_agreeing_row(
         await conn.execute("SELECT remove_retention_policy('device_heartbeats')")
     others = [await asyncpg.connect(db_url) for _ in range(6)]
     try:
-        windows = [timedelta(hours=h) for h in (10, 20, 30, 40, 50, 60)]
+        windows = [timedelta(hours=h) for h in (30, 40, 50, 60, 70, 80)]
         await asyncio.gather(
             *(set_window(c, mode, HEARTBEATS, w, LOOKAHEAD) for c, w in zip(others, windows, strict=True))
         )
@@ -105,7 +113,7 @@ async def test_set_keeps_the_timescale_job_and_its_schedule(
     before = await read_policy(conn, mode, HEARTBEATS)
     schedule = "SELECT schedule_interval FROM timescaledb_information.jobs WHERE job_id = $1"
     interval_before = await conn.fetchval(schedule, before.job_id)
-    after = await set_window(conn, mode, HEARTBEATS, timedelta(hours=12), LOOKAHEAD)
+    after = await set_window(conn, mode, HEARTBEATS, timedelta(hours=30), LOOKAHEAD)
     assert after.job_id == before.job_id
     assert await conn.fetchval(schedule, after.job_id) == interval_before
 
@@ -165,13 +173,18 @@ async def orphaned_jobs(conn: asyncpg.Connection) -> list[int]:
         "SELECT job_id FROM timescaledb_information.jobs j WHERE job_id >= 1000 AND ("
         " to_regproc(format('%I.%I', proc_schema, proc_name)) IS NULL OR"
         " (hypertable_name IS NOT NULL AND NOT EXISTS (SELECT 1 FROM timescaledb_information.hypertables h"
-        "   WHERE h.hypertable_schema = j.hypertable_schema AND h.hypertable_name = j.hypertable_name)))"
+        "   WHERE h.hypertable_schema = j.hypertable_schema AND h.hypertable_name = j.hypertable_name)"
+        "  AND NOT EXISTS (SELECT 1 FROM timescaledb_information.continuous_aggregates c"
+        "   WHERE c.view_schema = j.hypertable_schema AND c.view_name = j.hypertable_name)))"
     )
     return [r[0] for r in rows]
 
 
 EXPECTED_JOBS = sorted(
-    [("policy_retention", t.name) for t in TIME_SERIES_TABLES] + [(DISPATCH_KEY_EXPIRY_PROCEDURE, None)]
+    [("policy_retention", t.name) for t in TIME_SERIES_TABLES]
+    + [(DISPATCH_KEY_EXPIRY_PROCEDURE, None)]
+    + [(p, r.name) for r in ROLLUPS for p in ("policy_refresh_continuous_aggregate", "policy_retention")]
+    + [("policy_compression", HEARTBEATS.name)]
 )
 
 

@@ -1,0 +1,240 @@
+"""`GET /v1/devices/{device_id}/history` and `GET /v1/fleet/history` (operator).
+
+Each answer joins two sources at the rollup's watermark: buckets before it are read from the
+rollup (`device_heartbeats_hourly`, and `fleet_daily` for whole fleet days), later ones are
+aggregated from the raw heartbeats, so the newest hour is there at once, before any refresh.
+Buckets are whole and aligned on UTC midnight: `from` is floored and `to` is rounded up to the
+bucket. Buckets older than the tier's window are absent, and `available_from` says where the
+tier's data starts (the request's `from` is moved up to it).
+
+`device_history` and `fleet_history` take a connection and are what the handlers (and the
+tests and benchmarks) call.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from service.api.auth import require_operator
+from service.api.devices import ensure_device_exists
+from service.api.errors import bad_request, unprocessable
+from service.api.responses import json_response
+from service.api.schemas import (
+    DeviceHistory,
+    DeviceHistoryBucket,
+    FleetHistory,
+    FleetHistoryBucket,
+)
+from service.api.state import services
+from service.db.rollups import FLEET_DAILY, HOURLY, ORIGIN, STATUSES, Rollup
+from service.retention.rollups import read_mechanism, watermark
+
+BUCKETS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
+DEFAULT_SPAN = {"1h": timedelta(days=2), "1d": timedelta(days=30)}
+MAX_BUCKETS = 10_000
+_STATUS_KEYS = (*STATUSES, "other")
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+# Per device and hour: materialized hours before the watermark ($4), raw rows after it.
+_DEVICE_HOURS = f"""
+WITH hours AS (
+    SELECT hour, heartbeats, battery_min, battery_max, battery_sum,
+           {", ".join(f"status_{s}" for s in _STATUS_KEYS)}, last_app_version, first_ts, last_ts
+    FROM {HOURLY.name}
+    WHERE device_id = $1 AND hour >= $2::timestamptz
+      AND hour < least($3::timestamptz, coalesce($4::timestamptz, '-infinity'))
+    UNION ALL
+    SELECT date_bin('1 hour', bucket_start, {ORIGIN}), count(*), min(battery_pct), max(battery_pct),
+           sum(battery_pct),
+           {", ".join(f"count(*) FILTER (WHERE status = '{s}')" for s in STATUSES)},
+           count(*) FILTER (WHERE status NOT IN ({", ".join(f"'{s}'" for s in STATUSES)})),
+           (array_agg(app_version ORDER BY ts DESC))[1], min(ts), max(ts)
+    FROM device_heartbeats
+    WHERE device_id = $1 AND bucket_start < $3
+      AND bucket_start >= greatest($2, coalesce($4::timestamptz, '-infinity'))
+    GROUP BY 1
+)
+SELECT date_bin($5::interval, hour, {ORIGIN}) AS start,
+       sum(heartbeats)::bigint AS heartbeats,
+       min(battery_min) AS battery_min,
+       max(battery_max) AS battery_max,
+       sum(battery_sum)::double precision / nullif(sum(heartbeats), 0) AS battery_avg,
+       {", ".join(f"sum(status_{s})::bigint AS status_{s}" for s in _STATUS_KEYS)},
+       (array_agg(last_app_version ORDER BY last_ts DESC NULLS LAST))[1] AS last_app_version,
+       min(first_ts) AS first_ts,
+       max(last_ts) AS last_ts
+FROM hours GROUP BY 1 ORDER BY 1
+"""
+
+# Fleet: whole days from fleet_daily before its watermark ($6, only when $7); the rest from
+# per-device hours (hourly rollup before $4, raw after), so a device counts once per bucket.
+_FLEET = f"""
+WITH dev_hours AS (
+    SELECT device_id, hour, heartbeats, battery_sum FROM {HOURLY.name}
+    WHERE hour >= $2::timestamptz AND hour < least($3::timestamptz, coalesce($4::timestamptz, '-infinity'))
+    UNION ALL
+    SELECT device_id, date_bin('1 hour', bucket_start, {ORIGIN}), count(*), sum(battery_pct)
+    FROM device_heartbeats
+    WHERE bucket_start >= greatest($2, coalesce($4::timestamptz, '-infinity')) AND bucket_start < $3
+    GROUP BY 1, 2
+), tail AS (
+    SELECT date_bin($5::interval, hour, {ORIGIN}) AS start, count(DISTINCT device_id) AS devices_seen,
+           sum(heartbeats)::bigint AS heartbeats,
+           sum(battery_sum)::double precision / nullif(sum(heartbeats), 0) AS battery_avg
+    FROM dev_hours GROUP BY 1
+)
+SELECT day AS start, devices_seen, heartbeats, battery_avg FROM {FLEET_DAILY.name}
+WHERE $7::boolean AND day >= $1::timestamptz
+  AND day < least($3::timestamptz, coalesce($6::timestamptz, '-infinity'))
+UNION ALL
+SELECT * FROM tail
+ORDER BY 1
+"""
+
+_WINDOW = "SELECT drop_after FROM retention_policies WHERE table_name = $1"
+
+
+def _floor(value: datetime, bucket: timedelta) -> datetime:
+    origin = datetime(2000, 1, 1, tzinfo=UTC)
+    return origin + ((value - origin) // bucket) * bucket
+
+
+def _ceil(value: datetime, bucket: timedelta) -> datetime:
+    floored = _floor(value, bucket)
+    return floored if floored == value else floored + bucket
+
+
+async def available_from(
+    conn: asyncpg.Connection, tier: Rollup, bucket: timedelta, now: datetime
+) -> datetime:
+    """The first whole bucket inside the tier's retention window."""
+    window = await conn.fetchval(_WINDOW, tier.name) or tier.default_window
+    return _ceil(now - window, bucket)
+
+
+async def device_history(
+    conn: asyncpg.Connection, device_id: str, start: datetime, end: datetime, bucket: str
+) -> DeviceHistory:
+    size = BUCKETS[bucket]
+    now: datetime = await conn.fetchval("SELECT now()")
+    mechanism = await read_mechanism(conn)
+    kept_from = await available_from(conn, HOURLY, size, now)
+    lo, hi = max(_floor(start, size), kept_from), _ceil(end, size)
+    wm = await watermark(conn, mechanism, HOURLY)
+    rows = await conn.fetch(_DEVICE_HOURS, device_id, lo, hi, wm, size) if lo < hi else []
+    return DeviceHistory(
+        device_id=device_id,
+        bucket=bucket,
+        from_=lo,
+        to=hi,
+        available_from=kept_from,
+        materialized_until=wm,
+        buckets=[
+            DeviceHistoryBucket(
+                start=r["start"],
+                heartbeats=r["heartbeats"],
+                battery_min=r["battery_min"],
+                battery_avg=r["battery_avg"],
+                battery_max=r["battery_max"],
+                status_counts={s: r[f"status_{s}"] for s in _STATUS_KEYS},
+                last_app_version=r["last_app_version"],
+                first_ts=r["first_ts"],
+                last_ts=r["last_ts"],
+            )
+            for r in rows
+        ],
+    )
+
+
+async def fleet_history(
+    conn: asyncpg.Connection, start: datetime, end: datetime, bucket: str
+) -> FleetHistory:
+    size = BUCKETS[bucket]
+    now: datetime = await conn.fetchval("SELECT now()")
+    mechanism = await read_mechanism(conn)
+    daily = bucket == "1d"
+    tier = FLEET_DAILY if daily else HOURLY
+    kept_from = await available_from(conn, tier, size, now)
+    lo, hi = max(_floor(start, size), kept_from), _ceil(end, size)
+    wm_hourly = await watermark(conn, mechanism, HOURLY)
+    wm_daily = await watermark(conn, mechanism, FLEET_DAILY) if daily else None
+    # The per-device tail starts where the daily rollup stops (or at `lo` for hourly buckets).
+    tail_lo = max(lo, wm_daily) if wm_daily is not None else lo
+    rows: list[Any] = []
+    if lo < hi:
+        rows = await conn.fetch(_FLEET, lo, tail_lo, hi, wm_hourly, size, wm_daily, daily)
+    return FleetHistory(
+        bucket=bucket,
+        from_=lo,
+        to=hi,
+        available_from=kept_from,
+        materialized_until=wm_daily if daily else wm_hourly,
+        buckets=[
+            FleetHistoryBucket(
+                start=r["start"],
+                devices_seen=r["devices_seen"],
+                heartbeats=r["heartbeats"],
+                battery_avg=r["battery_avg"],
+            )
+            for r in rows
+        ],
+    )
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+def _time_param(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an RFC 3339 time, e.g. 2025-11-01T00:00:00Z", field=name) from None
+    if value.tzinfo is None:
+        raise bad_request(f"{name} must carry a UTC offset (Z or +hh:mm)", field=name)
+    value = value.astimezone(UTC) if _EARLIEST <= value <= _LATEST else None  # type: ignore[assignment]
+    if value is None:
+        raise unprocessable(f"{name} must lie between 1970 and 9000", field=name, code="out_of_range")
+    return value
+
+
+def history_params(request: web.Request, now: datetime) -> tuple[datetime, datetime, str]:
+    """`bucket` (1h default, or 1d), `to` (default now), `from` (default a span before `to`).
+    400 names a malformed parameter; 422 a range that is empty or too many buckets."""
+    bucket = request.query.get("bucket", "1h")
+    if bucket not in BUCKETS:
+        raise bad_request("bucket must be 1h or 1d", field="bucket")
+    end = _time_param(request, "to") or now
+    start = _time_param(request, "from") or end - DEFAULT_SPAN[bucket]
+    if start >= end:
+        raise unprocessable("from must be earlier than to", field="from", code="empty_range")
+    if (end - start) / BUCKETS[bucket] > MAX_BUCKETS:
+        raise unprocessable(
+            f"at most {MAX_BUCKETS} buckets per request: narrow from/to or use a larger bucket",
+            field="from",
+            code="range_too_large",
+        )
+    return start, end, bucket
+
+
+async def get_device_history(request: web.Request) -> web.Response:
+    await require_operator(request)
+    device_id = request.match_info["device_id"]
+    start, end, bucket = history_params(request, datetime.now(UTC))
+    async with services(request).pool.acquire() as conn:
+        await ensure_device_exists(conn, device_id)
+        return json_response(await device_history(conn, device_id, start, end, bucket))
+
+
+async def get_fleet_history(request: web.Request) -> web.Response:
+    await require_operator(request)
+    start, end, bucket = history_params(request, datetime.now(UTC))
+    async with services(request).pool.acquire() as conn:
+        return json_response(await fleet_history(conn, start, end, bucket))
