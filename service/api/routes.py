@@ -183,7 +183,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET",
         "/v1/devices/{device_id}/history",
         history.get_device_history,
-        "operator",
+        "viewer",
         "A device's heartbeats per hour or day: rollups, plus the raw rows not rolled up yet",
         None,
         {
@@ -200,7 +200,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "GET",
         "/v1/fleet/history",
         history.get_fleet_history,
-        "operator",
+        "viewer",
         "The fleet's devices seen, heartbeats and average battery per hour or day",
         None,
         {200: s.FleetHistory, 400: s.ErrorBody, 401: s.ErrorBody, 403: s.ErrorBody, 422: s.ErrorBody},
