@@ -26,6 +26,7 @@ import asyncpg
 
 from benchmarks.fleet import NETWORKS, STATUSES, BucketCursor, floor_bucket
 from benchmarks.prefill import HEARTBEAT_COLUMNS, set_codecs
+from service.ingest.rows import HeartbeatRow
 from service.ingest.statements import merge_heartbeats, prepare_connection
 
 PER_ROW_INSERT = """
@@ -150,7 +151,7 @@ async def writer_sql(
     """Rows stored per second by the writer's flush statements alone, `connections` flushes at
     a time (the writer runs two)."""
     staged = [
-        [(i, r[0], r[2], r[3], r[4], r[5], r[6], r[7]) for i, r in enumerate(rows[lo : lo + batch])]
+        [HeartbeatRow(r[0], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows[lo : lo + batch]]
         for lo in range(0, len(rows), batch)
     ]
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]
@@ -167,7 +168,7 @@ async def writer_sql(
                     done = await merge_heartbeats(conn, part, bucket_seconds)
                 # Counted after the await: `stored += len(await …)` would read `stored` before
                 # the other worker's update and lose it.
-                stored += len(done)
+                stored += sum(done)
                 if advance:
                     advance(len(part))
 
