@@ -15,15 +15,11 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from service.db.errors import ABORTED_TRANSACTION
 from service.ingest import statements
 from service.ingest.rows import DispatchOutcome, DispatchRow, HeartbeatRow
 
 T = TypeVar("T")
-
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-)
 
 MAX_ATTEMPTS = 5
 
@@ -34,7 +30,7 @@ async def in_transaction(conn: asyncpg.Connection, work: Callable[[asyncpg.Conne
         try:
             async with conn.transaction():
                 return await work(conn)
-        except TRANSIENT_ERRORS:
+        except ABORTED_TRANSACTION:
             if attempt == MAX_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")

@@ -51,10 +51,10 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from service.db.errors import is_transient
 from service.db.watchdog import DatabaseWatchdog
 from service.ingest import merges, statements
 from service.ingest.merges import Merge
-from service.ingest.recording import TRANSIENT_ERRORS
 from service.ingest.rows import DispatchOutcome, DispatchRow, DownloadRow, HeartbeatRow
 from service.metrics import Metrics
 
@@ -62,30 +62,6 @@ log = logging.getLogger(__name__)
 
 RowT = TypeVar("RowT", bound=tuple[object, ...])
 ResultT = TypeVar("ResultT")
-
-# Client-side errors are about the rows, not the connection: retrying cannot help. asyncpg's
-# `DataError` (a value its encoder refuses) subclasses InterfaceError, which RETRYABLE holds
-# for "connection is closed", so these are caught first.
-NOT_RETRYABLE: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions._base.DataError,
-    asyncpg.exceptions.ClientConfigurationError,
-    asyncpg.exceptions.UnsupportedClientFeatureError,
-    asyncpg.exceptions.UnsupportedServerFeatureError,
-)
-
-RETRYABLE: tuple[type[BaseException], ...] = (
-    *TRANSIENT_ERRORS,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
-
 
 # What callers are told: never the exception's text (it may quote SQL or other rows).
 REFUSED = "the rows could not be stored; nothing was stored for this request"
@@ -358,9 +334,12 @@ class GroupCommitWriter:
                 with self.watchdog.track():  # each attempt, not the backoff between them
                     async with self.pool.acquire() as conn:
                         return await self._commit(conn, batch)
-            except NOT_RETRYABLE:
-                raise
-            except RETRYABLE as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    if isinstance(exc, asyncpg.PostgresError) and statements.is_missing_partition(exc):
+                        await self._create_missing_partitions()
+                        continue
+                    raise
                 if attempt == self.retry_attempts:
                     log.error("flush failed %d times; last error: %r", attempt, exc)
                     raise WriteFailed(UNAVAILABLE, transient=True) from exc
@@ -370,11 +349,6 @@ class GroupCommitWriter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_delay)
-            except asyncpg.PostgresError as exc:
-                if statements.is_missing_partition(exc):
-                    await self._create_missing_partitions()
-                    continue
-                raise
         raise WriteFailed(UNAVAILABLE, transient=True)
 
     async def _create_missing_partitions(self) -> None:

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from service.db.errors import STATEMENT_FAILED
 from service.db.time_series import interval_literal
 
 
@@ -128,7 +129,7 @@ async def expire(
                     table.name, False, window, cutoff, deleted, True, time.perf_counter() - started
                 )
         return AuditExpiry(table.name, False, window, cutoff, deleted, False, time.perf_counter() - started)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except STATEMENT_FAILED as exc:
         return AuditExpiry(
             table.name, dry_run, window, cutoff, deleted, False, time.perf_counter() - started, error=str(exc)
         )

@@ -44,6 +44,7 @@ from datetime import timedelta
 
 import asyncpg
 
+from service.db.errors import STATEMENT_FAILED
 from service.db.time_series import TIME_SERIES_TABLES
 from service.metrics import Metrics
 from service.retention.audit import AUDIT_TABLES, expire
@@ -141,7 +142,7 @@ class PartitionMaintenance:
                 return replace(report, health=health, seconds=time.perf_counter() - started)
             finally:
                 # A broken connection cannot unlock, but the server releases its locks with it.
-                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                with contextlib.suppress(*STATEMENT_FAILED, OSError):
                     await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_KEY)
 
     async def _round(self, conn: asyncpg.Connection) -> MaintenanceReport:
@@ -211,7 +212,7 @@ class PartitionMaintenance:
         for job in jobs_to_heal(jobs, now):
             try:
                 await conn.execute(f"CALL run_job({int(job.job_id)})")
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except STATEMENT_FAILED as exc:
                 errors.append(f"job {job.job_id} ({job.name}): foreground run failed: {exc}")
                 continue
             healed.append(f"{job.job_id} {job.name}")
@@ -222,7 +223,7 @@ class PartitionMaintenance:
     async def _assess(self, conn: asyncpg.Connection, mode: StorageMode) -> RetentionHealth | None:
         try:
             health = await assess(conn, mode, self._settings)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except STATEMENT_FAILED as exc:
             log.warning("retention health check failed: %s", exc)
             return None
         self.last_health = health

@@ -12,8 +12,6 @@ import pytest
 from service.app import create_pool
 from service.ingest.rows import DispatchRow, DownloadRow, HeartbeatRow
 from service.ingest.writer import (
-    NOT_RETRYABLE,
-    RETRYABLE,
     GroupCommitWriter,
     WriteFailed,
     WriterClosed,
@@ -305,16 +303,6 @@ async def test_several_bad_requests_in_one_batch_each_fail_alone(pool: asyncpg.P
     assert sorted(failed) == [3, 10, 17]
     assert all(isinstance(r, WriteFailed) and r.request_id == f"bad-{i}" for i, r in failed.items())
     assert await stored_count(db_url, "device_heartbeats") == 17
-
-
-def test_asyncpg_client_side_data_errors_are_never_taken_for_a_lost_connection() -> None:
-    """asyncpg's own DataError (a query argument its encoder refuses) subclasses InterfaceError,
-    which RETRYABLE holds for "connection is closed"; the writer catches NOT_RETRYABLE first."""
-    client_data_error = asyncpg.exceptions._base.DataError
-    assert issubclass(client_data_error, asyncpg.InterfaceError)
-    assert client_data_error in NOT_RETRYABLE
-    assert all(issubclass(cls, asyncpg.InterfaceError) for cls in NOT_RETRYABLE)
-    assert not issubclass(OverflowError, RETRYABLE) and not issubclass(TypeError, RETRYABLE)
 
 
 async def test_one_batch_of_every_kind_commits_together_and_answers_each_request(
