@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import asyncpg
 
-from service.db.storage_mode import PROBE_SQL, Probe, decide
+from service.db import storage_mode
 from service.db.urls import asyncpg_dsn
 from service.settings import Settings, StorageMode
 
@@ -58,9 +58,7 @@ async def check_database(
     """Connect, decide the storage mode, and (given head revisions) insist on them."""
     conn = await connect(url, settings)
     try:
-        row = await conn.fetchrow(PROBE_SQL)
-        assert row is not None
-        mode = decide(Probe(**dict(row)), settings.storage_mode)
+        mode = await storage_mode.detect(conn, settings.storage_mode)
         if need_head is not None:
             current = await current_revisions(conn)
             if current != need_head:
