@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from service.db import locks
-from service.settings import StorageMode
+from service.settings import RetentionWindows, StorageMode
 
 PARTITION_SCHEMA = "telemetry_partitions"
 
@@ -33,9 +33,12 @@ class TimeSeriesTable:
     default_window: timedelta
 
 
-HEARTBEATS = TimeSeriesTable("device_heartbeats", "bucket_start", timedelta(hours=2), timedelta(days=2))
-DISPATCHES = TimeSeriesTable("fcm_dispatches", "sent_at", timedelta(hours=6), timedelta(days=2))
-DOWNLOADS = TimeSeriesTable("apk_download_events", "ts", timedelta(days=1), timedelta(days=7))
+_DEFAULTS = RetentionWindows()  # the one place the default windows are written
+HEARTBEATS = TimeSeriesTable(
+    "device_heartbeats", "bucket_start", timedelta(hours=2), _DEFAULTS.device_heartbeats
+)
+DISPATCHES = TimeSeriesTable("fcm_dispatches", "sent_at", timedelta(hours=6), _DEFAULTS.fcm_dispatches)
+DOWNLOADS = TimeSeriesTable("apk_download_events", "ts", timedelta(days=1), _DEFAULTS.apk_download_events)
 TIME_SERIES_TABLES: tuple[TimeSeriesTable, ...] = (HEARTBEATS, DISPATCHES, DOWNLOADS)
 BY_NAME = {t.name: t for t in TIME_SERIES_TABLES}
 
