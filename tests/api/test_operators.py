@@ -15,7 +15,7 @@ from service.admin import create_operator
 from service.api.routes import ENDPOINTS
 from service.api.state import SERVICES
 from service.cli import main
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 SAME_REQUEST_ID = {"X-Request-ID": "operator-test"}  # so responses can be compared byte for byte
 

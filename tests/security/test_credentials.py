@@ -11,7 +11,7 @@ from service.api import throttle
 from service.api.state import SERVICES
 from service.api.throttle import FailureThrottle
 from service.settings import StorageMode
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 
 def bearer(token: str) -> dict[str, str]:
