@@ -231,24 +231,3 @@ class Health(Struct):
     revisions: list[str] | None = None
     # "degraded" (still ready): retention problems found by the last maintenance round.
     problems: list[str] = msgspec.field(default_factory=list)
-
-
-SCHEMA_TYPES: tuple[type, ...] = (
-    Heartbeat,
-    HeartbeatBatch,
-    HeartbeatsResponse,
-    ApkDownload,
-    ApkDownloadResponse,
-    EnrollRequest,
-    EnrollResponse,
-    EnrollmentTokenRequest,
-    EnrollmentTokenResponse,
-    DispatchRequest,
-    Dispatch,
-    DispatchList,
-    HeartbeatList,
-    DeviceSummary,
-    DeviceState,
-    ErrorBody,
-    Health,
-)
