@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 
 from benchmarks.fleet import NETWORKS, STATUSES, BucketCursor, floor_bucket
-from benchmarks.prefill import HEARTBEAT_COLUMNS, set_codecs
+from benchmarks.prefill import HEARTBEAT_COLUMNS
 from service.ingest.rows import HeartbeatRow
-from service.ingest.statements import merge_heartbeats, prepare_connection
+from service.ingest.statements import merge_heartbeats, prepare_connection, set_json_codecs
 
 PER_ROW_INSERT = """
 INSERT INTO device_heartbeats (device_id, bucket_start, ts, status, battery_pct, app_version, network, extra)
@@ -85,7 +85,7 @@ async def raw_copy(
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     try:
         for conn in conns:
-            await set_codecs(conn)
+            await set_json_codecs(conn)
         chunks = iter(range(0, len(rows), batch))
 
         async def worker(conn: asyncpg.Connection) -> None:
@@ -115,7 +115,7 @@ async def per_row_insert(
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     try:
         for conn in conns:
-            await set_codecs(conn)
+            await set_json_codecs(conn)
         source = iter(rows)
         done = 0
         t0 = time.perf_counter()

@@ -110,6 +110,12 @@ WHERE k.request_id = ANY($1::text[])
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
     """Per-connection setup: JSON codecs and the staging tables."""
+    await set_json_codecs(conn)
+    await conn.execute(STAGING_DDL)
+
+
+async def set_json_codecs(conn: asyncpg.Connection) -> None:
+    """JSON in and out as Python values, in binary format."""
     # Binary codecs so that binary COPY can carry JSON; jsonb's binary form is a version byte
     # (1) followed by the JSON text.
     await conn.set_type_codec(
@@ -126,7 +132,6 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
         schema="pg_catalog",
         format="binary",
     )
-    await conn.execute(STAGING_DDL)
 
 
 def numbered(rows: Sequence[tuple[object, ...]]) -> list[tuple[object, ...]]:
