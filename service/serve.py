@@ -25,7 +25,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.cli import Invocation
 
-log = logging.getLogger("telemetry.serve")
+log = logging.getLogger(__name__)
 
 
 def head_revisions(migrator: Migrator) -> frozenset[str]:
