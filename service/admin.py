@@ -18,10 +18,10 @@ import asyncpg
 import msgspec
 
 from service.api.credentials import OPERATOR_PREFIX, ROLES, Role, new_token, token_hash
-from service.api.enrollment import create_enrollment_token
 from service.api.schemas import EnrollmentTokenRequest
 from service.db.embedded import resolve_database_url
 from service.db.urls import asyncpg_dsn
+from service.enrollment_tokens import create_enrollment_token
 from service.retention.windows import parse_window
 from service.settings import Settings
 
