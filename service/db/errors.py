@@ -9,6 +9,8 @@
   (both of the above, a lost connection, a server shutting down, no free connection slot).
   Client-side errors about the rows (`ROWS_REFUSED_BY_CLIENT`) are never transient, even where
   asyncpg derives them from a connection error class.
+* `may_heal_by_waiting`: before the first connection, a server that is not (yet) there or not
+  (yet) accepting; any other server error will not go away by waiting.
 * `STATEMENT_FAILED`: a statement failed on the server or its connection broke; a background
   step reports it and goes on with its next step, never stopping the service.
 """
@@ -55,3 +57,12 @@ STATEMENT_FAILED: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyn
 def is_transient(exc: BaseException) -> bool:
     """Whether the same work may succeed when retried on a fresh connection."""
     return isinstance(exc, TRANSIENT) and not isinstance(exc, ROWS_REFUSED_BY_CLIENT)
+
+
+def may_heal_by_waiting(exc: BaseException) -> bool:
+    """Whether connecting may succeed later: the server is not (yet) there or accepting."""
+    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        return False
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)

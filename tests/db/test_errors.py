@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from service.db.errors import ABORTED_TRANSACTION, ROWS_REFUSED_BY_CLIENT, is_transient
+from service.db.errors import ABORTED_TRANSACTION, ROWS_REFUSED_BY_CLIENT, is_transient, may_heal_by_waiting
 
 
 def test_asyncpg_client_side_data_errors_are_never_taken_for_a_lost_connection() -> None:
@@ -41,3 +41,11 @@ def test_a_row_the_database_refuses_is_not_transient() -> None:
     assert not is_transient(asyncpg.CheckViolationError())
     assert not is_transient(asyncpg.NumericValueOutOfRangeError())
     assert not any(issubclass(cls, asyncpg.CheckViolationError) for cls in ABORTED_TRANSACTION)
+
+
+def test_only_a_server_not_yet_there_or_not_yet_accepting_is_waited_for() -> None:
+    assert may_heal_by_waiting(ConnectionRefusedError())
+    assert may_heal_by_waiting(asyncpg.CannotConnectNowError())
+    assert may_heal_by_waiting(asyncpg.TooManyConnectionsError())
+    assert not may_heal_by_waiting(asyncpg.InvalidPasswordError())
+    assert not may_heal_by_waiting(asyncpg.InvalidCatalogNameError())
