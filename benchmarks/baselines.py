@@ -25,8 +25,9 @@ from typing import Any
 import asyncpg
 
 from benchmarks.fleet import NETWORKS, STATUSES, BucketCursor, floor_bucket
-from benchmarks.prefill import HEARTBEAT_COLUMNS, set_codecs
-from service.ingest.statements import merge_heartbeats, prepare_connection
+from benchmarks.prefill import HEARTBEAT_COLUMNS
+from service.ingest.rows import HeartbeatRow
+from service.ingest.statements import merge_heartbeats, prepare_connection, set_json_codecs
 
 PER_ROW_INSERT = """
 INSERT INTO device_heartbeats (device_id, bucket_start, ts, status, battery_pct, app_version, network, extra)
@@ -84,7 +85,7 @@ async def raw_copy(
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     try:
         for conn in conns:
-            await set_codecs(conn)
+            await set_json_codecs(conn)
         chunks = iter(range(0, len(rows), batch))
 
         async def worker(conn: asyncpg.Connection) -> None:
@@ -114,7 +115,7 @@ async def per_row_insert(
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     try:
         for conn in conns:
-            await set_codecs(conn)
+            await set_json_codecs(conn)
         source = iter(rows)
         done = 0
         t0 = time.perf_counter()
@@ -150,7 +151,7 @@ async def writer_sql(
     """Rows stored per second by the writer's flush statements alone, `connections` flushes at
     a time (the writer runs two)."""
     staged = [
-        [(i, r[0], r[2], r[3], r[4], r[5], r[6], r[7]) for i, r in enumerate(rows[lo : lo + batch])]
+        [HeartbeatRow(r[0], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows[lo : lo + batch]]
         for lo in range(0, len(rows), batch)
     ]
     conns = [await asyncpg.connect(dsn) for _ in range(connections)]
@@ -167,7 +168,7 @@ async def writer_sql(
                     done = await merge_heartbeats(conn, part, bucket_seconds)
                 # Counted after the await: `stored += len(await …)` would read `stored` before
                 # the other worker's update and lose it.
-                stored += len(done)
+                stored += sum(done)
                 if advance:
                     advance(len(part))
 

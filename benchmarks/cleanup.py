@@ -20,10 +20,8 @@ the command's connection set-up and its exact count of the rows it drops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.util
-import io
 import os
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -115,28 +113,30 @@ async def _boundary(conn: asyncpg.Connection, mode: str) -> tuple[datetime | Non
     return row["b"], int(row["n"])
 
 
-def _command_available() -> bool:
-    return importlib.util.find_spec("service.retention.commands") is not None
-
-
-def _run_command(database_url: str, mode: str) -> None:
-    """`telemetry retention run device_heartbeats`, in this process, output discarded."""
-    from service.cli import main
-
-    env = {"DATABASE_URL": database_url, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_LOG_LEVEL": "WARNING"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            code = main(["retention", "run", "device_heartbeats"])
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    if code != 0:
-        raise RuntimeError(f"telemetry retention run exited with {code}")
+async def _run_command(database_url: str, mode: str) -> None:
+    """`telemetry retention run device_heartbeats` as its own process; raises with its stderr
+    when it fails (never falls back to another way of cleaning up)."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "TELEMETRY_STORAGE_MODE": mode,
+        "TELEMETRY_LOG_LEVEL": "WARNING",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "service",
+        "retention",
+        "run",
+        "device_heartbeats",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await proc.communicate()
+    if proc.returncode != 0:
+        tail = stderr.decode(errors="replace")[-2000:]
+        raise RuntimeError(f"telemetry retention run exited with {proc.returncode}: {tail}")
 
 
 async def _direct(conn: asyncpg.Connection, mode: str, prefix: str) -> tuple[str, float]:
@@ -191,16 +191,12 @@ async def measure(dsn: str, database_url: str, mode: str, *, use_command: bool =
         await tx.rollback()
         deleted = int(status.split()[-1])
 
-        method, cleanup_seconds = "", None
-        if use_command and _command_available():
+        if use_command:
             t = time.perf_counter()
-            try:
-                await asyncio.to_thread(_run_command, database_url, mode)
-                method, cleanup_seconds = "telemetry retention run device_heartbeats", time.perf_counter() - t
-            except Exception as exc:  # reported in `method`, then measured the direct way
-                method = f"(command failed: {exc}) "
-        if cleanup_seconds is None:
-            method, cleanup_seconds = await _direct(conn, mode, method)
+            await _run_command(database_url, mode)
+            method, cleanup_seconds = "telemetry retention run device_heartbeats", time.perf_counter() - t
+        else:
+            method, cleanup_seconds = await _direct(conn, mode, "")
         left = int(
             await conn.fetchval("SELECT count(*) FROM device_heartbeats WHERE bucket_start < $1", boundary)
         )

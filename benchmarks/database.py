@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 
+from service.db import storage_mode
 from service.db.embedded import EmbeddedPostgres
 from service.db.urls import asyncpg_dsn
 
@@ -98,14 +99,9 @@ async def server_versions(url: str) -> dict[str, str | None]:
 
 
 async def storage_mode_of(url: str) -> str:
-    """The mode the migrated database is in: hypertables mean timescale."""
+    """The mode the migrated database is in, as the service decides it."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        is_hypertable = await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'timescaledb')"
-            " AND EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-            " WHERE c.relname = 'device_heartbeats' AND c.relkind = 'r')"
-        )
+        return await storage_mode.detect(conn, "auto")
     finally:
         await conn.close()
-    return "timescale" if is_hypertable else "postgres"

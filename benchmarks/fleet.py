@@ -18,11 +18,13 @@ import random
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 import msgspec
+
+from service.api.heartbeats import bucket_start
 
 BUCKET = timedelta(seconds=10)
 GAP = timedelta(hours=3)
@@ -41,9 +43,8 @@ def ingest_device_id(tag: str, i: int) -> str:
 
 
 def floor_bucket(ts: datetime) -> datetime:
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    micros = (ts - epoch) // timedelta(microseconds=1)
-    return epoch + timedelta(microseconds=micros - micros % 10_000_000)
+    """The 10-second bucket the service stores `ts` in (its own computation)."""
+    return bucket_start(ts, int(BUCKET.total_seconds()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from benchmarks.fleet import NETWORKS, STATUSES, Timeline, floor_bucket
+from service.ingest.statements import set_json_codecs
 
 HEARTBEAT_COLUMNS = (
     "device_id",
@@ -36,17 +36,6 @@ HEARTBEAT_COLUMNS = (
     "extra",
 )
 COPY_BATCH = 20_000
-
-
-async def set_codecs(conn: asyncpg.Connection) -> None:
-    """Binary jsonb (version byte 1 + JSON text), so binary COPY can carry `extra`."""
-    await conn.set_type_codec(
-        "jsonb",
-        encoder=lambda v: b"\x01" + msgspec.json.encode(v),
-        decoder=lambda b: msgspec.json.decode(b[1:]),
-        schema="pg_catalog",
-        format="binary",
-    )
 
 
 def heartbeat_rows(
@@ -125,7 +114,7 @@ async def copy_heartbeats(
         nonlocal total
         conn = await asyncpg.connect(dsn)
         try:
-            await set_codecs(conn)
+            await set_json_codecs(conn)
             while (batch := await queue.get()) is not None:
                 await conn.copy_records_to_table(
                     "device_heartbeats", records=batch, columns=HEARTBEAT_COLUMNS
@@ -151,7 +140,7 @@ async def copy_dispatches(
         return []
     conn = await asyncpg.connect(dsn)
     try:
-        await set_codecs(conn)
+        await set_json_codecs(conn)
         first = await conn.fetchval(
             "SELECT setval('fcm_dispatches_id_seq', nextval('fcm_dispatches_id_seq') + $1) - $1 + 1", count
         )

@@ -18,31 +18,23 @@ import asyncpg
 import msgspec
 
 from service.api.credentials import OPERATOR_PREFIX, ROLES, Role, new_token, token_hash
-from service.api.enrollment import create_enrollment_token
 from service.api.schemas import EnrollmentTokenRequest
 from service.db.embedded import resolve_database_url
 from service.db.urls import asyncpg_dsn
+from service.enrollment_tokens import create_enrollment_token
+from service.retention.windows import parse_window
 from service.settings import Settings
 
-_DURATION = re.compile(r"^(?P<n>\d+)(?P<unit>[smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
 _NEVER = "never"
 _MAX_LIFETIME = timedelta(days=3650)
-
-
-def parse_duration(text: str) -> timedelta:
-    match = _DURATION.match(text.strip())
-    if not match:
-        raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 30m, 12h, 2d")
-    return timedelta(seconds=int(match["n"]) * _UNITS[match["unit"]])
 
 
 def parse_lifetime(text: str | None) -> timedelta | None:
     """An operator token's lifetime: a duration of at least 60 s, or `never` (None)."""
     if text is None or text.strip().lower() == _NEVER:
         return None
-    lifetime = parse_duration(text)
+    lifetime = parse_window(text)
     if not timedelta(minutes=1) <= lifetime <= _MAX_LIFETIME:
         raise ValueError("--expires-in must be between 60s and 3650d, or 'never'")
     return lifetime
@@ -218,7 +210,7 @@ async def _run(args: argparse.Namespace, url: str) -> int:
         elif args.verb == "create-enrollment-token":
             if args.max_uses < 1:
                 raise ValueError("--max-uses must be at least 1")
-            expires = parse_duration(args.expires_in)
+            expires = parse_window(args.expires_in)
             if expires < timedelta(minutes=1):
                 raise ValueError("--expires-in must be at least 60s")
             try:

@@ -75,7 +75,7 @@ def create_app(
         watchdog=watchdog,
         maintenance=maintenance,
     )
-    app[OPENAPI] = build_openapi()
+    app[OPENAPI] = build_openapi(ENDPOINTS)
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, guarded(endpoint.auth, endpoint.handler))
 

@@ -28,7 +28,7 @@ from service.migrations import verbs as migrate_verbs
 from service.migrations.verbs import NotConfirmed
 from service.settings import Settings, SettingsError
 
-log = logging.getLogger("telemetry")
+log = logging.getLogger(__name__)
 
 
 class _Version(argparse.Action):

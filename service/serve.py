@@ -11,27 +11,21 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-import asyncpg
 from aiohttp import web
 from alembic.script import ScriptDirectory
 
 from service.app import create_app, create_pool
 from service.cli_errors import explain
+from service.db import storage_mode
 from service.db.embedded import resolve_database_url
 from service.db.preflight import check_database, wait_for_database
-from service.db.storage_mode import PROBE_SQL, Probe, decide
 from service.migrations.commands import Migrator
-from service.settings import Settings, StorageMode
+from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.cli import Invocation
 
-log = logging.getLogger("telemetry.serve")
-
-
-async def detect_mode(pool: asyncpg.Pool, settings: Settings) -> StorageMode:
-    row = await pool.fetchrow(PROBE_SQL)
-    return decide(Probe(**dict(row)), settings.storage_mode)
+log = logging.getLogger(__name__)
 
 
 def head_revisions(migrator: Migrator) -> frozenset[str]:
@@ -71,7 +65,7 @@ async def _serve(settings: Settings, url: str, *, host: str, port: int, migrate:
         await asyncio.to_thread(migrator.upgrade, "head")
     pool = await create_pool(url, settings)
     try:
-        mode = await detect_mode(pool, settings)
+        mode = await storage_mode.detect(pool, settings.storage_mode)
         app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
         await runner.setup()

@@ -5,7 +5,8 @@ hash; the stored hash is then compared with `hmac.compare_digest`, so no compari
 material depends on how many leading characters match. Tokens are never logged.
 
 Device and operator lookups are cached for `cache_ttl` seconds (the heartbeat path would
-otherwise pay one query per request). A device revocation or re-enrollment made through this
+otherwise pay one query per request), in one cache of at most `cache_max_entries` credentials
+(past it, the entry stored longest ago goes first). A device revocation or re-enrollment made through this
 instance evicts its entries at once; one made through another instance, and an operator revoked,
 rotated or demoted with `telemetry admin …`, takes effect here within the TTL. An operator token
 is never cached past its own expiry.
@@ -17,8 +18,10 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import asyncpg
 
@@ -64,13 +67,51 @@ class DeviceIdentity:
     enrollment_token_id: int | None = None
 
 
+V = TypeVar("V")
+
+
+@dataclass
+class TtlCache(Generic[V]):
+    """Values that expire at their own deadline (time.monotonic()), at most `max_entries` of
+    them: a full cache forgets the entry stored first, never everything at once."""
+
+    max_entries: int
+    _entries: OrderedDict[str, tuple[V, float]] = field(default_factory=OrderedDict)
+
+    def get(self, key: str, now: float) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
+    def put(self, key: str, value: V, expires: float) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = (value, expires)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def discard_values(self, unwanted: Callable[[V], bool]) -> None:
+        for key, (value, _) in list(self._entries.items()):
+            if unwanted(value):
+                del self._entries[key]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
 @dataclass
 class Authenticator:
     pool: asyncpg.Pool
     cache_ttl: float = 5.0
+    cache_max_entries: int = 100_000
     watchdog: DatabaseWatchdog = field(default_factory=DatabaseWatchdog)
-    _devices: dict[str, tuple[DeviceIdentity, float]] = field(default_factory=dict)
-    _operators: dict[str, tuple[Operator, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Keyed by the token's hash: operator and device tokens never share one (prefixes differ).
+        self.cache: TtlCache[Operator | DeviceIdentity] = TtlCache(self.cache_max_entries)
 
     async def operator(self, token: str) -> Operator | None:
         """The operator of an active API token; `last_used_at` is updated on cache misses."""
@@ -78,9 +119,9 @@ class Authenticator:
             return None
         digest = token_hash(token)
         now = time.monotonic()
-        cached = self._operators.get(digest)
-        if cached and cached[1] > now:
-            return cached[0]
+        cached = self.cache.get(digest, now)
+        if isinstance(cached, Operator):
+            return cached
         with self.watchdog.track():
             row = await self.pool.fetchrow(
                 """
@@ -94,23 +135,21 @@ class Authenticator:
                 digest,
             )
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
-            self._operators.pop(digest, None)
+            self.cache.discard(digest)
             return None
         operator = Operator(row["user_id"], row["username"], row["id"], row["role"])
         ttl = self.cache_ttl if row["remaining"] is None else min(self.cache_ttl, row["remaining"])
-        if len(self._operators) > 10_000:
-            self._operators.clear()
-        self._operators[digest] = (operator, now + ttl)
+        self.cache.put(digest, operator, now + ttl)
         return operator
 
     async def device(self, token: str) -> DeviceIdentity | None:
         if not token.startswith(DEVICE_PREFIX):
             return None
         digest = token_hash(token)
-        cached = self._devices.get(digest)
         now = time.monotonic()
-        if cached and cached[1] > now:
-            return cached[0]
+        cached = self.cache.get(digest, now)
+        if isinstance(cached, DeviceIdentity):
+            return cached
         with self.watchdog.track():
             row = await self.pool.fetchrow(
                 "SELECT id, token_hash, enrollment_token_id FROM devices"
@@ -118,16 +157,12 @@ class Authenticator:
                 digest,
             )
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
-            self._devices.pop(digest, None)
+            self.cache.discard(digest)
             return None
         identity = DeviceIdentity(row["id"], row["enrollment_token_id"])
-        if len(self._devices) > 100_000:
-            self._devices.clear()
-        self._devices[digest] = (identity, now + self.cache_ttl)
+        self.cache.put(digest, identity, now + self.cache_ttl)
         return identity
 
     def forget_device(self, device_id: str) -> None:
         """Drop every cached credential of `device_id` (after a revocation or re-enrollment)."""
-        for digest, (identity, _) in list(self._devices.items()):
-            if identity.device_id == device_id:
-                del self._devices[digest]
+        self.cache.discard_values(lambda v: isinstance(v, DeviceIdentity) and v.device_id == device_id)

@@ -14,7 +14,8 @@ from service.api.responses import json_response
 from service.api.schemas import Dispatch, DispatchList, DispatchRequest
 from service.api.state import services
 from service.api.validation import decode, query_limit
-from service.ingest.statements import EXISTING_DISPATCHES, DispatchRecord
+from service.ingest.rows import DispatchRecord, DispatchRow
+from service.ingest.statements import EXISTING_DISPATCHES
 
 
 def _dispatch(record: DispatchRecord) -> Dispatch:
@@ -38,7 +39,9 @@ async def create_dispatch(request: web.Request) -> web.Response:
     body = await decode(request, DispatchRequest)
     async with svc.pool.acquire() as conn:
         await ensure_device_exists(conn, body.device_id)
-    row = (0, body.request_id, body.device_id, body.action, body.payload, datetime.now(UTC), operator.user_id)
+    row = DispatchRow(
+        body.request_id, body.device_id, body.action, body.payload, datetime.now(UTC), operator.user_id
+    )
     (outcome,) = await svc.writer.submit_dispatches([row], request_id=request_id.of(request))
     stored = outcome.dispatch
     if (

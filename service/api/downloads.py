@@ -19,6 +19,7 @@ from service.api.responses import json_response
 from service.api.schemas import ApkDownload, ApkDownloadResponse
 from service.api.state import services
 from service.api.validation import check_timestamp, decode
+from service.ingest.rows import DownloadRow
 
 
 def event_id(device_id: str, event_key: str | None) -> int:
@@ -52,7 +53,7 @@ async def post_download(request: web.Request) -> web.Response:
     row_id = event_id(device.device_id, body.event_key)
     (stored,) = await svc.writer.submit_downloads(
         [
-            (
+            DownloadRow(
                 row_id,
                 ts,
                 body.build_id,

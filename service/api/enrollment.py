@@ -28,42 +28,18 @@ from aiohttp import web
 
 from service.api.auth import require_operator
 from service.api.client_address import request_client
-from service.api.credentials import DEVICE_PREFIX, ENROLLMENT_PREFIX, new_token, token_hash
+from service.api.credentials import DEVICE_PREFIX, new_token, token_hash
 from service.api.errors import ApiError, not_found, unauthorized
 from service.api.responses import json_response
-from service.api.schemas import EnrollmentTokenRequest, EnrollmentTokenResponse, EnrollRequest, EnrollResponse
+from service.api.schemas import EnrollmentTokenRequest, EnrollRequest, EnrollResponse
 from service.api.state import services
 from service.api.validation import decode
+from service.enrollment_tokens import create_enrollment_token
 
 INVALID_ENROLLMENT = "invalid enrollment token"
 # Refused attempts are counted in one row per outcome, client address and window of this length.
 REFUSAL_WINDOW = timedelta(hours=1)
 _MAX_ID = 2**63 - 1
-
-
-async def create_enrollment_token(
-    conn: asyncpg.Connection | asyncpg.Pool, *, created_by: int | None, spec: EnrollmentTokenRequest
-) -> EnrollmentTokenResponse:
-    token = new_token(ENROLLMENT_PREFIX)
-    row = await conn.fetchrow(
-        "INSERT INTO enrollment_tokens (token_hash, scope, created_by, expires_at, max_uses, note, device_id)"
-        " VALUES ($1, $2, $3, now() + $4::interval, $5, $6, $7) RETURNING id, expires_at",
-        token_hash(token),
-        spec.scope,
-        created_by,
-        timedelta(seconds=spec.expires_in_seconds),
-        spec.max_uses,
-        spec.note,
-        spec.device_id,
-    )
-    return EnrollmentTokenResponse(
-        id=row["id"],
-        token=token,
-        scope=spec.scope,
-        expires_at=row["expires_at"],
-        max_uses=spec.max_uses,
-        device_id=spec.device_id,
-    )
 
 
 async def post_enrollment_token(request: web.Request) -> web.Response:

@@ -13,6 +13,7 @@ from service.api.responses import json_response
 from service.api.schemas import HeartbeatList, HeartbeatResult, HeartbeatsResponse, StoredHeartbeat
 from service.api.state import services
 from service.api.validation import check_timestamp, heartbeats_of, query_limit
+from service.ingest.rows import HeartbeatRow
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -30,7 +31,7 @@ async def post_heartbeats(request: web.Request) -> web.Response:
     settings = svc.settings
     heartbeats, is_batch = await heartbeats_of(request, settings.max_batch_heartbeats)
     now = datetime.now(UTC)
-    rows = []
+    rows: list[HeartbeatRow] = []
     for i, hb in enumerate(heartbeats):
         prefix = f"heartbeats[{i}]." if is_batch else ""
         ts = check_timestamp(
@@ -41,12 +42,14 @@ async def post_heartbeats(request: web.Request) -> web.Response:
             skew=settings.max_clock_skew,
         )
         rows.append(
-            (0, device.device_id, ts, hb.status, hb.battery_pct, hb.app_version, hb.network, hb.extra)
+            HeartbeatRow(
+                device.device_id, ts, hb.status, hb.battery_pct, hb.app_version, hb.network, hb.extra
+            )
         )
     stored = await svc.writer.submit_heartbeats(rows, request_id=request_id.of(request))
     bucket = settings.heartbeat_bucket_seconds
     results = [
-        HeartbeatResult(ts=row[2], bucket_start=bucket_start(row[2], bucket), stored=ok)
+        HeartbeatResult(ts=row.ts, bucket_start=bucket_start(row.ts, bucket), stored=ok)
         for row, ok in zip(rows, stored, strict=True)
     ]
     return json_response(HeartbeatsResponse(device_id=device.device_id, results=results))

@@ -7,12 +7,12 @@ import contextlib
 import logging
 import time
 
-import asyncpg
 from aiohttp import web
 
 from service.api import request_id
 from service.api.errors import ApiError, not_found, unavailable
 from service.api.state import SERVICES
+from service.db.errors import UNREACHABLE
 from service.db.watchdog import DatabaseStalled
 from service.ingest.writer import CommitUnconfirmed, QueueFull, WriteFailed, WriterClosed
 
@@ -61,7 +61,7 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
             )
         case web.HTTPException():
             return ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
-        case asyncpg.PostgresConnectionError() | asyncpg.CannotConnectNowError() | OSError() | TimeoutError():
+        case _ if isinstance(exc, UNREACHABLE):
             return unavailable("the database is unavailable", retry_after, code="storage_unavailable")
         case _:
             log.error(

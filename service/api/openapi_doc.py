@@ -2,31 +2,60 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from service.api import schemas
+from service.api.endpoint import TEXT_PARAMETER, Endpoint
+
 OPENAPI = web.AppKey("openapi", dict)
 
 
-def build_openapi() -> dict[str, Any]:
-    from service.api import schemas
-    from service.api.routes import ENDPOINTS
+def schema_types(endpoints: Iterable[Endpoint]) -> tuple[type, ...]:
+    """Every body type the endpoints take or answer with, each once, in table order."""
+    types: dict[type, None] = {}
+    for ep in endpoints:
+        for t in (*ep.request_types, *ep.responses.values(), *_derived(ep).values()):
+            if t is not None:
+                types.setdefault(t, None)
+    return tuple(types)
 
+
+def _derived(ep: Endpoint) -> dict[int, type | None]:
+    """The error statuses that follow from what the endpoint is, not from its handler."""
+    derived: dict[int, type | None] = {}
+    if ep.request is not None or ep.query:
+        derived[400] = schemas.ErrorBody  # malformed body or query parameter
+    if ep.auth != "none":
+        derived[401] = derived[403] = schemas.ErrorBody  # no credential; wrong kind or role
+    if ep.request is not None:
+        derived[422] = schemas.ErrorBody  # a field out of bounds
+    if ep.path.startswith("/v1/"):
+        derived[503] = schemas.ErrorBody  # every /v1/ endpoint needs the database
+    return derived
+
+
+def _ref(t: type) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{t.__name__}"}
+
+
+def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `endpoints`, as starlette's SchemaGenerator takes its routes."""
     _, components = msgspec.json.schema_components(
-        schemas.SCHEMA_TYPES, ref_template="#/components/schemas/{name}"
+        schema_types(endpoints), ref_template="#/components/schemas/{name}"
     )
     paths: dict[str, dict[str, Any]] = {}
-    for ep in ENDPOINTS:
+    for ep in endpoints:
         op: dict[str, Any] = {"summary": ep.summary, "operationId": ep.handler.__name__}
         params = [
-            {"name": name[1:-1], "in": "path", "required": True, "schema": _path_schema(name[1:-1])}
-            for name in ep.path.split("/")
-            if name.startswith("{")
+            {"name": name, "in": "path", "required": True, "schema": ep.path_params.get(name, TEXT_PARAMETER)}
+            for name in ep.path_names
         ]
         params += [
-            {"name": q, "in": "query", "required": False, "schema": _query_schema(q)} for q in ep.query
+            {"name": q, "in": "query", "required": False, "schema": schema} for q, schema in ep.query.items()
         ]
         if params:
             op["parameters"] = params
@@ -36,36 +65,21 @@ def build_openapi() -> dict[str, Any]:
             op["security"] = [{"operator": []}]
             op["description"] = _ROLES[ep.auth]
         if ep.request is not None:
-            op["requestBody"] = {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{ep.request.__name__}"}}
-                },
-            }
+            types = ep.request_types
+            schema = _ref(types[0]) if len(types) == 1 else {"oneOf": [_ref(t) for t in types]}
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
         responses: dict[str, Any] = {}
-        declared = dict(ep.responses)
-        if ep.path.startswith("/v1/"):  # every /v1/ endpoint needs the database
-            declared.setdefault(503, schemas.ErrorBody)
+        declared = {**_derived(ep), **ep.responses}
         for status, body in sorted(declared.items()):
             entry: dict[str, Any] = {"description": _describe(status)}
             if body is not None:
-                entry["content"] = {
-                    "application/json": {"schema": {"$ref": f"#/components/schemas/{body.__name__}"}}
-                }
+                entry["content"] = {"application/json": {"schema": _ref(body)}}
             entry["headers"] = {"X-Request-ID": _REQUEST_ID}
             if body is schemas.ErrorBody and status in _ERROR_HEADERS:
                 entry["headers"] |= _ERROR_HEADERS[status]
             responses[str(status)] = entry
         op["responses"] = responses
         paths.setdefault(ep.path, {})[ep.method.lower()] = op
-    if "/v1/heartbeats" in paths:
-        body = paths["/v1/heartbeats"]["post"]["requestBody"]["content"]["application/json"]
-        body["schema"] = {
-            "oneOf": [
-                {"$ref": "#/components/schemas/Heartbeat"},
-                {"$ref": "#/components/schemas/HeartbeatBatch"},
-            ]
-        }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -90,24 +104,6 @@ _ROLES = {
     "viewer": "Any operator: roles `admin` and `viewer`.",
     "admin": "Operators with role `admin` only (a `viewer` gets 403).",
 }
-
-
-_QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
-    "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-    "from": {"type": "string", "format": "date-time", "description": "Default: a span before `to`"},
-    "to": {"type": "string", "format": "date-time", "description": "Default: now"},
-    "bucket": {"type": "string", "enum": ["1h", "1d"], "default": "1h"},
-}
-
-
-def _query_schema(name: str) -> dict[str, Any]:
-    return _QUERY_SCHEMAS[name]
-
-
-def _path_schema(name: str) -> dict[str, Any]:
-    if name == "token_id":  # a database id
-        return {"type": "integer", "format": "int64", "minimum": 1}
-    return {"type": "string", "minLength": 1}
 
 
 _REQUEST_ID = {

@@ -233,27 +233,6 @@ class Health(Struct):
     problems: list[str] = msgspec.field(default_factory=list)
 
 
-SCHEMA_TYPES: tuple[type, ...] = (
-    Heartbeat,
-    HeartbeatBatch,
-    HeartbeatsResponse,
-    ApkDownload,
-    ApkDownloadResponse,
-    EnrollRequest,
-    EnrollResponse,
-    EnrollmentTokenRequest,
-    EnrollmentTokenResponse,
-    DispatchRequest,
-    Dispatch,
-    DispatchList,
-    HeartbeatList,
-    DeviceSummary,
-    DeviceState,
-    ErrorBody,
-    Health,
-)
-
-
 # --- history (rollups plus the raw tail; see service.api.history) ------------------------------
 
 
@@ -297,5 +276,3 @@ class FleetHistory(Struct):
     materialized_until: datetime | None = None
     buckets: list[FleetHistoryBucket] = msgspec.field(default_factory=list)
 
-
-SCHEMA_TYPES += (DeviceHistory, FleetHistory)

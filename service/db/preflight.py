@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable
 
 import asyncpg
 
-from service.db.storage_mode import PROBE_SQL, Probe, decide
+from service.db import storage_mode
+from service.db.errors import may_heal_by_waiting
 from service.db.urls import asyncpg_dsn
 from service.settings import Settings, StorageMode
 
@@ -58,9 +58,7 @@ async def check_database(
     """Connect, decide the storage mode, and (given head revisions) insist on them."""
     conn = await connect(url, settings)
     try:
-        row = await conn.fetchrow(PROBE_SQL)
-        assert row is not None
-        mode = decide(Probe(**dict(row)), settings.storage_mode)
+        mode = await storage_mode.detect(conn, settings.storage_mode)
         if need_head is not None:
             current = await current_revisions(conn)
             if current != need_head:
@@ -68,15 +66,6 @@ async def check_database(
         return mode
     finally:
         await conn.close()
-
-
-def may_heal(exc: BaseException) -> bool:
-    """Failures worth waiting out: the server is not (yet) there or not (yet) accepting."""
-    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
-        return True
-    if isinstance(exc, asyncpg.PostgresError):
-        return False
-    return isinstance(exc, OSError | socket.gaierror | TimeoutError | asyncpg.InterfaceError)
 
 
 async def wait_for_database(
@@ -97,7 +86,7 @@ async def wait_for_database(
             conn = await connect(url, settings)
         except Exception as exc:
             left = deadline - time.monotonic()
-            if not may_heal(exc) or left <= 0:
+            if not may_heal_by_waiting(exc) or left <= 0:
                 raise
             pause = min(delay, left)
             log.warning(

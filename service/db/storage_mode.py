@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
+
 from service.settings import ModeChoice, StorageMode
 
 PROBE_SQL = """
@@ -39,6 +41,25 @@ class Probe:
     @property
     def timescale_loadable(self) -> bool:
         return self.installed or (self.available and "timescaledb" in self.preload)
+
+    @property
+    def built(self) -> StorageMode | None:
+        """The mode the heartbeats table was built in; None before the first migration."""
+        if self.heartbeats_relkind is None:
+            return None
+        return "postgres" if self.heartbeats_relkind == "p" else "timescale"
+
+
+async def probe(conn: asyncpg.Connection | asyncpg.Pool) -> Probe:
+    """What the database offers and holds, for `decide`."""
+    row = await conn.fetchrow(PROBE_SQL)
+    assert row is not None
+    return Probe(**dict(row))
+
+
+async def detect(conn: asyncpg.Connection | asyncpg.Pool, forced: ModeChoice) -> StorageMode:
+    """The mode to run in: `decide` on what `conn`'s database offers and holds."""
+    return decide(await probe(conn), forced)
 
 
 def decide(probe: Probe, forced: ModeChoice) -> StorageMode:

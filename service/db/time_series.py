@@ -19,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from service.settings import StorageMode
+from service.db import locks
+from service.settings import RetentionWindows, StorageMode
 
 PARTITION_SCHEMA = "telemetry_partitions"
 
@@ -32,9 +33,12 @@ class TimeSeriesTable:
     default_window: timedelta
 
 
-HEARTBEATS = TimeSeriesTable("device_heartbeats", "bucket_start", timedelta(hours=2), timedelta(days=2))
-DISPATCHES = TimeSeriesTable("fcm_dispatches", "sent_at", timedelta(hours=6), timedelta(days=2))
-DOWNLOADS = TimeSeriesTable("apk_download_events", "ts", timedelta(days=1), timedelta(days=7))
+_DEFAULTS = RetentionWindows()  # the one place the default windows are written
+HEARTBEATS = TimeSeriesTable(
+    "device_heartbeats", "bucket_start", timedelta(hours=2), _DEFAULTS.device_heartbeats
+)
+DISPATCHES = TimeSeriesTable("fcm_dispatches", "sent_at", timedelta(hours=6), _DEFAULTS.fcm_dispatches)
+DOWNLOADS = TimeSeriesTable("apk_download_events", "ts", timedelta(days=1), _DEFAULTS.apk_download_events)
 TIME_SERIES_TABLES: tuple[TimeSeriesTable, ...] = (HEARTBEATS, DISPATCHES, DOWNLOADS)
 BY_NAME = {t.name: t for t in TIME_SERIES_TABLES}
 
@@ -61,7 +65,7 @@ DECLARE
     created integer := 0;
 BEGIN
     -- One creator per table at a time: concurrent CREATE TABLE IF NOT EXISTS can still collide.
-    PERFORM pg_advisory_xact_lock(hashtext('telemetry_partitions:' || parent));
+    PERFORM pg_advisory_xact_lock({locks.partitions_sql("parent")});
     WHILE lo <= to_ts LOOP
         part := format('%s_p%s', parent, to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MI'));
         IF to_regclass(format('{PARTITION_SCHEMA}.%I', part)) IS NULL THEN
@@ -104,7 +108,7 @@ LANGUAGE plpgsql AS $fn$
 DECLARE
     r record;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('telemetry_partitions:' || parent));
+    PERFORM pg_advisory_xact_lock({locks.partitions_sql("parent")});
     FOR r IN SELECT * FROM telemetry_partition_bounds(parent) b WHERE b.range_end <= older_than
     LOOP
         EXECUTE format('DROP TABLE {PARTITION_SCHEMA}.%I', r.partition_name);
@@ -292,11 +296,3 @@ def drop_dispatch_key_expiry(execute: Execute, mode: StorageMode) -> None:
     execute(f"DROP PROCEDURE IF EXISTS {DISPATCH_KEY_EXPIRY_PROCEDURE}(integer, jsonb)")
     execute(f"DROP FUNCTION IF EXISTS {DISPATCH_KEY_EXPIRE_FUNCTION}(integer)")
     execute(f"DROP FUNCTION IF EXISTS {DISPATCH_KEY_CUTOFF_FUNCTION}()")
-
-
-# --- retention locks ---------------------------------------------------------------------------
-
-# The advisory lock key text the partition functions above take per table
-# (`hashtext('telemetry_partitions:' || parent)`); callers that must not interleave with them
-# (counting a partition's rows right before it is dropped) take the same transaction lock.
-PARTITION_LOCK_PREFIX = "telemetry_partitions:"

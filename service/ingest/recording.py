@@ -10,21 +10,17 @@ guarantee either way.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
 
+from service.db.errors import ABORTED_TRANSACTION
 from service.ingest import statements
-from service.ingest.statements import DispatchRecord
+from service.ingest.rows import DispatchOutcome, DispatchRow, HeartbeatRow
 
 T = TypeVar("T")
 
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-)
 MAX_ATTEMPTS = 5
 
 
@@ -34,16 +30,10 @@ async def in_transaction(conn: asyncpg.Connection, work: Callable[[asyncpg.Conne
         try:
             async with conn.transaction():
                 return await work(conn)
-        except TRANSIENT_ERRORS:
+        except ABORTED_TRANSACTION:
             if attempt == MAX_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
-
-
-@dataclass(frozen=True, slots=True)
-class DispatchResult:
-    created: bool
-    dispatch: DispatchRecord
 
 
 async def record_fcm_dispatch(
@@ -54,17 +44,15 @@ async def record_fcm_dispatch(
     action: str,
     payload: dict[str, Any] | None = None,
     created_by: int | None = None,
-) -> DispatchResult:
+) -> DispatchOutcome:
     """Record a dispatch once per `request_id`: `created` is False when it already existed,
     and `dispatch` is then the existing one (whoever created it, on whichever instance)."""
     await statements.prepare_connection(conn)
-    row = (0, request_id, device_id, action, payload, datetime.now(UTC), created_by)
+    row = DispatchRow(request_id, device_id, action, payload, datetime.now(UTC), created_by)
 
-    async def work(c: asyncpg.Connection) -> DispatchResult:
-        created, existing = await statements.merge_dispatches(c, [row])
-        if request_id in created:
-            return DispatchResult(True, created[request_id])
-        return DispatchResult(False, existing[request_id])
+    async def work(c: asyncpg.Connection) -> DispatchOutcome:
+        (outcome,) = await statements.merge_dispatches(c, [row])
+        return outcome
 
     return await in_transaction(conn, work)
 
@@ -85,8 +73,7 @@ async def record_heartbeat_with_bucketing(
         for k, v in heartbeat_data.items()
         if k not in ("status", "battery_pct", "app_version", "network")
     }
-    row = (
-        0,
+    row = HeartbeatRow(
         device_id,
         ts or datetime.now(UTC),
         heartbeat_data["status"],
@@ -97,6 +84,7 @@ async def record_heartbeat_with_bucketing(
     )
 
     async def work(c: asyncpg.Connection) -> bool:
-        return bool(await statements.merge_heartbeats(c, [row], bucket_seconds))
+        (stored,) = await statements.merge_heartbeats(c, [row], bucket_seconds)
+        return stored
 
     return await in_transaction(conn, work)

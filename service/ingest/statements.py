@@ -9,12 +9,11 @@ absorbed; created or existing) can be handed back to the request that sent the r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 import asyncpg
 import msgspec
+
+from service.ingest.rows import DispatchOutcome, DispatchRecord, DispatchRow, DownloadRow, HeartbeatRow
 
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_heartbeats (
@@ -109,32 +108,14 @@ WHERE k.request_id = ANY($1::text[])
 """
 
 
-@dataclass(frozen=True, slots=True)
-class DispatchRecord:
-    id: int
-    request_id: str
-    device_id: str | None
-    action: str | None
-    payload: dict[str, Any] | None
-    sent_at: datetime
-    status: str
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> DispatchRecord:
-        return cls(
-            id=row["id"],
-            request_id=row["request_id"],
-            device_id=row["device_id"],
-            action=row["action"],
-            payload=row["payload"],
-            sent_at=row["sent_at"],
-            # The key outlived its dispatch row: retention dropped the dispatch's chunk.
-            status=row["status"] if row["status"] is not None else "expired",
-        )
-
-
 async def prepare_connection(conn: asyncpg.Connection) -> None:
     """Per-connection setup: JSON codecs and the staging tables."""
+    await set_json_codecs(conn)
+    await conn.execute(STAGING_DDL)
+
+
+async def set_json_codecs(conn: asyncpg.Connection) -> None:
+    """JSON in and out as Python values, in binary format."""
     # Binary codecs so that binary COPY can carry JSON; jsonb's binary form is a version byte
     # (1) followed by the JSON text.
     await conn.set_type_codec(
@@ -151,39 +132,51 @@ async def prepare_connection(conn: asyncpg.Connection) -> None:
         schema="pg_catalog",
         format="binary",
     )
-    await conn.execute(STAGING_DDL)
+
+
+def numbered(rows: Sequence[tuple[object, ...]]) -> list[tuple[object, ...]]:
+    """The rows as staged: each led by its `ord`, its position in the flush."""
+    return [(ord_, *row) for ord_, row in enumerate(rows)]
 
 
 async def merge_heartbeats(
-    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]], bucket_seconds: int
-) -> set[int]:
-    await conn.copy_records_to_table("stage_heartbeats", records=rows, columns=HEARTBEAT_COLUMNS)
-    stored = await conn.fetch(MERGE_HEARTBEATS, float(bucket_seconds))
-    return {r["ord"] for r in stored}
+    conn: asyncpg.Connection, rows: Sequence[HeartbeatRow], bucket_seconds: int
+) -> list[bool]:
+    """Per row: stored (True), or absorbed by its device's bucket (False)."""
+    await conn.copy_records_to_table("stage_heartbeats", records=numbered(rows), columns=HEARTBEAT_COLUMNS)
+    stored = {r["ord"] for r in await conn.fetch(MERGE_HEARTBEATS, float(bucket_seconds))}
+    return [ord_ in stored for ord_ in range(len(rows))]
 
 
-async def merge_dispatches(
-    conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]
-) -> tuple[dict[str, DispatchRecord], dict[str, DispatchRecord]]:
-    """(created by this flush, already existing) dispatches, each keyed by request_id."""
-    await conn.copy_records_to_table("stage_dispatches", records=rows, columns=DISPATCH_COLUMNS)
+async def merge_dispatches(conn: asyncpg.Connection, rows: Sequence[DispatchRow]) -> list[DispatchOutcome]:
+    """Per row: whether it created the dispatch (only the first row of a request_id in the
+    flush can), and the dispatch stored under its request_id."""
+    await conn.copy_records_to_table("stage_dispatches", records=numbered(rows), columns=DISPATCH_COLUMNS)
     created = {r["request_id"]: DispatchRecord.from_row(r) for r in await conn.fetch(MERGE_DISPATCHES)}
-    others = list({row[1] for row in rows} - created.keys())
+    others = list({row.request_id for row in rows} - created.keys())
     existing: dict[str, DispatchRecord] = {}
     if others:
         for r in await conn.fetch(EXISTING_DISPATCHES, others):
             existing[r["request_id"]] = DispatchRecord.from_row(r)
-    return created, existing
+    outcomes: list[DispatchOutcome] = []
+    seen: set[str] = set()
+    for row in rows:
+        if row.request_id in created:
+            outcomes.append(DispatchOutcome(row.request_id not in seen, created[row.request_id]))
+        else:
+            outcomes.append(DispatchOutcome(False, existing[row.request_id]))
+        seen.add(row.request_id)
+    return outcomes
 
 
-async def merge_downloads(conn: asyncpg.Connection, rows: Sequence[tuple[Any, ...]]) -> list[bool]:
+async def merge_downloads(conn: asyncpg.Connection, rows: Sequence[DownloadRow]) -> list[bool]:
     """Per row: stored (True), or already there under its (id, ts), e.g. a retried event with
     a client key, or an earlier row of the same flush (False)."""
     await conn.copy_records_to_table("stage_downloads", records=rows, columns=DOWNLOAD_COLUMNS)
     inserted = {(r["id"], r["ts"]) for r in await conn.fetch(MERGE_DOWNLOADS)}
     stored = []
     for row in rows:
-        key = (row[0], row[1])
+        key = (row.id, row.ts)
         stored.append(key in inserted)
         inserted.discard(key)  # a duplicate later in the flush was not the stored one
     return stored

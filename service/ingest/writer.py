@@ -5,8 +5,9 @@ States: `created` → `running` (after `start`) → `draining` (after `stop` beg
 Guarantees:
 * A `submit_*` call returns only after its rows are committed (or found already stored: a
   heartbeat absorbed by its bucket, a dispatch whose `request_id` exists). Rows of many
-  requests share one transaction: one binary COPY per table into a staging table, one
-  set-based `INSERT … ON CONFLICT` per table, one COMMIT.
+  requests share one transaction: each kind's `Merge` (`ingest/merges.py`) stages its rows
+  with one binary COPY and stores them with one set-based `INSERT … ON CONFLICT`, kinds
+  always in the same order, then one COMMIT.
 * A batch starts when `batch_max_rows` rows wait or `batch_window` after its first row arrived,
   whichever is first; `flushers` batches may be in flight at once.
 * The queue holds at most `queue_max_rows` rows: past that, `submit_*` raises `QueueFull`
@@ -28,6 +29,8 @@ Guarantees:
   request that causes it gets `WriteFailed(transient=False)`, with a generic message and its
   `request_id`; the exception itself is logged under that id. Every other request commits
   and gets its result.
+* The constructor checks its arguments, as asyncpg's `Pool` does: a value out of range raises
+  `ValueError` naming the argument, before anything runs.
 * `stop()` refuses new submissions (`WriterClosed`), flushes everything already queued, then
   returns. It does not cut in-flight flushes short.
 """
@@ -44,48 +47,21 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import asyncpg
 
+from service.db.errors import is_transient
 from service.db.watchdog import DatabaseWatchdog
-from service.ingest import statements
-from service.ingest.recording import TRANSIENT_ERRORS
-from service.ingest.statements import DispatchRecord
+from service.ingest import merges, statements
+from service.ingest.merges import Merge
+from service.ingest.rows import DispatchOutcome, DispatchRow, DownloadRow, HeartbeatRow
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["heartbeats", "dispatches", "downloads"]
-TABLE_OF: dict[Kind, str] = {
-    "heartbeats": "device_heartbeats",
-    "dispatches": "fcm_dispatches",
-    "downloads": "apk_download_events",
-}
-
-# Client-side errors are about the rows, not the connection: retrying cannot help. asyncpg's
-# `DataError` (a value its encoder refuses) subclasses InterfaceError, which RETRYABLE holds
-# for "connection is closed", so these are caught first.
-NOT_RETRYABLE: tuple[type[BaseException], ...] = (
-    asyncpg.exceptions._base.DataError,
-    asyncpg.exceptions.ClientConfigurationError,
-    asyncpg.exceptions.UnsupportedClientFeatureError,
-    asyncpg.exceptions.UnsupportedServerFeatureError,
-)
-
-RETRYABLE: tuple[type[BaseException], ...] = (
-    *TRANSIENT_ERRORS,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.TooManyConnectionsError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-)
-
+RowT = TypeVar("RowT", bound=tuple[object, ...])
+ResultT = TypeVar("ResultT")
 
 # What callers are told: never the exception's text (it may quote SQL or other rows).
 REFUSED = "the rows could not be stored; nothing was stored for this request"
@@ -127,16 +103,10 @@ class WriteFailed(WriterError):
         self.request_id = request_id
 
 
-@dataclass(frozen=True, slots=True)
-class DispatchOutcome:
-    created: bool
-    dispatch: DispatchRecord
-
-
 @dataclass(eq=False)
 class _Request:
-    kind: Kind
-    rows: Sequence[tuple[Any, ...]]
+    merge: Merge[Any, Any]
+    rows: Sequence[tuple[object, ...]]
     future: asyncio.Future[Any]
     request_id: str
     enqueued_at: float = field(default_factory=time.monotonic)
@@ -158,6 +128,22 @@ class GroupCommitWriter:
     watchdog: DatabaseWatchdog = field(default_factory=DatabaseWatchdog)
 
     def __post_init__(self) -> None:
+        _check_positive("batch_window", self.batch_window.total_seconds())
+        _check_at_least("batch_max_rows", self.batch_max_rows, 1)
+        _check_at_least("queue_max_rows", self.queue_max_rows, 1)
+        _check_at_least("bucket_seconds", self.bucket_seconds, 1)
+        _check_at_least("retry_attempts", self.retry_attempts, 1)
+        _check_at_least("retry_base_delay", self.retry_base_delay, 0)
+        _check_at_least("retry_max_delay", self.retry_max_delay, self.retry_base_delay)
+        _check_at_least("flushers", self.flushers, 1)
+        _check_positive("ack_timeout", self.ack_timeout)
+        # The order every transaction takes the kinds in, so that two flushes never wait on
+        # each other's rows in opposite orders.
+        self._merges: tuple[Merge[Any, Any], ...] = (
+            merges.heartbeats(self.bucket_seconds),
+            merges.DISPATCHES,
+            merges.DOWNLOADS,
+        )
         self.state = WriterState.CREATED
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
@@ -204,10 +190,12 @@ class GroupCommitWriter:
             self.metrics.rejected_writes.labels("queue_full").inc()
             raise QueueFull(f"write queue full ({self._queued_rows} rows waiting)")
 
-    async def _submit(self, kind: Kind, rows: Sequence[tuple[Any, ...]], request_id: str | None) -> Any:
+    async def _submit(
+        self, merge: Merge[RowT, ResultT], rows: Sequence[RowT], request_id: str | None
+    ) -> list[ResultT]:
         self.ensure_capacity(len(rows))
         request = _Request(
-            kind, rows, asyncio.get_running_loop().create_future(), request_id or uuid.uuid4().hex
+            merge, rows, asyncio.get_running_loop().create_future(), request_id or uuid.uuid4().hex
         )
         # Mark the outcome as seen even when the caller has gone (no "never retrieved" noise).
         request.future.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -217,7 +205,8 @@ class GroupCommitWriter:
         self._wakeup.set()
         # The flush goes on even if this caller is cancelled (client went away) or times out.
         try:
-            return await asyncio.wait_for(asyncio.shield(request.future), self.ack_timeout)
+            results: list[ResultT] = await asyncio.wait_for(asyncio.shield(request.future), self.ack_timeout)
+            return results
         except TimeoutError:
             self.metrics.failed_writes.labels("unconfirmed").inc()
             raise CommitUnconfirmed(
@@ -225,40 +214,53 @@ class GroupCommitWriter:
             ) from None
 
     async def submit_heartbeats(
-        self, rows: Sequence[tuple[Any, ...]], *, request_id: str | None = None
+        self, rows: Sequence[HeartbeatRow], *, request_id: str | None = None
     ) -> list[bool]:
-        """Rows as `statements.HEARTBEAT_COLUMNS` (any `ord`); returns stored (True) or
-        absorbed by the device's bucket (False), per row."""
-        return await self._submit("heartbeats", rows, request_id)
+        """Returns stored (True) or absorbed by the device's bucket (False), per row."""
+        return await self._submit(self._merges[0], rows, request_id)
 
     async def submit_dispatches(
-        self, rows: Sequence[tuple[Any, ...]], *, request_id: str | None = None
+        self, rows: Sequence[DispatchRow], *, request_id: str | None = None
     ) -> list[DispatchOutcome]:
-        """Rows as `statements.DISPATCH_COLUMNS`; returns per row whether it created the
-        dispatch, and the dispatch stored under its request_id."""
-        return await self._submit("dispatches", rows, request_id)
+        """Returns per row whether it created the dispatch, and the dispatch stored under its
+        request_id."""
+        return await self._submit(self._merges[1], rows, request_id)
 
     async def submit_downloads(
-        self, rows: Sequence[tuple[Any, ...]], *, request_id: str | None = None
+        self, rows: Sequence[DownloadRow], *, request_id: str | None = None
     ) -> list[bool]:
-        """Rows as `statements.DOWNLOAD_COLUMNS` (ids chosen by the caller); returns stored
-        (True) or already there under the same (id, ts) (False), per row.
+        """Rows with ids chosen by the caller; returns stored (True) or already there under the
+        same (id, ts) (False), per row.
 
         Every `submit_*` takes the caller's `request_id` (default: a new one), which a
         `WriteFailed` carries and the log line about its cause names."""
-        return await self._submit("downloads", rows, request_id)
+        return await self._submit(self._merges[2], rows, request_id)
 
     # -- flushing ------------------------------------------------------------------------------
 
     async def _next_batch(self) -> list[_Request] | None:
         """Wait for a batch: None once draining and empty."""
-        while not self._queue:
-            if self.state is not WriterState.RUNNING:
-                return None
-            self._wakeup.clear()
-            await self._wakeup.wait()
-        window = self.batch_window.total_seconds()
-        deadline = self._queue[0].enqueued_at + window
+        while True:
+            while not self._queue:
+                if self.state is not WriterState.RUNNING:
+                    return None
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._wait_for_window()
+            batch: list[_Request] = []
+            rows = 0
+            while self._queue and (not batch or rows + len(self._queue[0].rows) <= self.batch_max_rows):
+                request = self._queue.popleft()
+                batch.append(request)
+                rows += len(request.rows)
+            if batch:  # else another flusher took the queue while this one waited
+                self._queued_rows -= rows
+                self.metrics.queue_rows.set(self._queued_rows)
+                return batch
+
+    async def _wait_for_window(self) -> None:
+        """Until the oldest request's window closes, the batch is full, or the writer drains."""
+        deadline = self._queue[0].enqueued_at + self.batch_window.total_seconds()
         while (
             self.state is WriterState.RUNNING
             and self._queued_rows < self.batch_max_rows
@@ -267,17 +269,6 @@ class GroupCommitWriter:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-        batch: list[_Request] = []
-        rows = 0
-        while self._queue and (not batch or rows + len(self._queue[0].rows) <= self.batch_max_rows):
-            request = self._queue.popleft()
-            batch.append(request)
-            rows += len(request.rows)
-        if not batch:
-            return await self._next_batch()
-        self._queued_rows -= rows
-        self.metrics.queue_rows.set(self._queued_rows)
-        return batch
 
     async def _flush_loop(self) -> None:
         while True:
@@ -323,7 +314,7 @@ class GroupCommitWriter:
             "request %s: %d %s row(s) refused; nothing stored for it",
             request.request_id,
             len(request.rows),
-            request.kind,
+            request.merge.kind,
             exc_info=exc,
         )
         self._fail([request], WriteFailed(REFUSED, transient=False, request_id=request.request_id))
@@ -343,9 +334,12 @@ class GroupCommitWriter:
                 with self.watchdog.track():  # each attempt, not the backoff between them
                     async with self.pool.acquire() as conn:
                         return await self._commit(conn, batch)
-            except NOT_RETRYABLE:
-                raise
-            except RETRYABLE as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    if isinstance(exc, asyncpg.PostgresError) and statements.is_missing_partition(exc):
+                        await self._create_missing_partitions()
+                        continue
+                    raise
                 if attempt == self.retry_attempts:
                     log.error("flush failed %d times; last error: %r", attempt, exc)
                     raise WriteFailed(UNAVAILABLE, transient=True) from exc
@@ -355,11 +349,6 @@ class GroupCommitWriter:
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_delay)
-            except asyncpg.PostgresError as exc:
-                if statements.is_missing_partition(exc):
-                    await self._create_missing_partitions()
-                    continue
-                raise
         raise WriteFailed(UNAVAILABLE, transient=True)
 
     async def _create_missing_partitions(self) -> None:
@@ -368,66 +357,33 @@ class GroupCommitWriter:
             await conn.execute(statements.ENSURE_PARTITIONS_NOW)
 
     async def _commit(self, conn: asyncpg.Connection, batch: list[_Request]) -> list[Any]:
-        """Stage and merge every table of the batch in one transaction; per-request results."""
-        by_kind: dict[Kind, list[tuple[int, _Request]]] = {}
-        for index, request in enumerate(batch):
-            by_kind.setdefault(request.kind, []).append((index, request))
+        """Stage and merge every kind of the batch in one transaction; per-request results."""
         results: list[Any] = [None] * len(batch)
-        written: dict[str, tuple[int, int]] = {}
+        written: list[tuple[str, int, int]] = []
         async with conn.transaction():
-            if "heartbeats" in by_kind:
-                written["device_heartbeats"] = await self._heartbeats(conn, by_kind["heartbeats"], results)
-            if "dispatches" in by_kind:
-                written["fcm_dispatches"] = await self._dispatches(conn, by_kind["dispatches"], results)
-            if "downloads" in by_kind:
-                rows = [row for _, request in by_kind["downloads"] for row in request.rows]
-                stored = await statements.merge_downloads(conn, rows)
-                offset = 0
-                for index, request in by_kind["downloads"]:
-                    results[index] = stored[offset : offset + len(request.rows)]
-                    offset += len(request.rows)
-                written["apk_download_events"] = (sum(stored), len(rows) - sum(stored))
-        for table, (stored, absorbed) in written.items():
+            for merge in self._merges:
+                indexes = [i for i, request in enumerate(batch) if request.merge is merge]
+                if not indexes:
+                    continue
+                per_request = await merge.merge(conn, [batch[i].rows for i in indexes])
+                stored = rows = 0
+                for index, request_results in zip(indexes, per_request, strict=True):
+                    results[index] = request_results
+                    rows += len(request_results)
+                    stored += sum(1 for result in request_results if merge.stored(result))
+                written.append((merge.table, stored, rows - stored))
+        for table, stored, absorbed in written:
             self.metrics.rows_written.labels(table).inc(stored)
             if absorbed:
                 self.metrics.rows_absorbed.labels(table).inc(absorbed)
         return results
 
-    async def _heartbeats(
-        self, conn: asyncpg.Connection, items: list[tuple[int, _Request]], results: list[Any]
-    ) -> tuple[int, int]:
-        rows: list[tuple[Any, ...]] = []
-        for _, request in items:
-            for row in request.rows:
-                rows.append((len(rows), *row[1:]))
-        stored = await statements.merge_heartbeats(conn, rows, self.bucket_seconds)
-        ord_ = 0
-        for index, request in items:
-            results[index] = [(ord_ + i) in stored for i in range(len(request.rows))]
-            ord_ += len(request.rows)
-        return len(stored), len(rows) - len(stored)
 
-    async def _dispatches(
-        self, conn: asyncpg.Connection, items: list[tuple[int, _Request]], results: list[Any]
-    ) -> tuple[int, int]:
-        rows: list[tuple[Any, ...]] = []
-        for _, request in items:
-            for row in request.rows:
-                rows.append((len(rows), *row[1:]))
-        created, existing = await statements.merge_dispatches(conn, rows)
-        first_ord: dict[str, int] = {}
-        for row in rows:
-            first_ord.setdefault(row[1], row[0])
-        ord_ = 0
-        for index, request in items:
-            outcomes = []
-            for i, row in enumerate(request.rows):
-                request_id = row[1]
-                if request_id in created:
-                    was_first = first_ord[request_id] == ord_ + i
-                    outcomes.append(DispatchOutcome(was_first, created[request_id]))
-                else:
-                    outcomes.append(DispatchOutcome(False, existing[request_id]))
-            results[index] = outcomes
-            ord_ += len(request.rows)
-        return len(created), len(rows) - len(created)
+def _check_at_least(name: str, value: float, least: float) -> None:
+    if value < least:
+        raise ValueError(f"{name} is expected to be greater than or equal to {least:g}, got {value!r}")
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} is expected to be greater than zero, got {value!r}")

@@ -22,7 +22,7 @@ from service.migrations.backup import restore_command, write_backup
 from service.migrations.commands import Migrator
 from service.settings import Settings
 
-log = logging.getLogger("telemetry.deploy")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

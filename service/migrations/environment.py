@@ -18,12 +18,10 @@ from typing import Any
 from sqlalchemy import Connection, pool, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.db import models
-from service.db.storage_mode import PROBE_SQL, Probe, decide
+from service.db import locks, models
+from service.db import storage_mode as storage_modes
 from service.db.urls import sqlalchemy_async_url
 from service.settings import Settings, StorageMode
-
-MIGRATION_LOCK_KEY = 0x7E1E_3E7  # any constant shared by every instance of this service
 
 _IGNORED_SCHEMAS_PREFIXES = ("_timescaledb", "timescaledb_", "telemetry_partitions")
 
@@ -80,18 +78,14 @@ def _run_offline(context: Any) -> None:
         settings=settings,
     )
     with context.begin_transaction():
-        context.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
+        context.execute(f"SELECT pg_advisory_xact_lock({locks.MIGRATION})")
         context.run_migrations()
 
 
-def _do_run_online(connection: Connection, context: Any) -> None:
-    settings, x_args = _options(context)
-    forced = context.config.attributes.get("storage_mode") or x_args.get("mode")
-    forced = forced or settings.storage_mode
-    row = connection.execute(text(PROBE_SQL)).mappings().one()
-    mode: StorageMode = decide(Probe(**row), forced)
+def _do_run_online(connection: Connection, context: Any, mode: StorageMode) -> None:
+    settings, _ = _options(context)
     caggs: frozenset[str] = frozenset()
-    if row["installed"]:
+    if connection.execute(text("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'")).scalar():
         caggs = frozenset(connection.execute(text(_CONTINUOUS_AGGREGATES)).scalar() or ())
     connection.commit()
     context.configure(
@@ -104,7 +98,7 @@ def _do_run_online(connection: Connection, context: Any) -> None:
         settings=settings,
     )
     with context.begin_transaction():
-        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": locks.MIGRATION})
         context.run_migrations()
 
 
@@ -112,7 +106,11 @@ async def _run_online_async(context: Any, url: str) -> None:
     engine = create_async_engine(sqlalchemy_async_url(url), poolclass=pool.NullPool)
     try:
         async with engine.connect() as connection:
-            await connection.run_sync(_do_run_online, context)
+            settings, x_args = _options(context)
+            forced = context.config.attributes.get("storage_mode") or x_args.get("mode")
+            raw = await connection.get_raw_connection()
+            mode = await storage_modes.detect(raw.driver_connection, forced or settings.storage_mode)
+            await connection.run_sync(_do_run_online, context, mode)
     finally:
         await engine.dispose()
 

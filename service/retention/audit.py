@@ -24,7 +24,9 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from service.db.errors import STATEMENT_FAILED
 from service.db.time_series import interval_literal
+from service.settings import RetentionWindows
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +36,8 @@ class AuditTable:
     default_window: timedelta
 
 
-DEVICE_EVENTS = AuditTable("device_events", "created_at", timedelta(days=90))
-ENROLLMENT_EVENTS = AuditTable("enrollment_events", "created_at", timedelta(days=90))
+DEVICE_EVENTS = AuditTable("device_events", "created_at", RetentionWindows().device_events)
+ENROLLMENT_EVENTS = AuditTable("enrollment_events", "created_at", RetentionWindows().enrollment_events)
 AUDIT_TABLES: tuple[AuditTable, ...] = (DEVICE_EVENTS, ENROLLMENT_EVENTS)
 AUDIT_BY_NAME = {t.name: t for t in AUDIT_TABLES}
 
@@ -128,7 +130,7 @@ async def expire(
                     table.name, False, window, cutoff, deleted, True, time.perf_counter() - started
                 )
         return AuditExpiry(table.name, False, window, cutoff, deleted, False, time.perf_counter() - started)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except STATEMENT_FAILED as exc:
         return AuditExpiry(
             table.name, dry_run, window, cutoff, deleted, False, time.perf_counter() - started, error=str(exc)
         )

@@ -25,12 +25,12 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from service.db import locks
 from service.db.time_series import (
     DISPATCH_KEY_CUTOFF_FUNCTION,
     DISPATCH_KEY_EXPIRE_FUNCTION,
     DISPATCH_KEY_EXPIRY_BATCH,
     DISPATCHES,
-    PARTITION_LOCK_PREFIX,
     PARTITION_SCHEMA,
     TimeSeriesTable,
 )
@@ -191,7 +191,7 @@ async def _clean_partitions(
         await conn.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
         # The lock telemetry_drop_expired_partitions takes itself (advisory locks nest within a
         # session): held from the listing through the drop, so both see the same partitions.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PARTITION_LOCK_PREFIX + table.name)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", locks.partitions(table.name))
         cutoff = await conn.fetchval("SELECT now() - $1::interval", policy.window)
         # The guard: a rollup's source is kept until the rollup has read it (a dry run assumes
         # the refresh that a real run does first).

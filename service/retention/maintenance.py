@@ -31,7 +31,7 @@ postgres mode a round, run by exactly one instance at a time, does in this order
 Creation comes first: if dropping fails (for example on its lock timeout) the round still leaves
 the partitions writes need.
 
-One instance at a time: a round starts by `pg_try_advisory_lock(MAINTENANCE_LOCK_KEY)` on its
+One instance at a time: a round starts by `pg_try_advisory_lock(locks.MAINTENANCE)` on its
 connection; when another instance holds it, this instance skips the round (`ran` is False)
 instead of queueing behind it. The partition functions additionally serialize per table with
 transaction locks, so even a concurrent `telemetry retention run` never drops a partition twice.
@@ -48,6 +48,8 @@ from datetime import timedelta
 
 import asyncpg
 
+from service.db import locks
+from service.db.errors import STATEMENT_FAILED
 from service.db.rollups import ROLLUPS
 from service.db.time_series import TIME_SERIES_TABLES
 from service.metrics import Metrics
@@ -61,7 +63,6 @@ from service.settings import Settings, StorageMode
 log = logging.getLogger(__name__)
 
 # Any constant shared by every instance of this service (distinct from the migration lock).
-MAINTENANCE_LOCK_KEY = 0x7E1E_3E8
 KEY_BATCHES_PER_ROUND = 100
 AUDIT_BATCHES_PER_ROUND = 100
 
@@ -126,7 +127,7 @@ class PartitionMaintenance:
         async with self._pool.acquire() as conn:
             if self._mode is None:
                 self._mode = await detect_storage_mode(conn, self._settings.storage_mode)
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_KEY):
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", locks.MAINTENANCE):
                 return MaintenanceReport(
                     mode=self._mode, ran=False, skipped_because="another instance holds the maintenance lock"
                 )
@@ -154,8 +155,8 @@ class PartitionMaintenance:
                 return replace(report, health=health, seconds=time.perf_counter() - started)
             finally:
                 # A broken connection cannot unlock, but the server releases its locks with it.
-                with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                    await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_KEY)
+                with contextlib.suppress(*STATEMENT_FAILED, OSError):
+                    await conn.execute("SELECT pg_advisory_unlock($1)", locks.MAINTENANCE)
 
     async def _round(self, conn: asyncpg.Connection) -> MaintenanceReport:
         created: dict[str, int] = {}
@@ -253,7 +254,7 @@ class PartitionMaintenance:
         for job in jobs_to_heal(jobs, now):
             try:
                 await conn.execute(f"CALL run_job({int(job.job_id)})")
-            except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except STATEMENT_FAILED as exc:
                 errors.append(f"job {job.job_id} ({job.name}): foreground run failed: {exc}")
                 continue
             healed.append(f"{job.job_id} {job.name}")
@@ -264,7 +265,7 @@ class PartitionMaintenance:
     async def _assess(self, conn: asyncpg.Connection, mode: StorageMode) -> RetentionHealth | None:
         try:
             health = await assess(conn, mode, self._settings)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except STATEMENT_FAILED as exc:
             log.warning("retention health check failed: %s", exc)
             return None
         self.last_health = health

@@ -17,8 +17,9 @@ from datetime import timedelta
 
 import asyncpg
 
+from service.db import locks, storage_mode
 from service.db.rollups import check_guard
-from service.db.storage_mode import PROBE_SQL, Probe, StorageModeError, decide
+from service.db.storage_mode import StorageModeError, decide
 from service.db.time_series import BY_NAME, TIME_SERIES_TABLES, TimeSeriesTable
 from service.retention.audit import AUDIT_TABLES
 from service.settings import ModeChoice, StorageMode
@@ -90,11 +91,6 @@ def resolve_table(name: str) -> TimeSeriesTable:
         raise UnknownTableError(f"unknown table {name!r}: retention applies to {valid}") from None
 
 
-def lock_key(table: TimeSeriesTable) -> str:
-    """Advisory lock text serializing window changes of one table."""
-    return f"telemetry_retention_policy:{table.name}"
-
-
 async def detect_storage_mode(conn: asyncpg.Connection, forced: ModeChoice) -> StorageMode:
     """The mode the database was built in, checked against a forced one.
 
@@ -102,15 +98,13 @@ async def detect_storage_mode(conn: asyncpg.Connection, forced: ModeChoice) -> S
     `StorageModeError` when `forced` names the other mode than the one the tables were built in
     (retention commands for the wrong mode would fail half-way or do nothing).
     """
-    row = await conn.fetchrow(PROBE_SQL)
-    probe = Probe(**dict(row))
-    if probe.heartbeats_relkind is None:
+    probe = await storage_mode.probe(conn)
+    if probe.built is None:
         raise SchemaNotReadyError("the database has no time-series tables: run `telemetry migrate upgrade`")
     mode = decide(probe, forced)
-    built: StorageMode = "postgres" if probe.heartbeats_relkind == "p" else "timescale"
-    if mode != built:
+    if mode != probe.built:
         raise StorageModeError(
-            f"the database was built in {built} mode, but the storage mode is forced to {mode}"
+            f"the database was built in {probe.built} mode, but the storage mode is forced to {mode}"
         )
     return mode
 
@@ -156,7 +150,7 @@ async def set_window(
         raise ValueError("a retention window must be longer than zero")
     check_guard(table.name, window)  # GuardError: the rollup fed by it would lose rows
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(table))
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", locks.retention_policy(table.name))
         if mode == "timescale":
             jobs = await conn.fetch(_RETENTION_JOBS, table.name)
             if not jobs:

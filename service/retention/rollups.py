@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from service.db import locks
 from service.db.rollups import (
     BUILT_MECHANISM_SQL,
     DAILY_SELECT,
@@ -98,10 +99,6 @@ WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_name = $1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def lock_key(rollup: Rollup) -> str:
-    return f"telemetry_rollup:{rollup.name}"
-
-
 def as_time_series(rollup: Rollup) -> TimeSeriesTable:
     """A rollup table seen as a partitioned time-series table (for partition retention)."""
     return TimeSeriesTable(rollup.name, rollup.time_column, rollup.interval, rollup.default_window)
@@ -155,7 +152,7 @@ async def _source_floor(conn: asyncpg.Connection, rollup: Rollup) -> datetime | 
 
 async def _refresh_one(conn: asyncpg.Connection, rollup: Rollup) -> RollupRefresh:
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", lock_key(rollup))
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", locks.rollup(rollup.name))
         wm = await conn.fetchval(
             f"SELECT materialized_until FROM {WATERMARKS} WHERE rollup = $1 FOR UPDATE", rollup.name
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 
 def bearer(token: str) -> dict[str, str]:

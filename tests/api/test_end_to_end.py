@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 
 def dev(token: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ from service.api.client_address import client_address
 from service.api.state import SERVICES
 from service.api.throttle import FailureThrottle
 from service.settings import Settings, SettingsError
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 OK = {"status": "ok", "battery_pct": 50}
 

@@ -15,7 +15,7 @@ from service.admin import create_operator
 from service.api.routes import ENDPOINTS
 from service.api.state import SERVICES
 from service.cli import main
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 SAME_REQUEST_ID = {"X-Request-ID": "operator-test"}  # so responses can be compared byte for byte
 
@@ -117,7 +117,7 @@ async def test_an_operator_token_is_not_cached_past_its_expiry(api: Api) -> None
     token = await new_operator(api, "short", expires_in=timedelta(minutes=1))
     assert (await api.client.get("/v1/devices/x", headers=bearer(token))).status == 404  # now cached
     await sql(api, "UPDATE sessions SET expires_at = now() + interval '300 ms'")
-    api.app[SERVICES].auth._operators.clear()
+    api.app[SERVICES].auth.cache.clear()
     assert (await api.client.get("/v1/devices/x", headers=bearer(token))).status == 404
     await asyncio.sleep(0.5)
     assert (await api.client.get("/v1/devices/x", headers=bearer(token))).status == 401

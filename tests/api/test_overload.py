@@ -18,8 +18,7 @@ import pytest
 
 from service.api.state import SERVICES
 from service.settings import Settings
-from tests.api.conftest import Api
-from tests.conftest import HeartbeatsLock
+from tests.conftest import Api, HeartbeatsLock
 
 
 @pytest.fixture

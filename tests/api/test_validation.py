@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 NOW = datetime.now(UTC)
 OK = {"status": "ok", "battery_pct": 50}

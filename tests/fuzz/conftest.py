@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.api.conftest import api, app_settings  # noqa: F401  (the API fixtures, shared)
 from tests.fuzz.stats import STATS
 
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.settings import StorageMode
-from tests.api.conftest import Api
+from tests.conftest import Api
 from tests.fuzz.strategies import JSON, OFFSETS, heartbeats
 
 FIXED = settings(

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.settings import StorageMode
-from tests.api.conftest import Api
+from tests.conftest import Api
 from tests.fuzz.strategies import text
 
 FIXED = settings(

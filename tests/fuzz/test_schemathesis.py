@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from service.settings import StorageMode
-from tests.api.conftest import Api
+from tests.conftest import Api
 from tests.fuzz.stats import STATS
 
 EXAMPLES = 25  # per operation and pass

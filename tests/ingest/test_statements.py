@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from service.ingest import statements
-from service.ingest.recording import DispatchResult, record_fcm_dispatch, record_heartbeat_with_bucketing
+from service.ingest.recording import record_fcm_dispatch, record_heartbeat_with_bucketing
+from service.ingest.rows import DispatchOutcome, DispatchRow, HeartbeatRow
 
 
 async def _connect(url: str) -> asyncpg.Connection:
@@ -21,7 +22,7 @@ async def test_same_request_id_from_separate_connections_at_once_gives_one_row(d
     conns = [await _connect(db_url) for _ in range(8)]
     try:
 
-        async def dispatch(conn: asyncpg.Connection, i: int) -> DispatchResult:
+        async def dispatch(conn: asyncpg.Connection, i: int) -> DispatchOutcome:
             return await record_fcm_dispatch(
                 conn, request_id="req-1", device_id=f"dev-{i}", action="ping", payload={"n": i}
             )
@@ -46,7 +47,7 @@ async def test_a_second_dispatch_row_for_a_request_id_is_refused_by_the_database
     await statements.prepare_connection(conn)
     now = datetime.now(UTC)
     async with conn.transaction():
-        await statements.merge_dispatches(conn, [(0, "req-2", "dev", "ping", None, now, None)])
+        await statements.merge_dispatches(conn, [DispatchRow("req-2", "dev", "ping", None, now, None)])
     dispatch_id = await conn.fetchval("SELECT id FROM fcm_dispatches WHERE request_id = 'req-2'")
     # Bypassing the writer: another row with the same key but a new id or time breaks the FK/PK.
     for new_id, sent_at in ((dispatch_id + 1000, now), (dispatch_id, now + timedelta(seconds=1))):
@@ -64,8 +65,8 @@ async def test_a_second_dispatch_row_for_a_request_id_is_refused_by_the_database
     assert await conn.fetchval("SELECT count(*) FROM fcm_dispatches WHERE request_id = 'req-2'") == 1
 
 
-async def _heartbeats(conn: asyncpg.Connection, times: list[datetime]) -> set[int]:
-    rows = [(i, "dev-hb", t, "ok", 50, None, None, None) for i, t in enumerate(times)]
+async def _heartbeats(conn: asyncpg.Connection, times: list[datetime]) -> list[bool]:
+    rows = [HeartbeatRow("dev-hb", t, "ok", 50, None, None, None) for t in times]
     async with conn.transaction():
         return await statements.merge_heartbeats(conn, rows, bucket_seconds=10)
 
@@ -77,15 +78,15 @@ async def test_heartbeats_3s_apart_in_one_bucket_store_one_row(conn: asyncpg.Con
     )
     first = await _heartbeats(conn, [base + timedelta(seconds=1)])
     second = await _heartbeats(conn, [base + timedelta(seconds=4)])
-    assert first == {0} and second == set()
+    assert first == [True] and second == [False]
     assert await conn.fetchval("SELECT count(*) FROM device_heartbeats WHERE device_id = 'dev-hb'") == 1
 
 
 async def test_heartbeats_11s_apart_store_two_rows(conn: asyncpg.Connection) -> None:
     await statements.prepare_connection(conn)
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    assert await _heartbeats(conn, [base]) == {0}
-    assert await _heartbeats(conn, [base + timedelta(seconds=11)]) == {0}
+    assert await _heartbeats(conn, [base]) == [True]
+    assert await _heartbeats(conn, [base + timedelta(seconds=11)]) == [True]
     assert await conn.fetchval("SELECT count(*) FROM device_heartbeats WHERE device_id = 'dev-hb'") == 2
 
 
@@ -94,7 +95,7 @@ async def test_one_flush_keeps_the_first_heartbeat_of_each_bucket(conn: asyncpg.
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     base -= timedelta(seconds=base.second % 10)
     stored = await _heartbeats(conn, [base, base + timedelta(seconds=3), base + timedelta(seconds=12)])
-    assert stored == {0, 2}
+    assert stored == [True, False, True]
     ts = [r[0] for r in await conn.fetch("SELECT ts FROM device_heartbeats ORDER BY ts")]
     assert ts == [base, base + timedelta(seconds=12)]
 

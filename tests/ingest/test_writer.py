@@ -10,9 +10,8 @@ import asyncpg
 import pytest
 
 from service.app import create_pool
+from service.ingest.rows import DispatchRow, DownloadRow, HeartbeatRow
 from service.ingest.writer import (
-    NOT_RETRYABLE,
-    RETRYABLE,
     GroupCommitWriter,
     WriteFailed,
     WriterClosed,
@@ -36,11 +35,32 @@ def make_writer(pool: asyncpg.Pool, **kwargs: object) -> GroupCommitWriter:
     return GroupCommitWriter(pool, Metrics(), **{**defaults, **kwargs})  # type: ignore[arg-type]
 
 
-def heartbeat(device: str, ts: datetime, battery: int = 50) -> tuple[object, ...]:
-    return (0, device, ts, "ok", battery, None, None, None)
+def heartbeat(device: str, ts: datetime, battery: int = 50) -> HeartbeatRow:
+    return HeartbeatRow(device, ts, "ok", battery, None, None, None)
 
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("batch_window", timedelta(0)),
+        ("batch_max_rows", 0),
+        ("queue_max_rows", 0),
+        ("bucket_seconds", 0),
+        ("retry_attempts", 0),
+        ("retry_base_delay", -0.1),
+        ("retry_max_delay", 0.01),
+        ("flushers", 0),
+        ("ack_timeout", 0),
+    ],
+)
+async def test_an_argument_out_of_range_is_refused_by_name_before_anything_runs(
+    pool: asyncpg.Pool, argument: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=f"^{argument} is expected"):
+        make_writer(pool, **{argument: value})
 
 
 async def terminate_others(url: str, keep: set[int]) -> int:
@@ -173,8 +193,10 @@ async def test_a_refused_request_fails_alone(pool: asyncpg.Pool, db_url: str) ->
         await conn.close()
 
 
-def download(device: str, ts: datetime, size: int | None = 1024, id_: int = 0) -> tuple[object, ...]:
-    return (id_ or abs(hash((device, ts, size))) % 2**62 + 1, ts, "build-1", device, None, "completed", size)
+def download(device: str, ts: datetime, size: int | None = 1024, id_: int = 0) -> DownloadRow:
+    return DownloadRow(
+        id_ or abs(hash((device, ts, size))) % 2**62 + 1, ts, "build-1", device, None, "completed", size
+    )
 
 
 async def stored_count(db_url: str, table: str) -> int:
@@ -283,11 +305,28 @@ async def test_several_bad_requests_in_one_batch_each_fail_alone(pool: asyncpg.P
     assert await stored_count(db_url, "device_heartbeats") == 17
 
 
-def test_asyncpg_client_side_data_errors_are_never_taken_for_a_lost_connection() -> None:
-    """asyncpg's own DataError (a query argument its encoder refuses) subclasses InterfaceError,
-    which RETRYABLE holds for "connection is closed"; the writer catches NOT_RETRYABLE first."""
-    client_data_error = asyncpg.exceptions._base.DataError
-    assert issubclass(client_data_error, asyncpg.InterfaceError)
-    assert client_data_error in NOT_RETRYABLE
-    assert all(issubclass(cls, asyncpg.InterfaceError) for cls in NOT_RETRYABLE)
-    assert not issubclass(OverflowError, RETRYABLE) and not issubclass(TypeError, RETRYABLE)
+async def test_one_batch_of_every_kind_commits_together_and_answers_each_request(
+    pool: asyncpg.Pool, db_url: str
+) -> None:
+    writer = make_writer(pool, batch_window=timedelta(milliseconds=100), flushers=1)
+    await writer.start()
+    try:
+        dispatch = DispatchRow("mixed-1", "mixed-dev", "ping", {"n": 1}, T0, None)
+        beats, first, again, downloads = await asyncio.gather(
+            writer.submit_heartbeats([heartbeat("mixed-dev", T0), heartbeat("mixed-dev", T0)]),
+            writer.submit_dispatches([dispatch, dispatch]),
+            writer.submit_dispatches([dispatch]),
+            writer.submit_downloads([download("mixed-dev", T0, id_=7), download("mixed-dev", T0, id_=7)]),
+        )
+    finally:
+        await writer.stop()
+    assert successful_flushes(writer) == 1
+    assert beats == [True, False] and downloads == [True, False]
+    assert [o.created for o in first + again] == [True, False, False]
+    assert {o.dispatch.id for o in first + again} == {first[0].dispatch.id}
+    written = {
+        s.labels["table"]: s.value
+        for s in writer.metrics.rows_written.collect()[0].samples
+        if s.name.endswith("_total")
+    }
+    assert written == {"device_heartbeats": 1, "fcm_dispatches": 1, "apk_download_events": 1}

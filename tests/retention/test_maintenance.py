@@ -10,8 +10,9 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from service.db import locks
 from service.db.time_series import DISPATCHES, HEARTBEATS, TIME_SERIES_TABLES
-from service.retention.maintenance import MAINTENANCE_LOCK_KEY, PartitionMaintenance
+from service.retention.maintenance import PartitionMaintenance
 from service.retention.policies import read_policy
 from service.settings import Settings, StorageMode
 from tests.conftest import TestServer, create_database, migrate, settings_for
@@ -83,11 +84,11 @@ async def test_an_instance_skips_its_round_while_another_holds_the_lock(
 ) -> None:
     if mode != "postgres":
         pytest.skip("postgres only")
-    assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", MAINTENANCE_LOCK_KEY)
+    assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", locks.MAINTENANCE)
     try:
         report = await PartitionMaintenance(pools[0], Settings(storage_mode=mode)).run_once()
     finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", MAINTENANCE_LOCK_KEY)
+        await conn.execute("SELECT pg_advisory_unlock($1)", locks.MAINTENANCE)
     assert not report.ran
     assert report.skipped_because and "another instance" in report.skipped_because
     after = await PartitionMaintenance(pools[0], Settings(storage_mode=mode)).run_once()

@@ -10,10 +10,11 @@ import asyncpg
 import pytest
 
 from service.api import throttle
+from service.api.credentials import TtlCache
 from service.api.state import SERVICES
 from service.api.throttle import FailureThrottle
 from service.settings import StorageMode
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -136,7 +137,7 @@ async def test_a_device_credential_stays_bound_to_its_device(api: Api, mode: Sto
     r = await api.client.post("/v1/heartbeats", json=ok, headers=bearer(token_b))
     assert r.status == 200 and (await r.json())["device_id"] == "bind-b"
     # a revocation made through another instance takes effect once the cache entry expires
-    api.app[SERVICES].auth._devices.clear()
+    api.app[SERVICES].auth.cache.clear()
     conn = await asyncpg.connect(api.db_url)
     try:
         await conn.execute("UPDATE devices SET credential_revoked_at = now() WHERE id = 'bind-b'")
@@ -174,3 +175,12 @@ async def test_a_download_event_takes_its_token_id_from_the_device_enrollment(ap
     )
     assert r.status == 201
     assert await api.count("SELECT count(*) FROM apk_download_events WHERE token_id = $1", new["id"]) == 1
+
+
+def test_the_credential_cache_is_bounded_and_forgets_the_oldest_entry_first() -> None:
+    cache: TtlCache[str] = TtlCache(max_entries=2)
+    cache.put("a", "A", expires=10.0)
+    cache.put("b", "B", expires=10.0)
+    cache.put("c", "C", expires=10.0)
+    assert [cache.get(k, now=0.0) for k in "abc"] == [None, "B", "C"]
+    assert cache.get("b", now=10.0) is None  # expired at its own deadline

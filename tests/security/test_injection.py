@@ -14,8 +14,7 @@ import pytest
 from service.api.state import SERVICES
 from service.api.throttle import FailureThrottle
 from service.settings import StorageMode
-from tests.api.conftest import Api
-from tests.conftest import PROJECT_TABLES
+from tests.conftest import PROJECT_TABLES, Api
 
 INJECTIONS = [
     "'; DROP TABLE devices; --",

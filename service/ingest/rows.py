@@ -1,0 +1,77 @@
+"""The rows the writer takes, one typed tuple per kind, and what it hands back per row.
+
+Handlers build these; the writer numbers them (`ord`) when it stages a flush, so a row never
+carries a placeholder for its position. Field order is the staging table's column order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+import asyncpg
+
+
+class HeartbeatRow(NamedTuple):
+    device_id: str
+    ts: datetime
+    status: str
+    battery_pct: int
+    app_version: str | None
+    network: str | None
+    extra: dict[str, Any] | None
+
+
+class DispatchRow(NamedTuple):
+    request_id: str
+    device_id: str
+    action: str
+    payload: dict[str, Any] | None
+    sent_at: datetime
+    created_by: int | None
+
+
+class DownloadRow(NamedTuple):
+    """`id` is chosen by the caller (see `api.downloads.event_id`), never by a sequence."""
+
+    id: int
+    ts: datetime
+    build_id: str
+    device_id: str
+    token_id: int | None
+    outcome: str
+    bytes_downloaded: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchRecord:
+    id: int
+    request_id: str
+    device_id: str | None
+    action: str | None
+    payload: dict[str, Any] | None
+    sent_at: datetime
+    status: str
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> DispatchRecord:
+        return cls(
+            id=row["id"],
+            request_id=row["request_id"],
+            device_id=row["device_id"],
+            action=row["action"],
+            payload=row["payload"],
+            sent_at=row["sent_at"],
+            # The key outlived its dispatch row: retention dropped the dispatch's chunk.
+            status=row["status"] if row["status"] is not None else "expired",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchOutcome:
+    """`created`: this row created the dispatch; else `dispatch` is the one already stored
+    under its request_id (whoever created it, on whichever instance)."""
+
+    created: bool
+    dispatch: DispatchRecord
