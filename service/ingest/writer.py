@@ -365,12 +365,11 @@ class GroupCommitWriter:
                 indexes = [i for i, request in enumerate(batch) if request.merge is merge]
                 if not indexes:
                     continue
-                per_request = await merge.merge(conn, [batch[i].rows for i in indexes])
-                stored = rows = 0
+                per_request, stored = await merge.merge(conn, [batch[i].rows for i in indexes])
+                rows = 0
                 for index, request_results in zip(indexes, per_request, strict=True):
                     results[index] = request_results
                     rows += len(request_results)
-                    stored += sum(1 for result in request_results if merge.stored(result))
                 written.append((merge.table, stored, rows - stored))
         for table, stored, absorbed in written:
             self.metrics.rows_written.labels(table).inc(stored)
