@@ -32,7 +32,7 @@ from service.db.rollups import HOURLY, ROLLUPS
 from service.db.time_series import DISPATCH_KEY_EXPIRY_PROCEDURE, HEARTBEATS, TIME_SERIES_TABLES
 from service.retention import audit, rollups
 from service.retention.policies import RETENTION_PROC
-from service.retention.show import table_status
+from service.retention.show import LAST_ERROR, table_status
 from service.retention.windows import format_window
 from service.settings import Settings, StorageMode
 
@@ -41,8 +41,7 @@ from service.settings import Settings, StorageMode
 _JOBS = f"""
 SELECT j.job_id, j.proc_name, j.hypertable_name, j.schedule_interval, j.scheduled, j.next_start,
        s.last_run_started_at, s.last_successful_finish, s.last_run_status, s.total_failures,
-       (SELECT e.err_message FROM timescaledb_information.job_errors e
-        WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1) AS last_error
+       {LAST_ERROR}
 FROM timescaledb_information.jobs j
 LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
 WHERE (j.proc_name = ANY($2::text[]) AND j.hypertable_schema = current_schema()

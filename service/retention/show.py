@@ -28,11 +28,14 @@ from service.retention.policies import read_policy
 from service.retention.windows import format_window
 from service.settings import Settings, StorageMode
 
-_JOB = """
+# The message of a job's latest failed run (`timescaledb_information.job_errors`), over `j`.
+LAST_ERROR = """(SELECT e.err_message FROM timescaledb_information.job_errors e
+        WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1) AS last_error"""
+
+_JOB = f"""
 SELECT j.job_id, j.schedule_interval, j.scheduled, j.next_start,
        s.last_run_started_at, s.last_run_status, s.job_status,
-       (SELECT e.err_message FROM timescaledb_information.job_errors e
-        WHERE e.job_id = j.job_id ORDER BY e.finish_time DESC NULLS LAST LIMIT 1) AS last_error
+       {LAST_ERROR}
 FROM timescaledb_information.jobs j
 LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
 WHERE j.job_id = $1
