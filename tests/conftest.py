@@ -8,9 +8,14 @@ fails the run. Tests that take the `mode` fixture run once per mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -286,3 +291,30 @@ async def api(db_url: str, mode: StorageMode, app_settings: Any) -> AsyncIterato
     finally:
         await client.close()
         await pool.close()
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], *args: str) -> Iterator[int]:
+    """`telemetry serve` as its own process on a free port with `env` (plus `args`), from the
+    moment it says it is listening until SIGTERM on exit; yields the port."""
+    from service.db.embedded import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "serve", "--port", str(port), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        line = ""
+        while "telemetry listening on" not in line:
+            assert time.monotonic() < deadline and proc.poll() is None, line
+            line = proc.stdout.readline()
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from service.db.embedded import free_port
+from tests.conftest import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
@@ -42,7 +40,6 @@ def fill(line: str, *, health_url: str) -> str:
 
 @pytest.fixture
 def server(db_url: str, mode: str) -> Iterator[tuple[int, dict[str, str]]]:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
     env |= {
         "DATABASE_URL": db_url,
@@ -50,24 +47,8 @@ def server(db_url: str, mode: str) -> Iterator[tuple[int, dict[str, str]]]:
         "TELEMETRY_LOG_LEVEL": "WARNING",
         "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "serve", "--no-migrate", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        line = ""
-        while "telemetry listening on" not in line:
-            assert time.monotonic() < deadline and proc.poll() is None, line
-            line = proc.stdout.readline()
+    with serving(env, "--no-migrate") as port:
         yield port, env
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 def test_readme_has_the_command_lines() -> None:

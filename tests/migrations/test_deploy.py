@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.server
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -17,8 +17,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.db.embedded import free_port
-from tests.conftest import PROJECT_TABLES, migrate
+from tests.conftest import PROJECT_TABLES, migrate, serving
 from tests.migrations.test_migrations import HEAD, PREVIOUS, user_tables
 
 # The revision before the one that added users.role and devices.banned_at (5b1f0c2d9e47): a
@@ -190,23 +189,11 @@ async def test_deploy_succeeds_when_the_service_reports_ready_at_the_new_head(
     empty_db: str, mode: str, tmp_path: Path
 ) -> None:
     await migrate(empty_db, mode, PREVIOUS)  # type: ignore[arg-type]
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
     env |= {"DATABASE_URL": empty_db, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_MIGRATE_ON_START": "0"}
-    server = subprocess.Popen(  # noqa: ASYNC220 -- started once, read from a thread
-        [sys.executable, "-m", "service", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        deadline = time.monotonic() + 60
-        line = ""
-        while "telemetry listening on" not in line:
-            assert time.monotonic() < deadline and server.poll() is None, line
-            line = await asyncio.to_thread(server.stdout.readline)
+    with contextlib.ExitStack() as stack:
+        # Entered in a thread: waiting for "listening" must not block the event loop.
+        port = await asyncio.to_thread(stack.enter_context, serving(env))
         dump = tmp_path / "before.dump"
         result = await asyncio.to_thread(
             telemetry,
@@ -225,9 +212,6 @@ async def test_deploy_succeeds_when_the_service_reports_ready_at_the_new_head(
         assert f"deployed {HEAD}" in result.stderr
         assert await revision(empty_db) == {HEAD}
         assert dump.read_bytes()[:5] == b"PGDMP"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def _confirm_on_a_terminal(url: str, mode: str, answer: bytes) -> tuple[int, str]:

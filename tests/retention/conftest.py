@@ -42,3 +42,14 @@ async def quiet(db_url: str, mode: StorageMode) -> AsyncIterator[asyncpg.Connect
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+async def pools(db_url: str) -> AsyncIterator[list[asyncpg.Pool]]:
+    """Two service instances' connection pools."""
+    made = [await asyncpg.create_pool(db_url, min_size=1, max_size=3) for _ in range(2)]
+    try:
+        yield made
+    finally:
+        for pool in made:
+            await pool.close()

@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -32,16 +31,6 @@ def _check(db_url: str, mode: StorageMode) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
-
-
-@pytest.fixture
-async def pools(db_url: str) -> AsyncIterator[list[asyncpg.Pool]]:
-    made = [await asyncpg.create_pool(db_url, min_size=1, max_size=3) for _ in range(2)]
-    try:
-        yield made
-    finally:
-        for pool in made:
-            await pool.close()
 
 
 async def _record_failed_background_run(conn: asyncpg.Connection, job_id: int) -> None:

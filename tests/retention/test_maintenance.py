@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -17,17 +16,6 @@ from service.retention.policies import read_policy
 from service.settings import Settings, StorageMode
 from tests.conftest import TestServer, create_database, migrate, settings_for
 from tests.retention.history import insert_at, server_now, stored_times
-
-
-@pytest.fixture
-async def pools(db_url: str) -> AsyncIterator[list[asyncpg.Pool]]:
-    """Two service instances' connection pools."""
-    made = [await asyncpg.create_pool(db_url, min_size=1, max_size=3) for _ in range(2)]
-    try:
-        yield made
-    finally:
-        for pool in made:
-            await pool.close()
 
 
 async def partitions(conn: asyncpg.Connection, table: str) -> list[asyncpg.Record]:
