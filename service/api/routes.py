@@ -141,7 +141,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         auth="viewer",
         summary="A device's heartbeats per hour or day: rollups, plus the raw rows not rolled up yet",
         query=HISTORY_QUERY,
-        responses={200: s.DeviceHistory, 404: s.ErrorBody},
+        responses={200: s.DeviceHistory, 404: s.ErrorBody, 422: s.ErrorBody},
     ),
     Endpoint(
         method="GET",
@@ -150,7 +150,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         auth="viewer",
         summary="The fleet's devices seen, heartbeats and average battery per hour or day",
         query=HISTORY_QUERY,
-        responses={200: s.FleetHistory},
+        responses={200: s.FleetHistory, 422: s.ErrorBody},
     ),
     Endpoint(
         method="GET",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.api.conftest import Api
+from tests.conftest import Api
 
 
 def dev(token: str) -> dict[str, str]:

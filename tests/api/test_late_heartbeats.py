@@ -9,8 +9,7 @@ import asyncpg
 import pytest
 
 from service.settings import StorageMode
-from tests.api.conftest import Api
-from tests.conftest import TestServer, create_database, migrate, settings_for
+from tests.conftest import Api, TestServer, create_database, migrate, settings_for
 
 
 def dev(token: str) -> dict[str, str]:
