@@ -1,7 +1,8 @@
 """`telemetry admin …`: operators and enrollment tokens from the command line.
 
 Operators are `users` rows with a role (`admin`: everything; `viewer`: every GET, 403 on
-writes); their API tokens are `sessions` rows (only the hash is stored) that may expire.
+writes; `ci`: `POST /v1/apk-versions` only, for a build pipeline); their API tokens are
+`sessions` rows (only the hash is stored) that may expire.
 `revoke-operator` disables the operator and revokes every token; `rotate-operator` revokes every
 token and issues a new one. Running services see either change within their auth cache TTL.
 """
@@ -46,7 +47,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     verbs = admin.add_subparsers(dest="verb", required=True)
     op = verbs.add_parser("create-operator", help="create an operator; prints its API token")
     op.add_argument("name")
-    op.add_argument("--role", choices=ROLES, default="admin", help="admin (default) or viewer (reads only)")
+    op.add_argument(
+        "--role",
+        choices=ROLES,
+        default="admin",
+        help="admin (default), viewer (reads only) or ci (registers APK builds only)",
+    )
     op.add_argument(
         "--expires-in", default="90d", help="token lifetime, e.g. 90d, 12h, or 'never' (default 90d)"
     )

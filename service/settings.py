@@ -40,6 +40,8 @@ class RetentionWindows:
     # Audit tables (plain tables expired by a batched DELETE), the guides' 90 days.
     device_events: timedelta = timedelta(days=90)
     enrollment_events: timedelta = timedelta(days=90)
+    # Commands outlive their 2-day dispatch rows (same expiry as the audit tables).
+    commands: timedelta = timedelta(days=90)
     # Rollups (continuous aggregates, or rollup tables kept by the maintenance task).
     device_heartbeats_hourly: timedelta = timedelta(days=90)
     fleet_daily: timedelta = timedelta(days=400)
@@ -85,6 +87,10 @@ class Settings:
     rollup_max_lag: timedelta = timedelta(hours=4)
     # timescale mode: heartbeat chunks older than this are compressed (zero: never).
     compress_after: timedelta = timedelta(hours=6)
+    # A command with no terminal ack this long after its dispatch is marked expired; one still
+    # pending (not delivered) this long counts as stuck (push reachability).
+    command_ttl: timedelta = timedelta(days=1)
+    command_stuck: timedelta = timedelta(minutes=10)
     log_level: str = "INFO"
     # Peers whose X-Forwarded-For is believed (reverse proxies); none by default.
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -176,6 +182,9 @@ class Settings:
             enrollment_events=as_seconds(
                 "TELEMETRY_RETENTION_ENROLLMENT_EVENTS_SECONDS", d.retention.enrollment_events, positive=True
             ),
+            commands=as_seconds(
+                "TELEMETRY_RETENTION_COMMANDS_SECONDS", d.retention.commands, positive=True
+            ),
             device_heartbeats_hourly=as_seconds(
                 "TELEMETRY_RETENTION_HOURLY_SECONDS", d.retention.device_heartbeats_hourly
             ),
@@ -215,6 +224,8 @@ class Settings:
             ),
             rollup_max_lag=as_seconds("TELEMETRY_ROLLUP_MAX_LAG_SECONDS", d.rollup_max_lag, positive=True),
             compress_after=as_seconds("TELEMETRY_COMPRESS_AFTER_SECONDS", d.compress_after),
+            command_ttl=as_seconds("TELEMETRY_COMMAND_TTL_SECONDS", d.command_ttl, positive=True),
+            command_stuck=as_seconds("TELEMETRY_COMMAND_STUCK_SECONDS", d.command_stuck, positive=True),
             log_level=log_level,
             trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),
         )

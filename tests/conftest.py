@@ -54,6 +54,7 @@ PROJECT_TABLES = {
     "device_events",
     "enrollment_events",
     "commands",
+    "device_app_versions",
     "retention_policies",
     "rollup_watermarks",
     # Tables in postgres mode, continuous aggregates (views) in timescale mode.

@@ -5,7 +5,9 @@ valid credential of the wrong kind (a device on an operator endpoint, or the rev
 and so does a viewer on an endpoint that changes anything.
 
 What an endpoint needs is its `auth` kind in the route table (`service.api.routes`): `viewer`
-(any operator: every read), `admin` (admin operators only: every write), `device` or `none`.
+(admin and viewer operators: every read), `admin` (admin operators only: every write), `ci`
+(admin and ci operators: registering builds, the only thing a `ci` operator can do), `device` or
+`none`.
 `guarded` stamps the kind on each request before the handler runs, and `require_operator`
 enforces it, so the role rule lives in the table, not in the handlers.
 """
@@ -21,7 +23,14 @@ from service.api.credentials import DEVICE_PREFIX, OPERATOR_PREFIX, DeviceIdenti
 from service.api.errors import forbidden, unauthorized
 from service.api.state import services
 
-Auth = Literal["none", "device", "viewer", "admin"]
+Auth = Literal["none", "device", "viewer", "admin", "ci"]
+
+# The operator roles each operator kind of endpoint lets in: `ci` may only register builds.
+ALLOWED_ROLES: dict[str, tuple[str, ...]] = {
+    "viewer": ("admin", "viewer"),
+    "admin": ("admin",),
+    "ci": ("admin", "ci"),
+}
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _REQUIRED = web.RequestKey("required_auth", str)
@@ -32,7 +41,7 @@ def guarded(auth: Auth, handler: Handler) -> Handler:
     """`handler` as registered for an endpoint of kind `auth`. For operator endpoints, the
     handler must authenticate (`require_operator`): answering without doing so is a bug, and a
     500 rather than an open endpoint."""
-    if auth not in ("viewer", "admin"):
+    if auth not in ALLOWED_ROLES:
         return handler
 
     async def operator_endpoint(request: web.Request) -> web.StreamResponse:
@@ -64,8 +73,12 @@ async def require_operator(request: web.Request) -> Operator:
         if token.startswith(DEVICE_PREFIX) and await auth.device(token) is not None:
             raise forbidden("device credentials cannot be used on operator endpoints")
         raise unauthorized()
-    if request.get(_REQUIRED, "admin") == "admin" and operator.role != "admin":
-        raise forbidden(f"operator role {operator.role!r} can only read; this needs role 'admin'")
+    required = request.get(_REQUIRED, "admin")
+    if operator.role not in ALLOWED_ROLES[required]:
+        if operator.role == "viewer":
+            raise forbidden(f"operator role {operator.role!r} can only read; this needs role 'admin'")
+        needed = " or ".join(repr(role) for role in ALLOWED_ROLES[required])
+        raise forbidden(f"operator role {operator.role!r} cannot use this endpoint; it needs role {needed}")
     request[_OPERATOR] = operator
     return operator
 

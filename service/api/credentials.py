@@ -31,8 +31,8 @@ OPERATOR_PREFIX = "op_"
 DEVICE_PREFIX = "dev_"
 ENROLLMENT_PREFIX = "enr_"
 
-Role = Literal["admin", "viewer"]
-ROLES: tuple[Role, ...] = ("admin", "viewer")
+Role = Literal["admin", "viewer", "ci"]
+ROLES: tuple[Role, ...] = ("admin", "viewer", "ci")
 
 
 def new_token(prefix: str) -> str:

@@ -101,8 +101,9 @@ def build_openapi(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
 
 
 _ROLES = {
-    "viewer": "Any operator: roles `admin` and `viewer`.",
+    "viewer": "Roles `admin` and `viewer` (a `ci` operator gets 403).",
     "admin": "Operators with role `admin` only (a `viewer` gets 403).",
+    "ci": "Operators with role `admin` or `ci` (a `viewer` gets 403).",
 }
 
 

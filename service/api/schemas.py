@@ -188,6 +188,17 @@ class HeartbeatList(Struct):
     heartbeats: list[StoredHeartbeat]
 
 
+class PushReachability(Struct):
+    """How well pushes reach the device: dispatch → delivered over its last delivered commands,
+    and its commands still pending past `stuck_after_seconds` (a dead push channel shows here)."""
+
+    samples: Annotated[int, Meta(description="Delivered commands measured (at most 20, the latest)")]
+    delivery_p50_seconds: float | None
+    delivery_p95_seconds: float | None
+    stuck_commands: int
+    stuck_after_seconds: float
+
+
 class DeviceSummary(Struct):
     device_id: str
     enrolled_at: datetime
@@ -196,6 +207,7 @@ class DeviceSummary(Struct):
     last_status: str | None
     last_battery_pct: int | None
     banned: bool = False  # revoked and not reinstated: the id cannot enroll
+    push: PushReachability | None = None
 
 
 class DeviceState(Struct):
@@ -231,6 +243,156 @@ class Health(Struct):
     revisions: list[str] | None = None
     # "degraded" (still ready): retention problems found by the last maintenance round.
     problems: list[str] = msgspec.field(default_factory=list)
+
+
+# --- commands (see service.api.commands) -------------------------------------------------------
+
+COMMAND_STATUSES = ("pending", "delivered", "executed", "failed", "expired")
+ACK_STATUSES = ("delivered", "executed", "failed")
+ErrorText = Annotated[str, Meta(min_length=1, max_length=1000)]
+
+
+class CommandAck(Struct):
+    status: Annotated[
+        str,
+        Meta(pattern=r"^(delivered|executed|failed)$", description="delivered, executed or failed"),
+    ]
+    ts: Timestamp | None = None
+    result: Annotated[dict[str, Any], Meta(max_length=64, description=FREE_FORM)] | None = None
+    error: ErrorText | None = None
+
+
+class Command(Struct):
+    request_id: str
+    device_id: str
+    command: str
+    payload: dict[str, Any] | None
+    status: Annotated[str, Meta(description="pending, delivered, executed, failed or expired")]
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    executed_at: datetime | None
+    failed_at: datetime | None
+    expired_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+
+
+class CommandAckResponse(Struct):
+    changed: Annotated[bool, Meta(description="False: a repeated ack; nothing changed")]
+    command: Command
+
+
+class CommandConflict(Struct):
+    """409: the ack would move the command backward (or out of a terminal status)."""
+
+    error: ErrorDetail
+    command: Command
+
+
+class CommandList(Struct):
+    commands: list[Command]
+    device_id: str | None = None
+
+
+# --- APK builds and rollouts (see service.api.apk) ---------------------------------------------
+
+BuildId = Annotated[str, Meta(min_length=1, max_length=128, pattern=IDENTIFIER)]
+PackageName = Annotated[
+    str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
+]
+
+
+class ApkVersionRequest(Struct):
+    package_name: PackageName
+    version_code: Annotated[int, Meta(ge=1, le=INT4_MAX)]
+    version_name: Annotated[str, Meta(min_length=1, max_length=64)]
+    build_id: BuildId
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="lower-case hex")]
+    size_bytes: Annotated[int, Meta(ge=1, le=INT8_MAX)]
+    ci_commit_sha: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    ci_run_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
+
+
+class PackageFilter(Struct):
+    package_name: PackageName
+
+
+class ApkVersion(Struct):
+    package_name: str
+    version_code: int
+    version_name: str
+    build_id: str
+    sha256: str | None
+    size_bytes: int | None
+    ci_commit_sha: str | None
+    ci_run_id: str | None
+    created_at: datetime
+
+
+class ApkVersionList(Struct):
+    versions: list[ApkVersion]
+
+
+class ApkInstallationReport(Struct):
+    build_id: BuildId
+    status: Annotated[
+        str, Meta(pattern=r"^(installing|installed|failed)$", description="installing, installed or failed")
+    ]
+    error: ErrorText | None = None
+
+
+class ApkInstallation(Struct):
+    device_id: str
+    build_id: str
+    status: str
+    verified: Annotated[bool, Meta(description="A heartbeat of the device reported this version")]
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    installed_at: datetime | None
+    failed_at: datetime | None
+    changed: bool = True
+
+
+class InstallationConflict(Struct):
+    """409: the report would move the installation backward."""
+
+    error: ErrorDetail
+    installation: ApkInstallation
+
+
+class RolloutDownloads(Struct):
+    started: int
+    completed: int
+    failed: int
+    cancelled: int
+    since: Annotated[datetime, Meta(description="Raw download events expire: counted from here on")]
+    window_seconds: float
+
+
+class RolloutInstallations(Struct):
+    installing: int
+    installed: int
+    failed: int
+    verified: int
+
+
+class RolloutFunnel(Struct):
+    build_id: str
+    package_name: str
+    version_code: int
+    version_name: str
+    downloads: RolloutDownloads
+    installations: RolloutInstallations
+    devices_reporting_version: Annotated[
+        int, Meta(description="Devices whose latest heartbeat reports this version_name")
+    ]
+    devices_reporting_as_of: datetime | None
+    median_download_to_install_seconds: float | None
+    from_expiring_events: Annotated[
+        list[str], Meta(description="The fields computed from raw events that expire (apk_download_events)")
+    ]
 
 
 # --- history (rollups plus the raw tail; see service.api.history) ------------------------------

@@ -100,6 +100,46 @@ def query_limit(request: web.Request, default: int = 100, maximum: int = 1000) -
     return limit
 
 
+def query_choice(
+    request: web.Request, name: str, choices: tuple[str, ...], default: str | None
+) -> str | None:
+    """A query parameter that must be one of `choices`: 422 naming it otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if raw not in choices:
+        raise unprocessable(f"{name} must be one of {', '.join(choices)}", field=name)
+    return raw
+
+
+def query_timestamp(request: web.Request, name: str) -> datetime | None:
+    """An RFC 3339 timestamp with a UTC offset: 422 naming the parameter otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise unprocessable(f"{name} must be an RFC 3339 timestamp", field=name) from None
+    if value.tzinfo is None:
+        raise unprocessable(f"{name} must carry a UTC offset", field=name)
+    return value
+
+
+def query_seconds(request: web.Request, name: str, default: timedelta, maximum: float) -> timedelta:
+    """A non-negative number of seconds, at most `maximum`: 422 naming the parameter otherwise."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise unprocessable(f"{name} must be a number of seconds", field=name) from None
+    if not (math.isfinite(value) and 0 <= value <= maximum):
+        raise unprocessable(f"{name} must be between 0 and {maximum:g} seconds", field=name)
+    return timedelta(seconds=value)
+
+
 MAX_DEPTH = 32
 
 

@@ -76,7 +76,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=NOW)
     disabled_at: Mapped[datetime | None]
 
-    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role_known"),)
+    # `ci`: may only register APK builds (`POST /v1/apk-versions`).
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer', 'ci')", name="role_known"),)
 
 
 class Session(Base):
@@ -210,6 +211,11 @@ class ApkDownloadEvent(Base):
     __table_args__ = (
         Index("ix_apk_download_events_build_id_ts", "build_id", text("ts DESC")),
         Index("ix_apk_download_events_token_id_ts", "token_id", text("ts DESC")),
+        # The rollout funnel: counts per outcome and each device's last completed download of
+        # a build, from the index alone.
+        Index(
+            "ix_apk_download_events_build_id_outcome_device_id_ts", "build_id", "outcome", "device_id", "ts"
+        ),
     )
 
 
@@ -234,6 +240,10 @@ class ApkVersion(Base):
 
 
 class ApkInstallation(Base):
+    """One row per (device, APK version): its install status, moving forward only (installing →
+    installed | failed; a failed install may be retried). `verified`: a heartbeat of the device
+    reported the version's `version_name` (see `service.rollout.verification`)."""
+
     __tablename__ = "apk_installations"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
@@ -241,6 +251,30 @@ class ApkInstallation(Base):
     apk_version_id: Mapped[int] = mapped_column(ForeignKey("apk_versions.id"), index=True)
     status: Mapped[str] = mapped_column(String(32))
     installed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    failed_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    verified: Mapped[bool] = mapped_column(server_default=text("false"))
+
+    __table_args__ = (
+        UniqueConstraint("device_id", "apk_version_id"),
+        CheckConstraint("status IN ('installing', 'installed', 'failed')", name="status_known"),
+        # The verification step reads only the rows a heartbeat has not confirmed yet.
+        Index("ix_apk_installations_unverified", "device_id", postgresql_where=text("NOT verified")),
+    )
+
+
+class DeviceAppVersion(Base):
+    """The app version of each device's latest heartbeat, as of the last maintenance round
+    (`service.rollout.verification`): the rollout funnel counts it without reading raw
+    heartbeats, and the heartbeat path does not pay for it."""
+
+    __tablename__ = "device_app_versions"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    app_version: Mapped[str] = mapped_column(String(64), index=True)
+    reported_at: Mapped[datetime]  # the heartbeat's ts
     updated_at: Mapped[datetime] = mapped_column(server_default=NOW)
 
 
@@ -281,18 +315,55 @@ class EnrollmentEvent(Base):
 
 
 class Command(Base):
-    """A remote command an operator issued to a device (the long-lived record)."""
+    """A remote command an operator issued to a device (the long-lived record).
+
+    Created with its dispatch (`POST /v1/dispatches`, same transaction, `created_at` = the
+    dispatch's `sent_at`) and kept `TELEMETRY_RETENTION_COMMANDS_SECONDS` (an audit-style
+    table: batched `DELETE` by `created_at`), long after the 2-day dispatch row. `status`
+    moves forward only: pending → delivered → executed | failed, or expired (no terminal ack
+    within `TELEMETRY_COMMAND_TTL_SECONDS`); each transition has its own timestamp.
+    """
 
     __tablename__ = "commands"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(128), index=True)
+    device_id: Mapped[str] = mapped_column(String(128))
     command: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any] | None]
-    status: Mapped[str] = mapped_column(String(32), server_default="queued")
+    status: Mapped[str] = mapped_column(String(32), server_default="pending")
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(server_default=NOW)
     updated_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    request_id: Mapped[str] = mapped_column(String(128), unique=True)
+    delivered_at: Mapped[datetime | None]
+    executed_at: Mapped[datetime | None]
+    failed_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    result: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('pending', 'delivered', 'executed', 'failed', 'expired')", name="status_known"
+        ),
+        # A device's commands by time (operator list, reachability over its last commands).
+        Index("ix_commands_device_id_created_at", "device_id", "created_at"),
+        # The pull: a device's undelivered commands, oldest first.
+        Index(
+            "ix_commands_pending_device_id_created_at",
+            "device_id",
+            "created_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        # Expiry and the fleet's stuck commands: only the open ones.
+        Index(
+            "ix_commands_open_created_at",
+            "created_at",
+            postgresql_where=text("status IN ('pending', 'delivered')"),
+        ),
+        # Retention (batched DELETE by created_at).
+        Index("ix_commands_created_at", "created_at"),
+    )
 
 
 # --- retention configuration ------------------------------------------------------------------

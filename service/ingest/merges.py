@@ -14,7 +14,15 @@ from typing import Generic, Protocol, TypeVar
 import asyncpg
 
 from service.ingest import statements
-from service.ingest.rows import DispatchOutcome, DispatchRow, DownloadRow, HeartbeatRow
+from service.ingest.rows import (
+    AckOutcome,
+    AckResult,
+    AckRow,
+    DispatchOutcome,
+    DispatchRow,
+    DownloadRow,
+    HeartbeatRow,
+)
 
 RowT = TypeVar("RowT", bound=tuple[object, ...])
 ResultT = TypeVar("ResultT")
@@ -83,3 +91,11 @@ DISPATCHES: Merge[DispatchRow, DispatchOutcome] = RowMerge(
 DOWNLOADS: Merge[DownloadRow, bool] = RowMerge(
     "downloads", "apk_download_events", statements.merge_downloads, sum
 )
+
+
+def _moved(outcomes: list[AckOutcome]) -> int:
+    return sum(outcome.result is AckResult.CHANGED for outcome in outcomes)
+
+
+# Acks last: a dispatch and an ack of it in one flush find the command already inserted.
+ACKS: Merge[AckRow, AckOutcome] = RowMerge("command acks", "commands", statements.merge_acks, _moved)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -44,6 +45,18 @@ class DownloadRow(NamedTuple):
     bytes_downloaded: int | None
 
 
+class AckRow(NamedTuple):
+    """A device's acknowledgement of the command `request_id`: `device_id` comes from its
+    credential, `ts` (None: the server's clock) from its body."""
+
+    request_id: str
+    device_id: str
+    status: str
+    ts: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class DispatchRecord:
     id: int
@@ -75,3 +88,50 @@ class DispatchOutcome:
 
     created: bool
     dispatch: DispatchRecord
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """A command as stored (`commands`)."""
+
+    request_id: str
+    device_id: str
+    command: str
+    payload: dict[str, Any] | None
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    executed_at: datetime | None
+    failed_at: datetime | None
+    expired_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> CommandRecord:
+        return cls(**{name: row[name] for name in COMMAND_COLUMNS})
+
+
+COMMAND_COLUMNS = tuple(CommandRecord.__dataclass_fields__)
+
+
+class AckResult(StrEnum):
+    """What an ack did: moved the command forward (`changed`), repeated its current status
+    (`unchanged`), contradicted it (`conflict`: backward, another terminal status, or after
+    expiry), or named no command of the acking device (`not_found`)."""
+
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"
+    CONFLICT = "conflict"
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True, slots=True)
+class AckOutcome:
+    """`command`: the command's state after the flush (None when `not_found`); `previous`: its
+    status before the flush, so a caller can tell the pending → delivered step."""
+
+    result: AckResult
+    command: CommandRecord | None = None
+    previous: str | None = None

@@ -13,7 +13,17 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from service.ingest.rows import DispatchOutcome, DispatchRecord, DispatchRow, DownloadRow, HeartbeatRow
+from service.ingest.rows import (
+    AckOutcome,
+    AckResult,
+    AckRow,
+    CommandRecord,
+    DispatchOutcome,
+    DispatchRecord,
+    DispatchRow,
+    DownloadRow,
+    HeartbeatRow,
+)
 
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_heartbeats (
@@ -27,6 +37,10 @@ CREATE TEMP TABLE IF NOT EXISTS stage_dispatches (
 CREATE TEMP TABLE IF NOT EXISTS stage_downloads (
     id bigint NOT NULL, ts timestamptz NOT NULL, build_id text NOT NULL, device_id text NOT NULL,
     token_id bigint, outcome text NOT NULL, bytes_downloaded bigint
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS stage_acks (
+    ord integer NOT NULL, request_id text NOT NULL, device_id text NOT NULL, status text NOT NULL,
+    ts timestamptz, result jsonb, error text
 ) ON COMMIT DELETE ROWS;
 """
 
@@ -42,6 +56,7 @@ HEARTBEAT_COLUMNS = (
 )
 DISPATCH_COLUMNS = ("ord", "request_id", "device_id", "action", "payload", "sent_at", "created_by")
 DOWNLOAD_COLUMNS = ("id", "ts", "build_id", "device_id", "token_id", "outcome", "bytes_downloaded")
+ACK_COLUMNS = ("ord", "request_id", "device_id", "status", "ts", "result", "error")
 
 # Download events carry ids chosen by the writer, so that re-running a flush whose COMMIT
 # outcome was unknown (connection lost mid-commit) cannot store an event twice.
@@ -91,6 +106,14 @@ WITH candidate AS (
     SELECT request_id, nextval('fcm_dispatches_id_seq'), sent_at FROM candidate
     ON CONFLICT (request_id) DO NOTHING
     RETURNING request_id, dispatch_id, sent_at
+), commanded AS (
+    -- The long-lived command, in the same statement: a dispatch never exists without it. A
+    -- request_id whose key expired (2 days) while its command lives on (90) pushes again but
+    -- names the same command.
+    INSERT INTO commands (request_id, device_id, command, payload, created_by, created_at, updated_at)
+    SELECT c.request_id, c.device_id, c.action, c.payload, c.created_by, k.sent_at, k.sent_at
+    FROM claimed k JOIN candidate c USING (request_id)
+    ON CONFLICT (request_id) DO NOTHING
 )
 INSERT INTO fcm_dispatches (id, sent_at, request_id, device_id, action, payload, created_by)
 SELECT k.dispatch_id, k.sent_at, c.request_id, c.device_id, c.action, c.payload, c.created_by
@@ -106,6 +129,59 @@ FROM fcm_dispatch_keys k
 LEFT JOIN fcm_dispatches d ON d.id = k.dispatch_id AND d.sent_at = k.sent_at
 WHERE k.request_id = ANY($1::text[])
 """
+
+
+# A device's acks, set-based and forward only. Per (command, device) the flush's furthest ack is
+# the candidate; `locked` takes the command's row lock first (FOR UPDATE re-reads the latest
+# committed version under READ COMMITTED, so two instances acking the same command serialize
+# and the second sees the first's status), and the UPDATE applies only a forward move: rank
+# pending 0 < delivered 1 < executed | failed 2, and nothing leaves a terminal status (expired
+# included). A transition's time is the device's `ts`, held between the dispatch and now (a
+# wrong device clock cannot put it before the command existed or in the future). Skipping
+# `delivered` (an executed ack first) sets `delivered_at` too: the command was delivered.
+# Returns, per acked command, its status before the flush, whether it moved, and its state now.
+MERGE_ACKS = """
+WITH staged AS (
+    SELECT *, CASE status WHEN 'delivered' THEN 1 ELSE 2 END AS rank FROM stage_acks
+), target AS (
+    SELECT DISTINCT ON (request_id, device_id) * FROM staged
+    ORDER BY request_id, device_id, rank DESC, ord
+), locked AS (
+    SELECT c.id, c.status AS previous, c.request_id, c.device_id, c.command, c.payload, c.status,
+           c.created_at, c.updated_at, c.delivered_at, c.executed_at, c.failed_at, c.expired_at,
+           c.result, c.error
+    FROM commands c JOIN target t ON c.request_id = t.request_id AND c.device_id = t.device_id
+    FOR UPDATE OF c
+), moves AS (
+    SELECT l.id, t.status, t.rank, t.result, t.error,
+           least(greatest(coalesce(t.ts, now()), l.created_at), now()) AS at
+    FROM locked l JOIN target t ON l.request_id = t.request_id AND l.device_id = t.device_id
+    WHERE t.rank > CASE l.previous WHEN 'pending' THEN 0 WHEN 'delivered' THEN 1 ELSE 3 END
+), updated AS (
+    UPDATE commands c SET
+        status = m.status,
+        delivered_at = coalesce(c.delivered_at, m.at),
+        executed_at = CASE WHEN m.status = 'executed' THEN m.at ELSE c.executed_at END,
+        failed_at = CASE WHEN m.status = 'failed' THEN m.at ELSE c.failed_at END,
+        result = CASE WHEN m.rank = 2 THEN m.result ELSE c.result END,
+        error = CASE WHEN m.rank = 2 THEN m.error ELSE c.error END,
+        updated_at = now()
+    FROM moves m
+    WHERE c.id = m.id
+    RETURNING c.id, c.request_id, c.device_id, c.command, c.payload, c.status, c.created_at,
+              c.updated_at, c.delivered_at, c.executed_at, c.failed_at, c.expired_at, c.result, c.error
+)
+SELECT true AS changed, l.previous, u.request_id, u.device_id, u.command, u.payload, u.status,
+       u.created_at, u.updated_at, u.delivered_at, u.executed_at, u.failed_at, u.expired_at,
+       u.result, u.error
+FROM updated u JOIN locked l USING (id)
+UNION ALL
+SELECT false, l.previous, l.request_id, l.device_id, l.command, l.payload, l.status, l.created_at,
+       l.updated_at, l.delivered_at, l.executed_at, l.failed_at, l.expired_at, l.result, l.error
+FROM locked l WHERE l.id NOT IN (SELECT id FROM updated)
+"""
+
+ACK_RANK = {"pending": 0, "delivered": 1, "executed": 2, "failed": 2, "expired": 2}
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
@@ -180,6 +256,38 @@ async def merge_downloads(conn: asyncpg.Connection, rows: Sequence[DownloadRow])
         stored.append(key in inserted)
         inserted.discard(key)  # a duplicate later in the flush was not the stored one
     return stored
+
+
+async def merge_acks(conn: asyncpg.Connection, rows: Sequence[AckRow]) -> list[AckOutcome]:
+    """Per row: whether it moved its command forward, repeated its status, contradicted it,
+    or named no command of its device; and the command's state after the flush.
+
+    Several acks of one command in one flush: the furthest is applied, and a nearer one on
+    its way (a `delivered` before an `executed`) counts as changed too, as if applied first."""
+    await conn.copy_records_to_table("stage_acks", records=numbered(rows), columns=ACK_COLUMNS)
+    found: dict[tuple[str, str], tuple[bool, str, CommandRecord]] = {
+        (r["request_id"], r["device_id"]): (r["changed"], r["previous"], CommandRecord.from_row(r))
+        for r in await conn.fetch(MERGE_ACKS)
+    }
+    outcomes: list[AckOutcome] = []
+    for row in rows:
+        entry = found.get((row.request_id, row.device_id))
+        if entry is None:
+            outcomes.append(AckOutcome(AckResult.NOT_FOUND))
+            continue
+        changed, previous, command = entry
+        if (
+            changed
+            and ACK_RANK[row.status] > ACK_RANK[previous]
+            and (row.status == command.status or row.status == "delivered")
+        ):
+            result = AckResult.CHANGED
+        elif row.status == command.status:
+            result = AckResult.UNCHANGED
+        else:
+            result = AckResult.CONFLICT
+        outcomes.append(AckOutcome(result, command, previous))
+    return outcomes
 
 
 def is_missing_partition(exc: BaseException) -> bool:

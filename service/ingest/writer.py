@@ -4,7 +4,8 @@ States: `created` → `running` (after `start`) → `draining` (after `stop` beg
 
 Guarantees:
 * A `submit_*` call returns only after its rows are committed (or found already stored: a
-  heartbeat absorbed by its bucket, a dispatch whose `request_id` exists). Rows of many
+  heartbeat absorbed by its bucket, a dispatch whose `request_id` exists; or, for a command
+  ack, found not to move its command forward). Rows of many
   requests share one transaction: each kind's `Merge` (`ingest/merges.py`) stages its rows
   with one binary COPY and stores them with one set-based `INSERT … ON CONFLICT`, kinds
   always in the same order, then one COMMIT.
@@ -55,7 +56,7 @@ from service.db.errors import is_transient
 from service.db.watchdog import DatabaseWatchdog
 from service.ingest import merges, statements
 from service.ingest.merges import Merge
-from service.ingest.rows import DispatchOutcome, DispatchRow, DownloadRow, HeartbeatRow
+from service.ingest.rows import AckOutcome, AckRow, DispatchOutcome, DispatchRow, DownloadRow, HeartbeatRow
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,7 @@ class GroupCommitWriter:
             merges.heartbeats(self.bucket_seconds),
             merges.DISPATCHES,
             merges.DOWNLOADS,
+            merges.ACKS,
         )
         self.state = WriterState.CREATED
         self._queue: deque[_Request] = deque()
@@ -235,6 +237,11 @@ class GroupCommitWriter:
         Every `submit_*` takes the caller's `request_id` (default: a new one), which a
         `WriteFailed` carries and the log line about its cause names."""
         return await self._submit(self._merges[2], rows, request_id)
+
+    async def submit_acks(self, rows: Sequence[AckRow], *, request_id: str | None = None) -> list[AckOutcome]:
+        """Devices' command acks; returns per row what it did to its command (moved it forward,
+        repeated, contradicted, or found no command of that device) and the command's state."""
+        return await self._submit(self._merges[3], rows, request_id)
 
     # -- flushing ------------------------------------------------------------------------------
 

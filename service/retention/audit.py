@@ -1,10 +1,11 @@
 """Audit tables: plain tables whose old rows are expired by a batched `DELETE`.
 
 `device_events` and `enrollment_events` record who enrolled, who was revoked and which
-addresses were refused. They are small and fleet-wide (not partitioned, so Citus can keep them
-as reference tables), so retention here is a row-level `DELETE … WHERE created_at < cutoff`,
-the same in both storage modes, run by the service's maintenance task and by
-`telemetry retention run`.
+addresses were refused; `commands` records what operators asked devices to do and how far each
+command got (kept 90 days, long after its 2-day dispatch row). They are not partitioned (the
+audit tables are small and fleet-wide, so Citus can keep them as reference tables), so
+retention here is a row-level `DELETE … WHERE created_at < cutoff`, the same in both storage
+modes, run by the service's maintenance task and by `telemetry retention run`.
 
 Guarantees:
 * A row is kept at least its table's window; it goes at the first run after `created_at +
@@ -38,7 +39,9 @@ class AuditTable:
 
 DEVICE_EVENTS = AuditTable("device_events", "created_at", RetentionWindows().device_events)
 ENROLLMENT_EVENTS = AuditTable("enrollment_events", "created_at", RetentionWindows().enrollment_events)
-AUDIT_TABLES: tuple[AuditTable, ...] = (DEVICE_EVENTS, ENROLLMENT_EVENTS)
+# Commands are kept far longer than their dispatch rows, and expire the same way.
+COMMANDS = AuditTable("commands", "created_at", RetentionWindows().commands)
+AUDIT_TABLES: tuple[AuditTable, ...] = (DEVICE_EVENTS, ENROLLMENT_EVENTS, COMMANDS)
 AUDIT_BY_NAME = {t.name: t for t in AUDIT_TABLES}
 
 DELETE_BATCH = 10_000

@@ -17,9 +17,9 @@ from service.migrations.commands import Migrator
 from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-EARLIER = "0c4e8a7d2f61"
-PREVIOUS = "e31c9e0a6175"
-HEAD = "81159e67ec7f"
+EARLIER = "e31c9e0a6175"
+PREVIOUS = "81159e67ec7f"
+HEAD = "e8b24c6a1f93"
 
 
 async def user_tables(url: str) -> set[str]:
@@ -105,6 +105,7 @@ async def test_time_series_tables_are_partitioned_with_retention(
         "apk_download_events": timedelta(days=7),
         "device_events": timedelta(days=90),
         "enrollment_events": timedelta(days=90),
+        "commands": timedelta(days=90),
         "device_heartbeats_hourly": timedelta(days=90),
         "fleet_daily": timedelta(days=400),
     }

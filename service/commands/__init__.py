@@ -1,0 +1,1 @@
+"""Commands after their dispatch: expiry (a maintenance step) and push reachability."""

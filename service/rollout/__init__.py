@@ -1,0 +1,1 @@
+"""APK rollouts: installations verified by heartbeats, and the funnel of one build."""
