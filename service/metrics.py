@@ -106,6 +106,12 @@ class Metrics:
             ["rollup"],
             registry=r,
         )
+        self.command_delivery_seconds = Histogram(
+            "telemetry_command_delivery_seconds",
+            "Dispatch to delivered ack of commands, fleet-wide (how long pushes take to arrive)",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 86400),
+            registry=r,
+        )
         self.retention_problems = Gauge(
             "telemetry_retention_problems",
             "Retention problems found by the last check (0: every window holds)",

@@ -48,16 +48,17 @@ RETURNING {VERSION_COLUMNS}, created_at
 
 _TAKEN = f"""
 SELECT {VERSION_COLUMNS}, created_at FROM apk_versions
-WHERE build_id = $4 OR (package_name = $1 AND version_code = $2)
+WHERE build_id = $3 OR (package_name = $1 AND version_code = $2)
 """
 
 # Allowed moves (old → new): installing → installed | failed; failed → installing | installed.
 _REPORT = """
-WITH version AS (SELECT id FROM apk_versions WHERE build_id = $2)
+WITH version AS (SELECT id FROM apk_versions WHERE build_id = $2::text)
 INSERT INTO apk_installations AS i
     (device_id, apk_version_id, status, error, installed_at, failed_at, created_at, updated_at)
-SELECT $1, version.id, $3, $4,
-       CASE WHEN $3 = 'installed' THEN now() END, CASE WHEN $3 = 'failed' THEN now() END, now(), now()
+SELECT $1::text, version.id, $3::text, $4::text,
+       CASE WHEN $3::text = 'installed' THEN now() END, CASE WHEN $3::text = 'failed' THEN now() END,
+       now(), now()
 FROM version
 ON CONFLICT (device_id, apk_version_id) DO UPDATE SET
     status = EXCLUDED.status,
@@ -99,7 +100,7 @@ async def register_version(request: web.Request) -> web.Response:
         row = await conn.fetchrow(_REGISTER, *values)
         if row is not None:
             return json_response(_version(row), status=201)
-        taken = await conn.fetch(_TAKEN, *values)
+        taken = await conn.fetch(_TAKEN, body.package_name, body.version_code, body.build_id)
     if len(taken) == 1 and tuple(taken[0][name] for name in _names()) == values:
         return json_response(_version(taken[0]), status=200)
     same_build = any(r["build_id"] == body.build_id for r in taken)

@@ -16,6 +16,7 @@ from service.api.errors import not_found
 from service.api.responses import json_response
 from service.api.schemas import DeviceState, DeviceSummary
 from service.api.state import services
+from service.commands.reachability import push_reachability
 
 
 async def ensure_device_exists(conn: asyncpg.Connection, device_id: str) -> None:
@@ -42,6 +43,8 @@ async def get_device(request: web.Request) -> web.Response:
     )
     if row is None:
         raise not_found(f"no device {device_id!r}", field="device_id")
+    async with services(request).pool.acquire() as conn:
+        push = await push_reachability(conn, device_id, services(request).settings.command_stuck)
     return json_response(
         DeviceSummary(
             device_id=row["id"],
@@ -51,6 +54,7 @@ async def get_device(request: web.Request) -> web.Response:
             last_status=row["status"],
             last_battery_pct=row["battery_pct"],
             banned=row["banned"],
+            push=push,
         )
     )
 

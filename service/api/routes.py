@@ -6,12 +6,25 @@ from the auth kind, the request type, the query and the path (see `openapi_doc`)
 
 from __future__ import annotations
 
-from service.api import devices, dispatches, downloads, enrollment, health, heartbeats, history, openapi_doc
+from service.api import (
+    apk,
+    commands,
+    devices,
+    dispatches,
+    downloads,
+    enrollment,
+    health,
+    heartbeats,
+    history,
+    openapi_doc,
+)
 from service.api import schemas as s
 from service.api.endpoint import Endpoint, Schema
 
 LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
 DATABASE_ID: Schema = {"type": "integer", "format": "int64", "minimum": 1}
+COMMAND_STATUS: Schema = {"type": "string", "enum": list(s.COMMAND_STATUSES)}
+TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 HISTORY_QUERY: dict[str, Schema] = {
     "from": {"type": "string", "format": "date-time", "description": "Default: a span before `to`"},
     "to": {"type": "string", "format": "date-time", "description": "Default: now"},
@@ -92,11 +105,105 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         responses={200: s.Dispatch, 404: s.ErrorBody},
     ),
     Endpoint(
+        method="POST",
+        path="/v1/dispatches/{request_id}/ack",
+        handler=commands.ack_command,
+        auth="device",
+        summary="Acknowledge a command as the device it was sent to: delivered, executed or failed."
+        " Forward only: 200 with the current state (changed=false when repeated), 409 with it when"
+        " backward; 404 for any other device",
+        request=s.CommandAck,
+        responses={200: s.CommandAckResponse, 404: s.ErrorBody, 409: s.CommandConflict},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/device/commands",
+        handler=commands.pull_commands,
+        auth="device",
+        summary="The calling device's commands not yet delivered, oldest first (pull when push is dead)",
+        query={"status": {"type": "string", "enum": ["pending"], "default": "pending"}, "limit": LIMIT},
+        responses={200: s.CommandList, 422: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/commands",
+        handler=commands.list_commands,
+        auth="viewer",
+        summary="The fleet's commands still pending (or delivered) after older_than seconds (default"
+        " TELEMETRY_COMMAND_STUCK_SECONDS), oldest first: where pushes do not arrive",
+        query={
+            "status": {"type": "string", "enum": ["pending", "delivered"], "default": "pending"},
+            "older_than": {"type": "number", "minimum": 0, "maximum": commands.MAX_AGE_SECONDS},
+            "limit": LIMIT,
+        },
+        responses={200: s.CommandList, 422: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/commands/{request_id}",
+        handler=commands.get_command,
+        auth="viewer",
+        summary="A command and how far it got (kept TELEMETRY_RETENTION_COMMANDS_SECONDS)",
+        responses={200: s.Command, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/devices/{device_id}/commands",
+        handler=commands.list_device_commands,
+        auth="viewer",
+        summary="A device's commands, newest first; before= pages back by dispatch time",
+        query={"status": COMMAND_STATUS, "before": TIMESTAMP, "limit": LIMIT},
+        responses={200: s.CommandList, 404: s.ErrorBody, 422: s.ErrorBody},
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/apk-versions",
+        handler=apk.register_version,
+        auth="ci",
+        summary="Register an APK build (201; 200 when registered again as is; 409 when its build_id"
+        " or package_name and version_code are taken by different content)",
+        request=s.ApkVersionRequest,
+        responses={200: s.ApkVersion, 201: s.ApkVersion, 409: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/apk-versions",
+        handler=apk.list_versions,
+        auth="viewer",
+        summary="Registered APK builds, by package and newest version first",
+        query={"package_name": {"type": "string", "minLength": 1, "maxLength": 255}, "limit": LIMIT},
+        responses={200: s.ApkVersionList, 422: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/apk-versions/{build_id}/rollout",
+        handler=apk.get_rollout,
+        auth="viewer",
+        summary="A build's rollout funnel: downloads (raw events, expiring), installations, devices"
+        " reporting the version, median download-to-install time",
+        responses={200: s.RolloutFunnel, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/apk-installations",
+        handler=apk.report_installation,
+        auth="device",
+        summary="Report the calling device's install of a build: installing, installed or failed"
+        " (forward only; a failed install may be retried). 201 first report, 200 otherwise, 409 backward",
+        request=s.ApkInstallationReport,
+        responses={
+            200: s.ApkInstallation,
+            201: s.ApkInstallation,
+            404: s.ErrorBody,
+            409: s.InstallationConflict,
+        },
+    ),
+    Endpoint(
         method="GET",
         path="/v1/devices/{device_id}",
         handler=devices.get_device,
         auth="viewer",
-        summary="A device: enrollment, last seen, last battery and status",
+        summary="A device: enrollment, last seen, last battery and status, push reachability",
         responses={200: s.DeviceSummary, 404: s.ErrorBody},
     ),
     Endpoint(

@@ -26,10 +26,10 @@ from service.db.errors import STATEMENT_FAILED
 BATCH = 10_000
 
 _EXPIRE = """
-UPDATE commands SET status = 'expired', expired_at = $1, updated_at = $1
+UPDATE commands SET status = 'expired', expired_at = $1::timestamptz, updated_at = $1::timestamptz
 WHERE id IN (
     SELECT id FROM commands
-    WHERE status IN ('pending', 'delivered') AND created_at < $1 - $2::interval
+    WHERE status IN ('pending', 'delivered') AND created_at < $1::timestamptz - $2::interval
     LIMIT $3
 ) AND status IN ('pending', 'delivered')
 """

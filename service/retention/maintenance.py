@@ -22,6 +22,10 @@ postgres mode a round, run by exactly one instance at a time, does in this order
    backlog is worked off over several bounded rounds rather than in one unbounded one.
 4. expires audit rows (`device_events`, `enrollment_events`) past their windows, at most
    `AUDIT_BATCHES_PER_ROUND` batches per table per round (see `service.retention.audit`).
+4b. commands and installs, both modes: marks `expired` the commands with no terminal ack after
+   `TELEMETRY_COMMAND_TTL_SECONDS` (`service.commands.expiry`, bounded batches, clock injectable
+   through `clock`), records each device's latest reported app version and verifies the installs
+   it confirms (`service.rollout.verification`).
 5. timescale mode: runs in the foreground (`CALL run_job`) every project job whose last
    background run failed or that is overdue, so windows hold even where TimescaleDB's scheduler
    fails; a warning with the job's last error is logged once per change of its state.
@@ -43,11 +47,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
+from service.commands.expiry import expire_commands
 from service.db import locks
 from service.db.errors import STATEMENT_FAILED
 from service.db.rollups import ROLLUPS
@@ -58,6 +64,7 @@ from service.retention.audit import AUDIT_TABLES, expire
 from service.retention.cleanup import DROP_LOCK_TIMEOUT, DroppedRange, clean_table, expire_dispatch_keys
 from service.retention.health import RetentionHealth, assess, jobs_to_heal, read_jobs
 from service.retention.policies import ENSURE_PARTITIONS, detect_storage_mode, read_policy
+from service.rollout.verification import run as verification_step
 from service.settings import Settings, StorageMode
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ log = logging.getLogger(__name__)
 # Any constant shared by every instance of this service (distinct from the migration lock).
 KEY_BATCHES_PER_ROUND = 100
 AUDIT_BATCHES_PER_ROUND = 100
+COMMAND_BATCHES_PER_ROUND = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,8 @@ class MaintenanceReport:
     dropped: dict[str, tuple[DroppedRange, ...]] = field(default_factory=dict)
     keys_expired: int = 0
     audit_expired: dict[str, int] = field(default_factory=dict)  # rows deleted, per audit table
+    commands_expired: int = 0
+    installs_verified: int = 0
     healed: tuple[str, ...] = ()  # jobs run in the foreground ("<job_id> <name>")
     rollups: rollups.RefreshReport | None = None  # rollup tables refreshed (table mechanism)
     health: RetentionHealth | None = None
@@ -107,8 +117,14 @@ class PartitionMaintenance:
         settings: Settings,
         mode: StorageMode | None = None,
         metrics: Metrics | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
+        """`clock`: "now" for command expiry (default: the database's clock); for tests."""
         self._pool = pool
+        self._clock = clock
+        # The first round reads the whole raw heartbeat window for app versions, later ones
+        # only what arrived since (see service.rollout.verification).
+        self._versions_read = False
         self._settings = settings
         self._mode = mode
         self._metrics = metrics
@@ -135,6 +151,8 @@ class PartitionMaintenance:
                 if self._mode == "timescale":
                     # TimescaleDB's jobs handle the time-series tables and the dispatch keys.
                     audit_expired, errors = await self._expire_audit(conn)
+                    lifecycle, lifecycle_errors = await self._commands_and_installs(conn)
+                    errors += lifecycle_errors
                     healed, heal_errors = await self._heal_jobs(conn)
                     refreshed = None
                     if await rollups.mechanism_or_none(conn) == "rollup_table":
@@ -145,6 +163,8 @@ class PartitionMaintenance:
                         mode="timescale",
                         ran=True,
                         audit_expired=audit_expired,
+                        commands_expired=lifecycle[0],
+                        installs_verified=lifecycle[1],
                         healed=healed,
                         rollups=refreshed,
                         errors=tuple(errors + heal_errors),
@@ -188,6 +208,8 @@ class PartitionMaintenance:
             errors.append(f"fcm_dispatch_keys: expiring keys failed: {keys.error}")
         audit_expired, audit_errors = await self._expire_audit(conn)
         errors += audit_errors
+        lifecycle, lifecycle_errors = await self._commands_and_installs(conn)
+        errors += lifecycle_errors
         return MaintenanceReport(
             mode="postgres",
             ran=True,
@@ -195,6 +217,8 @@ class PartitionMaintenance:
             dropped=dropped,
             keys_expired=keys.expired,
             audit_expired=audit_expired,
+            commands_expired=lifecycle[0],
+            installs_verified=lifecycle[1],
             rollups=refreshed,
             errors=tuple(errors),
         )
@@ -233,6 +257,30 @@ class PartitionMaintenance:
             if result.error is not None:
                 errors.append(f"{table.name}: expiring audit rows failed: {result.error}")
         return expired, errors
+
+    async def _commands_and_installs(self, conn: asyncpg.Connection) -> tuple[tuple[int, int], list[str]]:
+        """Step 4b: (commands expired, installs verified), and the errors."""
+        errors: list[str] = []
+        s = self._settings
+        expiry = await expire_commands(
+            conn,
+            s.command_ttl,
+            now=self._clock() if self._clock is not None else None,
+            max_batches=COMMAND_BATCHES_PER_ROUND,
+        )
+        if expiry.error is not None:
+            errors.append(f"commands: expiring commands failed: {expiry.error}")
+        lookback = (
+            2 * s.maintenance_interval + s.max_clock_skew
+            if self._versions_read
+            else s.retention.device_heartbeats
+        )
+        verification = await verification_step(conn, lookback)
+        if verification.error is not None:
+            errors.append(f"apk_installations: verifying installs failed: {verification.error}")
+        else:
+            self._versions_read = True
+        return (expiry.expired, verification.installs_verified), errors
 
     async def _heal_jobs(self, conn: asyncpg.Connection) -> tuple[tuple[str, ...], list[str]]:
         now = await conn.fetchval("SELECT now()")
@@ -323,3 +371,9 @@ def _log_report(report: MaintenanceReport) -> None:
         audit_rows,
         report.seconds,
     )
+    if report.commands_expired or report.installs_verified:
+        log.info(
+            "maintenance: %d commands expired, %d installs verified by heartbeats",
+            report.commands_expired,
+            report.installs_verified,
+        )
