@@ -82,13 +82,24 @@ def test_readme_curl_session_works_as_written(data_dir: Path) -> None:
             timeout=60,
         )
         assert session.returncode == 0, session.stderr
-        # Two JSON documents: the heartbeat answer, then the read-back.
+        # One JSON document per curl: heartbeat, read-back, then the command and the rollout.
         decoder = json.JSONDecoder()
-        posted, end = decoder.raw_decode(session.stdout)
-        listed, _ = decoder.raw_decode(session.stdout[end:].lstrip())
+        documents, end = [], 0
+        while end < len(session.stdout.rstrip()):
+            document, end = decoder.raw_decode(session.stdout, end)
+            documents.append(document)
+            end += len(session.stdout[end:]) - len(session.stdout[end:].lstrip())
+        posted, listed, dispatched, pulled, acked, command, build, _, installed, rollout = documents
         assert posted["device_id"] == "phone-1" and posted["results"][0]["stored"] is True
         assert [h["battery_pct"] for h in listed["heartbeats"]] == [87]
         assert listed["heartbeats"][0]["status"] == "ok"
+        assert dispatched["request_id"] == "lock-1" and dispatched["status"] == "pending"
+        assert [c["request_id"] for c in pulled["commands"]] == ["lock-1"]
+        assert acked["changed"] is True and acked["command"]["status"] == "executed"
+        assert command["status"] == "executed" and command["result"] == {"locked": True}
+        assert command["delivered_at"] is not None and command["executed_at"] is not None
+        assert build["build_id"] == "ci-1234" and installed["status"] == "installed"
+        assert rollout["downloads"]["completed"] == 1 and rollout["installations"]["installed"] == 1
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -65,6 +65,7 @@ def upgrade() -> None:
     op.add_column("apk_installations", sa.Column("error", sa.Text(), nullable=True))
     verified = sa.Column("verified", sa.Boolean(), server_default=sa.text("false"), nullable=False)
     op.add_column("apk_installations", verified)
+    op.add_column("apk_installations", sa.Column("download_completed_at", TZ, nullable=True))
     op.create_unique_constraint(None, "apk_installations", ["device_id", "apk_version_id"])
     op.create_check_constraint(
         "status_known", "apk_installations", "status IN ('installing', 'installed', 'failed')"
@@ -112,7 +113,7 @@ def downgrade() -> None:
     op.drop_constraint(
         "uq_apk_installations_device_id_apk_version_id", "apk_installations", type_="unique"
     )
-    for column in ("verified", "error", "failed_at", "created_at"):
+    for column in ("download_completed_at", "verified", "error", "failed_at", "created_at"):
         op.drop_column("apk_installations", column)
 
     op.execute(f"DELETE FROM retention_policies WHERE table_name = '{audit.COMMANDS.name}'")

@@ -55,16 +55,23 @@ WHERE build_id = $3 OR (package_name = $1 AND version_code = $2)
 _REPORT = """
 WITH version AS (SELECT id FROM apk_versions WHERE build_id = $2::text)
 INSERT INTO apk_installations AS i
-    (device_id, apk_version_id, status, error, installed_at, failed_at, created_at, updated_at)
+    (device_id, apk_version_id, status, error, installed_at, failed_at, created_at, updated_at,
+     download_completed_at)
 SELECT $1::text, version.id, $3::text, $4::text,
        CASE WHEN $3::text = 'installed' THEN now() END, CASE WHEN $3::text = 'failed' THEN now() END,
-       now(), now()
+       now(), now(),
+       -- Installed: the download it came from, one probe of the (build, outcome, device) index.
+       CASE WHEN $3::text = 'installed' THEN (
+           SELECT max(ts) FROM apk_download_events
+           WHERE build_id = $2::text AND outcome = 'completed' AND device_id = $1::text AND ts <= now()
+       ) END
 FROM version
 ON CONFLICT (device_id, apk_version_id) DO UPDATE SET
     status = EXCLUDED.status,
     error = EXCLUDED.error,
     installed_at = coalesce(EXCLUDED.installed_at, i.installed_at),
     failed_at = coalesce(EXCLUDED.failed_at, i.failed_at),
+    download_completed_at = coalesce(EXCLUDED.download_completed_at, i.download_completed_at),
     updated_at = now()
 WHERE (i.status = 'installing' AND EXCLUDED.status IN ('installed', 'failed'))
    OR (i.status = 'failed' AND EXCLUDED.status IN ('installing', 'installed'))

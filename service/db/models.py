@@ -256,6 +256,9 @@ class ApkInstallation(Base):
     failed_at: Mapped[datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     verified: Mapped[bool] = mapped_column(server_default=text("false"))
+    # The device's last completed download of the version before it was installed, copied from
+    # the raw events when the install is confirmed: the funnel's median outlives those events.
+    download_completed_at: Mapped[datetime | None]
 
     __table_args__ = (
         UniqueConstraint("device_id", "apk_version_id"),

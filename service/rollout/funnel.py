@@ -9,7 +9,8 @@ Each part comes from where it is cheapest to read and says how fresh it is:
 * devices whose latest heartbeat reports the build's `version_name`: `device_app_versions`, as
   of the last maintenance round (`service.rollout.verification`), counted by index.
 * median time from download completed to installed: each installed device's last completed
-  download of the build before its `installed_at`; raw events, so it expires with them.
+  download of the build before its install, copied from the raw events onto the installation
+  when the install is reported or verified (so it does not expire with them).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import asyncpg
 
 from service.api.schemas import RolloutDownloads, RolloutFunnel, RolloutInstallations
 
-EXPIRING = ["downloads", "median_download_to_install_seconds"]
+EXPIRING = ["downloads"]
 
 _VERSION = """
 SELECT id, package_name, version_code, version_name FROM apk_versions WHERE build_id = $1
@@ -44,21 +45,14 @@ _REPORTING = """
 SELECT count(*) AS devices, max(updated_at) AS as_of FROM device_app_versions WHERE app_version = $1
 """
 
-# Completed downloads per device (in index order: build, outcome, device) joined with the
-# build's installs; the download must precede the install.
+# Each install keeps the time of the download it came from (copied when it was confirmed), so
+# the median is one pass over the version's installations, and it outlives the raw events.
 _MEDIAN = """
-SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM i.installed_at - d.completed))
-FROM apk_installations i
-JOIN (
-    SELECT device_id, ts AS completed FROM apk_download_events
-    WHERE build_id = $2 AND outcome = 'completed' AND ts >= $3
-) d ON d.device_id = i.device_id AND d.completed <= i.installed_at
-WHERE i.apk_version_id = $1 AND i.installed_at IS NOT NULL
-  AND NOT EXISTS (
-    SELECT 1 FROM apk_download_events later
-    WHERE later.build_id = $2 AND later.outcome = 'completed' AND later.device_id = d.device_id
-      AND later.ts > d.completed AND later.ts <= i.installed_at
-  )
+SELECT percentile_cont(0.5) WITHIN GROUP (
+    ORDER BY extract(epoch FROM installed_at - download_completed_at)
+)
+FROM apk_installations
+WHERE apk_version_id = $1 AND installed_at IS NOT NULL AND download_completed_at IS NOT NULL
 """
 
 
@@ -90,7 +84,7 @@ async def funnel(
     outcomes = {r["outcome"]: r["n"] for r in await conn.fetch(_DOWNLOADS, build_id, since)}
     installs = await conn.fetchrow(_INSTALLATIONS, version.id)
     reporting = await conn.fetchrow(_REPORTING, version.version_name)
-    median = await conn.fetchval(_MEDIAN, version.id, build_id, since)
+    median = await conn.fetchval(_MEDIAN, version.id)
     return RolloutFunnel(
         build_id=build_id,
         package_name=version.package_name,

@@ -43,6 +43,11 @@ WHERE d.reported_at < EXCLUDED.reported_at
 _VERIFY = """
 UPDATE apk_installations i
 SET status = 'installed', verified = true, installed_at = coalesce(i.installed_at, now()),
+    download_completed_at = coalesce(i.download_completed_at, (
+        SELECT max(e.ts) FROM apk_download_events e
+        WHERE e.build_id = v.build_id AND e.outcome = 'completed' AND e.device_id = i.device_id
+          AND e.ts <= coalesce(i.installed_at, now())
+    )),
     updated_at = now()
 FROM apk_versions v, device_app_versions d
 WHERE NOT i.verified AND v.id = i.apk_version_id AND d.device_id = i.device_id

@@ -124,6 +124,19 @@ async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMod
         headers=api.op(),
     )
     assert r.status == 201
+    r = await api.client.post(
+        "/v1/apk-versions",
+        json={
+            "package_name": "com.example.fuzz",
+            "version_code": 1,
+            "version_name": "1.0",
+            "build_id": "fuzz-build",
+            "sha256": "0" * 64,
+            "size_bytes": 1,
+        },
+        headers=api.op(),
+    )
+    assert r.status == 201
     r = await api.client.post("/v1/enrollment-tokens", json={}, headers=api.op())
     token_id = (await r.json())["id"]
     r = await api.client.get("/openapi.json")
@@ -132,7 +145,12 @@ async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMod
     run = Run(
         base_url=str(api.client.make_url("")).rstrip("/"),
         credentials={"operator": api.operator_token, "device": device_token},
-        known={"device_id": "fuzz-dev", "request_id": "fuzz-req", "token_id": str(token_id)},
+        known={
+            "device_id": "fuzz-dev",
+            "request_id": "fuzz-req",
+            "token_id": str(token_id),
+            "build_id": "fuzz-build",
+        },
     )
     started = time.perf_counter()
     await asyncio.to_thread(fuzz_schema, schema, run)
@@ -142,7 +160,7 @@ async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMod
     STATS.statuses.update(run.statuses)
 
     operations = len(list(schema.get_all_operations()))
-    assert operations == 18
+    assert operations == 26
     assert run.requests >= operations * EXAMPLES
     assert run.server_errors == [], "\n".join(run.server_errors)
     assert run.failures == [], "\n\n".join(run.failures)
