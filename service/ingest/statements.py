@@ -153,7 +153,7 @@ WITH staged AS (
     FROM commands c JOIN target t ON c.request_id = t.request_id AND c.device_id = t.device_id
     FOR UPDATE OF c
 ), moves AS (
-    SELECT l.id, t.status, t.rank, t.result, t.error,
+    SELECT l.id, l.previous, t.status, t.rank, t.result, t.error,
            least(greatest(coalesce(t.ts, now()), l.created_at), now()) AS at
     FROM locked l JOIN target t ON l.request_id = t.request_id AND l.device_id = t.device_id
     WHERE t.rank > CASE l.previous WHEN 'pending' THEN 0 WHEN 'delivered' THEN 1 ELSE 3 END
@@ -168,13 +168,15 @@ WITH staged AS (
         updated_at = now()
     FROM moves m
     WHERE c.id = m.id
-    RETURNING c.id, c.request_id, c.device_id, c.command, c.payload, c.status, c.created_at,
-              c.updated_at, c.delivered_at, c.executed_at, c.failed_at, c.expired_at, c.result, c.error
+    RETURNING c.id, m.previous, c.request_id, c.device_id, c.command, c.payload, c.status,
+              c.created_at, c.updated_at, c.delivered_at, c.executed_at, c.failed_at, c.expired_at,
+              c.result, c.error
 )
-SELECT true AS changed, l.previous, u.request_id, u.device_id, u.command, u.payload, u.status,
-       u.created_at, u.updated_at, u.delivered_at, u.executed_at, u.failed_at, u.expired_at,
-       u.result, u.error
-FROM updated u JOIN locked l USING (id)
+-- (`previous` travels through the UPDATE's RETURNING: no join of two CTEs, whose sizes the
+-- planner cannot estimate, on the write path.)
+SELECT true AS changed, previous, request_id, device_id, command, payload, status, created_at,
+       updated_at, delivered_at, executed_at, failed_at, expired_at, result, error
+FROM updated
 UNION ALL
 SELECT false, l.previous, l.request_id, l.device_id, l.command, l.payload, l.status, l.created_at,
        l.updated_at, l.delivered_at, l.executed_at, l.failed_at, l.expired_at, l.result, l.error

@@ -25,7 +25,12 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def concrete(path: str) -> str:
-    return path.replace("{device_id}", "dev-v").replace("{request_id}", "req-v").replace("{token_id}", "1")
+    return (
+        path.replace("{device_id}", "dev-v")
+        .replace("{request_id}", "req-v")
+        .replace("{token_id}", "1")
+        .replace("{build_id}", "build-v")
+    )
 
 
 async def new_operator(api: Api, name: str, **kwargs: object) -> str:
@@ -64,8 +69,17 @@ async def test_a_viewer_reads_every_get_and_is_refused_every_write(api: Api) -> 
         headers=api.op(),
     )
     assert r.status == 201
+    build = {
+        "package_name": "com.example.v",
+        "version_code": 1,
+        "version_name": "1.0",
+        "build_id": "build-v",
+        "sha256": "0" * 64,
+        "size_bytes": 1,
+    }
+    assert (await api.client.post("/v1/apk-versions", json=build, headers=api.op())).status == 201
     viewer = await new_operator(api, "val", role="viewer")
-    writes = [ep for ep in ENDPOINTS if ep.auth == "admin"]
+    writes = [ep for ep in ENDPOINTS if ep.auth in ("admin", "ci")]
     reads = [ep for ep in ENDPOINTS if ep.auth == "viewer"]
     assert len(writes) >= 5 and len(reads) >= 4
     for ep in writes:
