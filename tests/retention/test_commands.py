@@ -64,6 +64,7 @@ async def test_set_then_show(db_url: str, mode: StorageMode) -> None:
         "fcm_dispatch_keys",
         "device_events",
         "enrollment_events",
+        "commands",
         "device_heartbeats_hourly",
         "fleet_daily",
     }

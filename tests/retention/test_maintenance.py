@@ -31,7 +31,7 @@ async def test_timescale_mode_leaves_chunks_and_keys_to_the_database_and_expires
     report = await PartitionMaintenance(pools[0], Settings(storage_mode=mode)).run_once()
     assert (report.mode, report.ran) == ("timescale", True)
     assert report.created == {} and report.dropped == {} and report.keys_expired == 0
-    assert set(report.audit_expired) == {"device_events", "enrollment_events"}
+    assert set(report.audit_expired) == {"device_events", "enrollment_events", "commands"}
     assert report.errors == ()
     assert await conn.fetchval("SELECT count(*) FROM timescaledb_information.chunks") == ranges_before
 
