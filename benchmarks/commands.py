@@ -40,7 +40,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from benchmarks.database import EmbeddedCluster
+from benchmarks.database import EmbeddedCluster, connect
 from service.admin import create_operator
 from service.api.state import SERVICES
 from service.app import create_app, create_pool
@@ -82,7 +82,7 @@ async def prefill(conn: asyncpg.Connection, mode: StorageMode, args: argparse.Na
                    CASE WHEN s <> 'pending' THEN c + make_interval(secs => 1 + g % 30) END,
                    CASE WHEN s = 'executed' THEN c + make_interval(secs => 2 + g % 30) END
             FROM generate_series($1::int, $2::int) g,
-                 LATERAL (SELECT now() - make_interval(secs => (g * 7919) % (90 * 86400)) AS c,
+                 LATERAL (SELECT now() - make_interval(secs => (g::bigint * 7919) % (90 * 86400)) AS c,
                           CASE WHEN g % 50 = 0 THEN 'pending' WHEN g % 50 = 1 THEN 'delivered'
                                ELSE 'executed' END AS s) x
             """,
@@ -120,7 +120,8 @@ async def prefill(conn: asyncpg.Connection, mode: StorageMode, args: argparse.Na
     await conn.execute(
         """
         INSERT INTO apk_download_events (ts, build_id, device_id, outcome, bytes_downloaded)
-        SELECT now() - make_interval(secs => 60 + (g * 7919) % (6 * 86400)), 'bench-build-' || (1 + g % 9),
+        SELECT now() - make_interval(secs => 60 + (g::bigint * 7919) % (6 * 86400)),
+               'bench-build-' || (1 + g % 9),
                'dev-' || (1 + g % $2::int),
                (ARRAY['started', 'completed', 'completed', 'failed'])[1 + g % 4], 1
         FROM generate_series(1, $1::int) g
@@ -253,9 +254,8 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     settings = Settings(database_url=url, storage_mode=mode)
     migrator = Migrator(settings=settings, database_url=url, mode=mode)
     await asyncio.to_thread(migrator.upgrade, "head")
-    conn = await asyncpg.connect(url)
     result: dict[str, Any] = {"mode": mode}
-    try:
+    async with connect(url) as conn:
         if mode == "timescale":
             await conn.execute(
                 "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
@@ -267,8 +267,6 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
         # the TTL) is done here, so that round does not run during the measurements.
         result["expired_before"] = (await expire_commands(conn, settings.command_ttl)).expired
         token = await create_operator(conn, "bench")
-    finally:
-        await conn.close()
     settings = replace(settings, database_url=url)
     result["writer_acks"] = await writer_acks(url, settings, args)
     pool = await create_pool(url, settings)
