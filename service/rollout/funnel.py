@@ -33,28 +33,23 @@ SELECT outcome, count(*) AS n FROM apk_download_events
 WHERE build_id = $1 AND ts >= $2 GROUP BY outcome
 """
 
+# Counts by status and the median in one pass over the version's installations. Each install
+# keeps the time of the download it came from (copied when it was confirmed), so the median
+# needs no raw event, and it outlives them.
 _INSTALLATIONS = """
 SELECT count(*) FILTER (WHERE status = 'installing') AS installing,
        count(*) FILTER (WHERE status = 'installed') AS installed,
        count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE verified) AS verified
+       count(*) FILTER (WHERE verified) AS verified,
+       percentile_cont(0.5) WITHIN GROUP (
+           ORDER BY extract(epoch FROM installed_at - download_completed_at)
+       ) FILTER (WHERE installed_at IS NOT NULL AND download_completed_at IS NOT NULL) AS median
 FROM apk_installations WHERE apk_version_id = $1
 """
 
 _REPORTING = """
 SELECT count(*) AS devices, max(updated_at) AS as_of FROM device_app_versions WHERE app_version = $1
 """
-
-# Each install keeps the time of the download it came from (copied when it was confirmed), so
-# the median is one pass over the version's installations, and it outlives the raw events.
-_MEDIAN = """
-SELECT percentile_cont(0.5) WITHIN GROUP (
-    ORDER BY extract(epoch FROM installed_at - download_completed_at)
-)
-FROM apk_installations
-WHERE apk_version_id = $1 AND installed_at IS NOT NULL AND download_completed_at IS NOT NULL
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Version:
@@ -84,7 +79,6 @@ async def funnel(
     outcomes = {r["outcome"]: r["n"] for r in await conn.fetch(_DOWNLOADS, build_id, since)}
     installs = await conn.fetchrow(_INSTALLATIONS, version.id)
     reporting = await conn.fetchrow(_REPORTING, version.version_name)
-    median = await conn.fetchval(_MEDIAN, version.id)
     return RolloutFunnel(
         build_id=build_id,
         package_name=version.package_name,
@@ -98,9 +92,14 @@ async def funnel(
             since=since,
             window_seconds=window.total_seconds(),
         ),
-        installations=RolloutInstallations(**dict(installs)),
+        installations=RolloutInstallations(
+            installing=installs["installing"],
+            installed=installs["installed"],
+            failed=installs["failed"],
+            verified=installs["verified"],
+        ),
         devices_reporting_version=reporting["devices"],
         devices_reporting_as_of=reporting["as_of"],
-        median_download_to_install_seconds=median,
+        median_download_to_install_seconds=installs["median"],
         from_expiring_events=list(EXPIRING),
     )
