@@ -1,8 +1,11 @@
 """`GET /v1/devices/{device_id}/history` and `GET /v1/fleet/history` (operator).
 
-Each answer joins two sources at the rollup's watermark: buckets before it are read from the
-rollup (`device_heartbeats_hourly`, and `fleet_daily` for whole fleet days), later ones are
-aggregated from the raw heartbeats, so the newest hour is there at once, before any refresh.
+A device's history joins two sources at the hourly rollup's watermark: buckets before it are
+read from `device_heartbeats_hourly`, later ones are aggregated from the device's raw
+heartbeats, so its newest hour is there at once, before any refresh. The fleet's history is read
+from rollups alone (`fleet_daily`, `fleet_daily_recent` for the days it has not closed, the
+hourly rollup for 1 h buckets), so its cost does not grow with the fleet's raw rows; it ends at
+`materialized_until` (about an hour and a half behind at most with the default policies).
 Buckets are whole and aligned on UTC midnight: `from` is floored and `to` is rounded up to the
 bucket. Buckets older than the tier's window are absent, and `available_from` says where the
 tier's data starts (the request's `from` is moved up to it).
@@ -14,7 +17,6 @@ tests and benchmarks) call.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -30,7 +32,7 @@ from service.api.schemas import (
     FleetHistoryBucket,
 )
 from service.api.state import services
-from service.db.rollups import FLEET_DAILY, HOURLY, ORIGIN, STATUSES, Rollup
+from service.db.rollups import FLEET_DAILY, HOURLY, ORIGIN, RECENT_DAYS, STATUSES, Rollup
 from service.retention.rollups import read_mechanism, watermark
 
 BUCKETS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
@@ -71,29 +73,27 @@ SELECT date_bin($5::interval, hour, {ORIGIN}) AS start,
 FROM hours GROUP BY 1 ORDER BY 1
 """
 
-# Fleet: whole days from fleet_daily before its watermark ($6, only when $7); the rest from
-# per-device hours (hourly rollup before $4, raw after), so a device counts once per bucket.
-_FLEET = f"""
-WITH dev_hours AS (
-    SELECT device_id, hour, heartbeats, battery_sum FROM {HOURLY.name}
-    WHERE hour >= $2::timestamptz AND hour < least($3::timestamptz, coalesce($4::timestamptz, '-infinity'))
-    UNION ALL
-    SELECT device_id, date_bin('1 hour', bucket_start, {ORIGIN}), count(*), sum(battery_pct)
-    FROM device_heartbeats
-    WHERE bucket_start >= greatest($2, coalesce($4::timestamptz, '-infinity')) AND bucket_start < $3
-    GROUP BY 1, 2
-), tail AS (
-    SELECT date_bin($5::interval, hour, {ORIGIN}) AS start, count(DISTINCT device_id) AS devices_seen,
-           sum(heartbeats)::bigint AS heartbeats,
-           sum(battery_sum)::double precision / nullif(sum(heartbeats), 0) AS battery_avg
-    FROM dev_hours GROUP BY 1
-)
+# Fleet, 1 d: whole days from fleet_daily before its watermark ($3), then the days it has not
+# closed yet from fleet_daily_recent (kept by the maintenance task). Rollups only: no
+# count(DISTINCT device_id) over the fleet's hourly rows at read time.
+_FLEET_DAYS = f"""
 SELECT day AS start, devices_seen, heartbeats, battery_avg FROM {FLEET_DAILY.name}
-WHERE $7::boolean AND day >= $1::timestamptz
-  AND day < least($3::timestamptz, coalesce($6::timestamptz, '-infinity'))
+WHERE day >= $1::timestamptz AND day < least($2::timestamptz, coalesce($3::timestamptz, '-infinity'))
 UNION ALL
-SELECT * FROM tail
+SELECT day, devices_seen, heartbeats, battery_avg FROM {RECENT_DAYS}
+WHERE day >= greatest($1::timestamptz, coalesce($3::timestamptz, '-infinity')) AND day < $2::timestamptz
 ORDER BY 1
+"""
+_RECENT_COVERED = f"SELECT max(covered_until) FROM {RECENT_DAYS}"
+
+# Fleet, 1 h: the hourly rollup before its watermark ($3); a device has one row per hour, so
+# devices seen is a count of rows.
+_FLEET_HOURS = f"""
+SELECT hour AS start, count(*) AS devices_seen, sum(heartbeats)::bigint AS heartbeats,
+       sum(battery_sum)::double precision / nullif(sum(heartbeats), 0) AS battery_avg
+FROM {HOURLY.name}
+WHERE hour >= $1::timestamptz AND hour < least($2::timestamptz, coalesce($3::timestamptz, '-infinity'))
+GROUP BY 1 ORDER BY 1
 """
 
 _WINDOW = "SELECT drop_after FROM retention_policies WHERE table_name = $1"
@@ -154,6 +154,9 @@ async def device_history(
 async def fleet_history(
     conn: asyncpg.Connection, start: datetime, end: datetime, bucket: str
 ) -> FleetHistory:
+    """The fleet's buckets from the rollups alone, up to `materialized_until`: the hourly
+    watermark for 1 h buckets; for 1 d, how far `fleet_daily_recent` covers (or the daily
+    watermark when it covers nothing newer). The newest data is in the device histories."""
     size = BUCKETS[bucket]
     now: datetime = await conn.fetchval("SELECT now()")
     mechanism = await read_mechanism(conn)
@@ -161,19 +164,20 @@ async def fleet_history(
     tier = FLEET_DAILY if daily else HOURLY
     kept_from = await available_from(conn, tier, size, now)
     lo, hi = max(_floor(start, size), kept_from), _ceil(end, size)
-    wm_hourly = await watermark(conn, mechanism, HOURLY)
-    wm_daily = await watermark(conn, mechanism, FLEET_DAILY) if daily else None
-    # The per-device tail starts where the daily rollup stops (or at `lo` for hourly buckets).
-    tail_lo = max(lo, wm_daily) if wm_daily is not None else lo
-    rows: list[Any] = []
-    if lo < hi:
-        rows = await conn.fetch(_FLEET, lo, tail_lo, hi, wm_hourly, size, wm_daily, daily)
+    if daily:
+        wm = await watermark(conn, mechanism, FLEET_DAILY)
+        covered: datetime | None = await conn.fetchval(_RECENT_COVERED)
+        until = covered if covered is not None and (wm is None or covered > wm) else wm
+        rows = await conn.fetch(_FLEET_DAYS, lo, hi, wm) if lo < hi else []
+    else:
+        until = await watermark(conn, mechanism, HOURLY)
+        rows = await conn.fetch(_FLEET_HOURS, lo, hi, until) if lo < hi else []
     return FleetHistory(
         bucket=bucket,
         from_=lo,
         to=hi,
         available_from=kept_from,
-        materialized_until=wm_daily if daily else wm_hourly,
+        materialized_until=until,
         buckets=[
             FleetHistoryBucket(
                 start=r["start"],
