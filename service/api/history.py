@@ -16,14 +16,14 @@ tests and benchmarks) call.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from aiohttp import web
 
 from service.api.auth import require_operator
-from service.api.devices import ensure_device_exists
-from service.api.errors import bad_request, unprocessable
+from service.api.errors import bad_request, not_found, unprocessable
 from service.api.responses import json_response
 from service.api.schemas import (
     DeviceHistory,
@@ -32,8 +32,17 @@ from service.api.schemas import (
     FleetHistoryBucket,
 )
 from service.api.state import services
-from service.db.rollups import FLEET_DAILY, HOURLY, ORIGIN, RECENT_DAYS, STATUSES, Rollup
-from service.retention.rollups import read_mechanism, watermark
+from service.db.rollups import (
+    BUILT_MECHANISM_SQL,
+    FLEET_DAILY,
+    HOURLY,
+    ORIGIN,
+    RECENT_DAYS,
+    STATUSES,
+    Rollup,
+    RollupMechanism,
+)
+from service.retention.rollups import watermark
 
 BUCKETS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 DEFAULT_SPAN = {"1h": timedelta(days=2), "1d": timedelta(days=30)}
@@ -96,7 +105,14 @@ WHERE hour >= $1::timestamptz AND hour < least($2::timestamptz, coalesce($3::tim
 GROUP BY 1 ORDER BY 1
 """
 
-_WINDOW = "SELECT drop_after FROM retention_policies WHERE table_name = $1"
+# What a read needs before its query, in one round trip: the server's now, the tier's window,
+# the rollup mechanism (which decides how the watermark is read) and whether the device exists.
+_CONTEXT = f"""
+SELECT now() AS now,
+       (SELECT drop_after FROM retention_policies WHERE table_name = $1) AS window,
+       ({BUILT_MECHANISM_SQL}) AS mechanism,
+       $2::text IS NULL OR EXISTS (SELECT 1 FROM devices WHERE id = $2::text) AS known
+"""
 
 
 def _floor(value: datetime, bucket: timedelta) -> datetime:
@@ -109,23 +125,39 @@ def _ceil(value: datetime, bucket: timedelta) -> datetime:
     return floored if floored == value else floored + bucket
 
 
-async def available_from(
-    conn: asyncpg.Connection, tier: Rollup, bucket: timedelta, now: datetime
-) -> datetime:
-    """The first whole bucket inside the tier's retention window."""
-    window = await conn.fetchval(_WINDOW, tier.name) or tier.default_window
-    return _ceil(now - window, bucket)
+@dataclass(frozen=True, slots=True)
+class _Context:
+    now: datetime
+    available_from: datetime  # the first whole bucket inside the tier's window
+    mechanism: RollupMechanism
+
+
+async def _context(
+    conn: asyncpg.Connection, tier: Rollup, bucket: timedelta, device_id: str | None = None
+) -> _Context:
+    row = await conn.fetchrow(_CONTEXT, tier.name, device_id)
+    if not row["known"]:
+        raise not_found(f"no device {device_id!r}", field="device_id")
+    window = row["window"] or tier.default_window
+    return _Context(row["now"], _ceil(row["now"] - window, bucket), row["mechanism"])
 
 
 async def device_history(
-    conn: asyncpg.Connection, device_id: str, start: datetime, end: datetime, bucket: str
+    conn: asyncpg.Connection,
+    device_id: str,
+    start: datetime,
+    end: datetime,
+    bucket: str,
+    *,
+    enrolled_only: bool = False,
 ) -> DeviceHistory:
+    """`enrolled_only`: raise 404 (`device_id`) for a device that was never enrolled (checked in
+    the same round trip as the read's other context)."""
     size = BUCKETS[bucket]
-    now: datetime = await conn.fetchval("SELECT now()")
-    mechanism = await read_mechanism(conn)
-    kept_from = await available_from(conn, HOURLY, size, now)
+    ctx = await _context(conn, HOURLY, size, device_id if enrolled_only else None)
+    kept_from = ctx.available_from
     lo, hi = max(_floor(start, size), kept_from), _ceil(end, size)
-    wm = await watermark(conn, mechanism, HOURLY)
+    wm = await watermark(conn, ctx.mechanism, HOURLY)
     rows = await conn.fetch(_DEVICE_HOURS, device_id, lo, hi, wm, size) if lo < hi else []
     return DeviceHistory(
         device_id=device_id,
@@ -158,11 +190,10 @@ async def fleet_history(
     watermark for 1 h buckets; for 1 d, how far `fleet_daily_recent` covers (or the daily
     watermark when it covers nothing newer). The newest data is in the device histories."""
     size = BUCKETS[bucket]
-    now: datetime = await conn.fetchval("SELECT now()")
-    mechanism = await read_mechanism(conn)
     daily = bucket == "1d"
     tier = FLEET_DAILY if daily else HOURLY
-    kept_from = await available_from(conn, tier, size, now)
+    ctx = await _context(conn, tier, size)
+    mechanism, kept_from = ctx.mechanism, ctx.available_from
     lo, hi = max(_floor(start, size), kept_from), _ceil(end, size)
     if daily:
         wm = await watermark(conn, mechanism, FLEET_DAILY)
@@ -233,8 +264,7 @@ async def get_device_history(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     start, end, bucket = history_params(request, datetime.now(UTC))
     async with services(request).pool.acquire() as conn:
-        await ensure_device_exists(conn, device_id)
-        return json_response(await device_history(conn, device_id, start, end, bucket))
+        return json_response(await device_history(conn, device_id, start, end, bucket, enrolled_only=True))
 
 
 async def get_fleet_history(request: web.Request) -> web.Response:
