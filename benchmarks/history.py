@@ -7,7 +7,7 @@ Pre-fill: `devices x days` hourly rows and `days` fleet rows written straight in
 storage (the rollup tables, or the continuous aggregates' materialization hypertables) with the
 watermark set to the last whole hour, because producing 90 days of raw heartbeats for them is
 not feasible here; the raw tail (the last hours) comes from real raw rows. Raw heartbeats:
-`raw-devices` devices every 10 s for `raw-hours` hours (random status, battery and second
+`raw-devices` devices every `raw-interval` s (10) for `raw-hours` hours (random status, battery and second
 within the bucket), by INSERT … SELECT, then one refresh
 timed, then (timescale) every chunk compressed. Prints a Markdown table; every figure is measured.
 """
@@ -150,7 +150,7 @@ def p95(values: list[float]) -> float:
 
 
 async def raw_heartbeats(
-    conn: asyncpg.Connection, mode: StorageMode, devices: int, hours: int
+    conn: asyncpg.Connection, mode: StorageMode, devices: int, hours: int, interval: int = 10
 ) -> dict[str, Any]:
     await conn.execute(
         "SELECT telemetry_ensure_partitions('device_heartbeats', interval '2 hours',"
@@ -163,17 +163,18 @@ async def raw_heartbeats(
     await conn.execute(
         """
         INSERT INTO device_heartbeats (device_id, bucket_start, ts, status, battery_pct, app_version, network)
-        SELECT 'dev-' || d, b, b + make_interval(secs => floor(random() * 10)),
+        SELECT 'dev-' || d, b, b + make_interval(secs => floor(random() * $3)),
                (ARRAY['ok', 'ok', 'ok', 'ok', 'charging', 'idle', 'low_battery'])
                    [1 + floor(random() * 7)::int],
                floor(random() * 101)::int, '1.0.' || (d % 3), (ARRAY['wifi', 'lte', '5g'])[1 + d % 3]
         FROM generate_series(1, $1) d,
-             generate_series(0, $2 * 360 - 1) s,
+             generate_series(0, $2 * 3600 / $3 - 1) s,
              LATERAL (SELECT date_bin('10 seconds', now() - make_interval(hours => $2), timestamptz 'epoch')
-                             + s * interval '10 seconds' AS b) x
+                             + s * make_interval(secs => $3) AS b) x
         """,
         devices,
         hours,
+        interval,
     )
     insert_s = time.perf_counter() - started
     rows = await conn.fetchval("SELECT count(*) FROM device_heartbeats")
@@ -221,7 +222,7 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
             await conn.execute(
                 "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
             )
-        result["raw"] = await raw_heartbeats(conn, mode, args.raw_devices, args.raw_hours)
+        result["raw"] = await raw_heartbeats(conn, mode, args.raw_devices, args.raw_hours, args.raw_interval)
         await conn.execute("TRUNCATE device_heartbeats_hourly" if mode == "postgres" else "SELECT 1")
         if mode == "timescale":
             for name in (FLEET_DAILY.name, HOURLY.name):
@@ -294,13 +295,16 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--raw-devices", type=int, default=1_000)
     parser.add_argument("--raw-hours", type=int, default=6)
+    parser.add_argument(
+        "--raw-interval", type=int, default=10, help="seconds between heartbeats (multiple of 10)"
+    )
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--fleet-requests", type=int, default=50)
     parser.add_argument("--raw-only", action="store_true", help="only the raw-row figures")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     print(f"devices {args.devices} x {args.days} days of hourly rollups; raw {args.raw_devices} devices x")
-    print(f"{args.raw_hours} h every 10 s\n")
+    print(f"{args.raw_hours} h every {args.raw_interval} s\n")
     print("| measure | " + " | ".join(r["mode"] for r in results) + " |")
     print("|---|" + "---|" * len(results))
     rows = (
