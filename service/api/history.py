@@ -51,8 +51,9 @@ _STATUS_KEYS = (*STATUSES, "other")
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
-# Per device and hour: materialized hours before the watermark ($4), raw rows after it.
-_DEVICE_HOURS = f"""
+# Per device and hour: materialized hours before the watermark ($4), raw rows after it. The
+# two never share an hour (the watermark is hour-aligned).
+_HOURS = f"""
 WITH hours AS (
     SELECT hour, heartbeats, battery_min, battery_max, battery_sum,
            {", ".join(f"status_{s}" for s in _STATUS_KEYS)}, last_app_version, first_ts, last_ts
@@ -70,7 +71,19 @@ WITH hours AS (
       AND bucket_start >= greatest($2, coalesce($4::timestamptz, '-infinity'))
     GROUP BY 1
 )
-SELECT date_bin($5::interval, hour, {ORIGIN}) AS start,
+"""
+
+# 1 h buckets are the hours themselves: no regrouping.
+_DEVICE_HOURS = f"""{_HOURS}
+SELECT hour AS start, heartbeats, battery_min, battery_max,
+       battery_sum::double precision / nullif(heartbeats, 0) AS battery_avg,
+       {", ".join(f"status_{s}" for s in _STATUS_KEYS)}, last_app_version, first_ts, last_ts
+FROM hours ORDER BY 1
+"""
+
+# 1 d buckets: the hours of each day combined.
+_DEVICE_DAYS = f"""{_HOURS}
+SELECT date_bin('1 day', hour, {ORIGIN}) AS start,
        sum(heartbeats)::bigint AS heartbeats,
        min(battery_min) AS battery_min,
        max(battery_max) AS battery_max,
@@ -158,7 +171,8 @@ async def device_history(
     kept_from = ctx.available_from
     lo, hi = max(_floor(start, size), kept_from), _ceil(end, size)
     wm = await watermark(conn, ctx.mechanism, HOURLY)
-    rows = await conn.fetch(_DEVICE_HOURS, device_id, lo, hi, wm, size) if lo < hi else []
+    sql = _DEVICE_DAYS if bucket == "1d" else _DEVICE_HOURS
+    rows = await conn.fetch(sql, device_id, lo, hi, wm) if lo < hi else []
     return DeviceHistory(
         device_id=device_id,
         bucket=bucket,

@@ -183,6 +183,14 @@ async def test_rollup_values_equal_brute_force_aggregates_of_the_raw_rows(
         }
         assert got == want_device
         assert any(b.start >= hourly_wm for b in history.buckets)  # the raw tail is in
+        days = await device_history(conn, device, now - 2 * DAY, now, "1d")
+        mine = [b for b in beats if b.device_id == device]
+        want_days = {
+            day: (len(group), min(b.battery_pct for b in group), max(b.battery_pct for b in group))
+            for day in {floor(b.ts, DAY) for b in mine}
+            for group in [[b for b in mine if floor(b.ts, DAY) == day]]
+        }
+        assert {b.start: (b.heartbeats, b.battery_min, b.battery_max) for b in days.buckets} == want_days
     # The fleet's history is the rollups alone: up to the hourly watermark, the days the daily
     # rollup has not closed from fleet_daily_recent once the maintenance task computed them.
     recent = await refresh_recent_days(conn, mechanism)
