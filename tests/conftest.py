@@ -57,6 +57,7 @@ PROJECT_TABLES = {
     "device_app_versions",
     "retention_policies",
     "rollup_watermarks",
+    "fleet_daily_recent",
     # Tables in postgres mode, continuous aggregates (views) in timescale mode.
     "device_heartbeats_hourly",
     "fleet_daily",

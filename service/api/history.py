@@ -1,8 +1,11 @@
 """`GET /v1/devices/{device_id}/history` and `GET /v1/fleet/history` (operator).
 
-Each answer joins two sources at the rollup's watermark: buckets before it are read from the
-rollup (`device_heartbeats_hourly`, and `fleet_daily` for whole fleet days), later ones are
-aggregated from the raw heartbeats, so the newest hour is there at once, before any refresh.
+A device's history joins two sources at the hourly rollup's watermark: buckets before it are
+read from `device_heartbeats_hourly`, later ones are aggregated from the device's raw
+heartbeats, so its newest hour is there at once, before any refresh. The fleet's history is read
+from rollups alone (`fleet_daily`, `fleet_daily_recent` for the days it has not closed, the
+hourly rollup for 1 h buckets), so its cost does not grow with the fleet's raw rows; it ends at
+`materialized_until` (about an hour and a half behind at most with the default policies).
 Buckets are whole and aligned on UTC midnight: `from` is floored and `to` is rounded up to the
 bucket. Buckets older than the tier's window are absent, and `available_from` says where the
 tier's data starts (the request's `from` is moved up to it).
@@ -13,15 +16,14 @@ tests and benchmarks) call.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from service.api.auth import require_operator
-from service.api.devices import ensure_device_exists
-from service.api.errors import bad_request, unprocessable
+from service.api.errors import bad_request, not_found, unprocessable
 from service.api.responses import json_response
 from service.api.schemas import (
     DeviceHistory,
@@ -30,8 +32,17 @@ from service.api.schemas import (
     FleetHistoryBucket,
 )
 from service.api.state import services
-from service.db.rollups import FLEET_DAILY, HOURLY, ORIGIN, STATUSES, Rollup
-from service.retention.rollups import read_mechanism, watermark
+from service.db.rollups import (
+    BUILT_MECHANISM_SQL,
+    FLEET_DAILY,
+    HOURLY,
+    ORIGIN,
+    RECENT_DAYS,
+    STATUSES,
+    Rollup,
+    RollupMechanism,
+)
+from service.retention.rollups import watermark
 
 BUCKETS = {"1h": timedelta(hours=1), "1d": timedelta(days=1)}
 DEFAULT_SPAN = {"1h": timedelta(days=2), "1d": timedelta(days=30)}
@@ -40,8 +51,9 @@ _STATUS_KEYS = (*STATUSES, "other")
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
-# Per device and hour: materialized hours before the watermark ($4), raw rows after it.
-_DEVICE_HOURS = f"""
+# Per device and hour: materialized hours before the watermark ($4), raw rows after it. The
+# two never share an hour (the watermark is hour-aligned).
+_HOURS = f"""
 WITH hours AS (
     SELECT hour, heartbeats, battery_min, battery_max, battery_sum,
            {", ".join(f"status_{s}" for s in _STATUS_KEYS)}, last_app_version, first_ts, last_ts
@@ -59,7 +71,19 @@ WITH hours AS (
       AND bucket_start >= greatest($2, coalesce($4::timestamptz, '-infinity'))
     GROUP BY 1
 )
-SELECT date_bin($5::interval, hour, {ORIGIN}) AS start,
+"""
+
+# 1 h buckets are the hours themselves: no regrouping.
+_DEVICE_HOURS = f"""{_HOURS}
+SELECT hour AS start, heartbeats, battery_min, battery_max,
+       battery_sum::double precision / nullif(heartbeats, 0) AS battery_avg,
+       {", ".join(f"status_{s}" for s in _STATUS_KEYS)}, last_app_version, first_ts, last_ts
+FROM hours ORDER BY 1
+"""
+
+# 1 d buckets: the hours of each day combined.
+_DEVICE_DAYS = f"""{_HOURS}
+SELECT date_bin('1 day', hour, {ORIGIN}) AS start,
        sum(heartbeats)::bigint AS heartbeats,
        min(battery_min) AS battery_min,
        max(battery_max) AS battery_max,
@@ -71,32 +95,37 @@ SELECT date_bin($5::interval, hour, {ORIGIN}) AS start,
 FROM hours GROUP BY 1 ORDER BY 1
 """
 
-# Fleet: whole days from fleet_daily before its watermark ($6, only when $7); the rest from
-# per-device hours (hourly rollup before $4, raw after), so a device counts once per bucket.
-_FLEET = f"""
-WITH dev_hours AS (
-    SELECT device_id, hour, heartbeats, battery_sum FROM {HOURLY.name}
-    WHERE hour >= $2::timestamptz AND hour < least($3::timestamptz, coalesce($4::timestamptz, '-infinity'))
-    UNION ALL
-    SELECT device_id, date_bin('1 hour', bucket_start, {ORIGIN}), count(*), sum(battery_pct)
-    FROM device_heartbeats
-    WHERE bucket_start >= greatest($2, coalesce($4::timestamptz, '-infinity')) AND bucket_start < $3
-    GROUP BY 1, 2
-), tail AS (
-    SELECT date_bin($5::interval, hour, {ORIGIN}) AS start, count(DISTINCT device_id) AS devices_seen,
-           sum(heartbeats)::bigint AS heartbeats,
-           sum(battery_sum)::double precision / nullif(sum(heartbeats), 0) AS battery_avg
-    FROM dev_hours GROUP BY 1
-)
+# Fleet, 1 d: whole days from fleet_daily before its watermark ($3), then the days it has not
+# closed yet from fleet_daily_recent (kept by the maintenance task). Rollups only: no
+# count(DISTINCT device_id) over the fleet's hourly rows at read time.
+_FLEET_DAYS = f"""
 SELECT day AS start, devices_seen, heartbeats, battery_avg FROM {FLEET_DAILY.name}
-WHERE $7::boolean AND day >= $1::timestamptz
-  AND day < least($3::timestamptz, coalesce($6::timestamptz, '-infinity'))
+WHERE day >= $1::timestamptz AND day < least($2::timestamptz, coalesce($3::timestamptz, '-infinity'))
 UNION ALL
-SELECT * FROM tail
+SELECT day, devices_seen, heartbeats, battery_avg FROM {RECENT_DAYS}
+WHERE day >= greatest($1::timestamptz, coalesce($3::timestamptz, '-infinity')) AND day < $2::timestamptz
 ORDER BY 1
 """
+_RECENT_COVERED = f"SELECT max(covered_until) FROM {RECENT_DAYS}"
 
-_WINDOW = "SELECT drop_after FROM retention_policies WHERE table_name = $1"
+# Fleet, 1 h: the hourly rollup before its watermark ($3); a device has one row per hour, so
+# devices seen is a count of rows.
+_FLEET_HOURS = f"""
+SELECT hour AS start, count(*) AS devices_seen, sum(heartbeats)::bigint AS heartbeats,
+       sum(battery_sum)::double precision / nullif(sum(heartbeats), 0) AS battery_avg
+FROM {HOURLY.name}
+WHERE hour >= $1::timestamptz AND hour < least($2::timestamptz, coalesce($3::timestamptz, '-infinity'))
+GROUP BY 1 ORDER BY 1
+"""
+
+# What a read needs before its query, in one round trip: the server's now, the tier's window,
+# the rollup mechanism (which decides how the watermark is read) and whether the device exists.
+_CONTEXT = f"""
+SELECT now() AS now,
+       (SELECT drop_after FROM retention_policies WHERE table_name = $1) AS window,
+       ({BUILT_MECHANISM_SQL}) AS mechanism,
+       $2::text IS NULL OR EXISTS (SELECT 1 FROM devices WHERE id = $2::text) AS known
+"""
 
 
 def _floor(value: datetime, bucket: timedelta) -> datetime:
@@ -109,24 +138,41 @@ def _ceil(value: datetime, bucket: timedelta) -> datetime:
     return floored if floored == value else floored + bucket
 
 
-async def available_from(
-    conn: asyncpg.Connection, tier: Rollup, bucket: timedelta, now: datetime
-) -> datetime:
-    """The first whole bucket inside the tier's retention window."""
-    window = await conn.fetchval(_WINDOW, tier.name) or tier.default_window
-    return _ceil(now - window, bucket)
+@dataclass(frozen=True, slots=True)
+class _Context:
+    now: datetime
+    available_from: datetime  # the first whole bucket inside the tier's window
+    mechanism: RollupMechanism
+
+
+async def _context(
+    conn: asyncpg.Connection, tier: Rollup, bucket: timedelta, device_id: str | None = None
+) -> _Context:
+    row = await conn.fetchrow(_CONTEXT, tier.name, device_id)
+    if not row["known"]:
+        raise not_found(f"no device {device_id!r}", field="device_id")
+    window = row["window"] or tier.default_window
+    return _Context(row["now"], _ceil(row["now"] - window, bucket), row["mechanism"])
 
 
 async def device_history(
-    conn: asyncpg.Connection, device_id: str, start: datetime, end: datetime, bucket: str
+    conn: asyncpg.Connection,
+    device_id: str,
+    start: datetime,
+    end: datetime,
+    bucket: str,
+    *,
+    enrolled_only: bool = False,
 ) -> DeviceHistory:
+    """`enrolled_only`: raise 404 (`device_id`) for a device that was never enrolled (checked in
+    the same round trip as the read's other context)."""
     size = BUCKETS[bucket]
-    now: datetime = await conn.fetchval("SELECT now()")
-    mechanism = await read_mechanism(conn)
-    kept_from = await available_from(conn, HOURLY, size, now)
+    ctx = await _context(conn, HOURLY, size, device_id if enrolled_only else None)
+    kept_from = ctx.available_from
     lo, hi = max(_floor(start, size), kept_from), _ceil(end, size)
-    wm = await watermark(conn, mechanism, HOURLY)
-    rows = await conn.fetch(_DEVICE_HOURS, device_id, lo, hi, wm, size) if lo < hi else []
+    wm = await watermark(conn, ctx.mechanism, HOURLY)
+    sql = _DEVICE_DAYS if bucket == "1d" else _DEVICE_HOURS
+    rows = await conn.fetch(sql, device_id, lo, hi, wm) if lo < hi else []
     return DeviceHistory(
         device_id=device_id,
         bucket=bucket,
@@ -154,26 +200,29 @@ async def device_history(
 async def fleet_history(
     conn: asyncpg.Connection, start: datetime, end: datetime, bucket: str
 ) -> FleetHistory:
+    """The fleet's buckets from the rollups alone, up to `materialized_until`: the hourly
+    watermark for 1 h buckets; for 1 d, how far `fleet_daily_recent` covers (or the daily
+    watermark when it covers nothing newer). The newest data is in the device histories."""
     size = BUCKETS[bucket]
-    now: datetime = await conn.fetchval("SELECT now()")
-    mechanism = await read_mechanism(conn)
     daily = bucket == "1d"
     tier = FLEET_DAILY if daily else HOURLY
-    kept_from = await available_from(conn, tier, size, now)
+    ctx = await _context(conn, tier, size)
+    mechanism, kept_from = ctx.mechanism, ctx.available_from
     lo, hi = max(_floor(start, size), kept_from), _ceil(end, size)
-    wm_hourly = await watermark(conn, mechanism, HOURLY)
-    wm_daily = await watermark(conn, mechanism, FLEET_DAILY) if daily else None
-    # The per-device tail starts where the daily rollup stops (or at `lo` for hourly buckets).
-    tail_lo = max(lo, wm_daily) if wm_daily is not None else lo
-    rows: list[Any] = []
-    if lo < hi:
-        rows = await conn.fetch(_FLEET, lo, tail_lo, hi, wm_hourly, size, wm_daily, daily)
+    if daily:
+        wm = await watermark(conn, mechanism, FLEET_DAILY)
+        covered: datetime | None = await conn.fetchval(_RECENT_COVERED)
+        until = covered if covered is not None and (wm is None or covered > wm) else wm
+        rows = await conn.fetch(_FLEET_DAYS, lo, hi, wm) if lo < hi else []
+    else:
+        until = await watermark(conn, mechanism, HOURLY)
+        rows = await conn.fetch(_FLEET_HOURS, lo, hi, until) if lo < hi else []
     return FleetHistory(
         bucket=bucket,
         from_=lo,
         to=hi,
         available_from=kept_from,
-        materialized_until=wm_daily if daily else wm_hourly,
+        materialized_until=until,
         buckets=[
             FleetHistoryBucket(
                 start=r["start"],
@@ -229,8 +278,7 @@ async def get_device_history(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     start, end, bucket = history_params(request, datetime.now(UTC))
     async with services(request).pool.acquire() as conn:
-        await ensure_device_exists(conn, device_id)
-        return json_response(await device_history(conn, device_id, start, end, bucket))
+        return json_response(await device_history(conn, device_id, start, end, bucket, enrolled_only=True))
 
 
 async def get_fleet_history(request: web.Request) -> web.Response:

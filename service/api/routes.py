@@ -255,7 +255,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         path="/v1/fleet/history",
         handler=history.get_fleet_history,
         auth="viewer",
-        summary="The fleet's devices seen, heartbeats and average battery per hour or day",
+        summary="The fleet's devices seen, heartbeats and average battery per hour or day (rollups only)",
         query=HISTORY_QUERY,
         responses={200: s.FleetHistory, 422: s.ErrorBody},
     ),

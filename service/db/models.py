@@ -425,6 +425,23 @@ class FleetDaily(Base):
     battery_avg: Mapped[float | None] = mapped_column(Double)
 
 
+class FleetDailyRecent(Base):
+    """The days `fleet_daily` has not closed yet (from its watermark up to the hourly one),
+    computed by the maintenance task from the hourly rollup (`service.retention.recent_days`),
+    so a fleet history never counts distinct devices over hourly rows at read time. Each row
+    covers `[day, covered_until)` when `covered_until` falls inside its day, else the whole day."""
+
+    __tablename__ = "fleet_daily_recent"
+
+    day: Mapped[datetime] = mapped_column(primary_key=True)
+    devices_seen: Mapped[int] = mapped_column(BigInteger)
+    heartbeats: Mapped[int] = mapped_column(BigInteger)
+    battery_sum: Mapped[int | None] = mapped_column(BigInteger)
+    battery_avg: Mapped[float | None] = mapped_column(Double)
+    covered_until: Mapped[datetime]
+    computed_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+
 class RollupWatermark(Base):
     """Rollup-table mechanism: every bucket before `materialized_until` is materialized."""
 

@@ -41,6 +41,8 @@ RollupMechanism = Literal["continuous_aggregate", "rollup_table"]
 ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
 STATUSES = ("ok", "charging", "idle", "low_battery")
 WATERMARKS = "rollup_watermarks"
+# The days fleet_daily has not closed yet, kept by the maintenance task (service.retention.recent_days).
+RECENT_DAYS = "fleet_daily_recent"
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 mode), dispatch keys and audit rows expired.
 
 TimescaleDB creates chunks on demand and runs retention and key expiry as database jobs, so in
-timescale mode a round expires the audit tables (step 4) and heals the jobs (step 5). In
-postgres mode a round, run by exactly one instance at a time, does in this order:
+timescale mode a round expires the audit tables (step 4), heals the jobs (step 5) and
+recomputes the recent fleet days (step 6). In postgres mode a round, run by exactly one
+instance at a time, does in this order:
 
 1. for each time-series table, makes sure partitions cover `[now - window, now + horizon]`,
    with `horizon = max(partition_lookahead, max_clock_skew + 2 * maintenance_interval)`: a write
@@ -29,7 +30,9 @@ postgres mode a round, run by exactly one instance at a time, does in this order
 5. timescale mode: runs in the foreground (`CALL run_job`) every project job whose last
    background run failed or that is overdue, so windows hold even where TimescaleDB's scheduler
    fails; a warning with the job's last error is logged once per change of its state.
-6. assesses retention health (`service.retention.health`): `last_health`, the metrics, and
+6. recomputes `fleet_daily_recent`, the days `fleet_daily` has not closed yet, when the hourly
+   watermark moved (`service.retention.recent_days`), after the refreshes and healed jobs;
+7. assesses retention health (`service.retention.health`): `last_health`, the metrics, and
    `/health`'s "degraded" come from it.
 
 Creation comes first: if dropping fails (for example on its lock timeout) the round still leaves
@@ -56,7 +59,7 @@ import asyncpg
 from service.commands.expiry import expire_commands
 from service.db import locks
 from service.db.errors import STATEMENT_FAILED
-from service.db.rollups import ROLLUPS
+from service.db.rollups import RECENT_DAYS, ROLLUPS
 from service.db.time_series import TIME_SERIES_TABLES
 from service.metrics import Metrics
 from service.retention import rollups
@@ -64,6 +67,7 @@ from service.retention.audit import AUDIT_TABLES, expire
 from service.retention.cleanup import DROP_LOCK_TIMEOUT, DroppedRange, clean_table, expire_dispatch_keys
 from service.retention.health import RetentionHealth, assess, jobs_to_heal, read_jobs
 from service.retention.policies import ENSURE_PARTITIONS, detect_storage_mode, read_policy
+from service.retention.recent_days import RecentDays, refresh_recent_days
 from service.rollout.verification import run as verification_step
 from service.settings import Settings, StorageMode
 
@@ -91,6 +95,7 @@ class MaintenanceReport:
     installs_verified: int = 0
     healed: tuple[str, ...] = ()  # jobs run in the foreground ("<job_id> <name>")
     rollups: rollups.RefreshReport | None = None  # rollup tables refreshed (table mechanism)
+    recent_days: RecentDays | None = None  # fleet_daily_recent (both mechanisms)
     health: RetentionHealth | None = None
     errors: tuple[str, ...] = ()
     seconds: float = 0.0
@@ -171,6 +176,8 @@ class PartitionMaintenance:
                     )
                 else:
                     report = await self._round(conn)
+                recent, recent_errors = await self._recent_days(conn)
+                report = replace(report, recent_days=recent, errors=report.errors + tuple(recent_errors))
                 health = await self._assess(conn, self._mode)
                 return replace(report, health=health, seconds=time.perf_counter() - started)
             finally:
@@ -247,6 +254,16 @@ class PartitionMaintenance:
             if result.error is not None:
                 errors.append(f"{rollup.name}: dropping expired partitions failed: {result.error}")
         return report, errors
+
+    async def _recent_days(self, conn: asyncpg.Connection) -> tuple[RecentDays | None, list[str]]:
+        """Step 6: the fleet's days the daily rollup has not closed (after the refreshes)."""
+        mechanism = await rollups.mechanism_or_none(conn)
+        if mechanism is None or await conn.fetchval("SELECT to_regclass($1) IS NULL", RECENT_DAYS):
+            return None, []  # before the migrations that create them
+        try:
+            return await refresh_recent_days(conn, mechanism), []
+        except asyncpg.PostgresError as exc:
+            return None, [f"fleet_daily_recent: refresh failed: {exc}"]
 
     async def _expire_audit(self, conn: asyncpg.Connection) -> tuple[dict[str, int], list[str]]:
         expired: dict[str, int] = {}

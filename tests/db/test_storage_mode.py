@@ -10,9 +10,16 @@ PRELOADED = "timescaledb"
 
 
 def probe(
-    *, installed: bool = False, available: bool = False, preload: str = "", relkind: str | None = None
+    *,
+    installed: bool = False,
+    available: bool = False,
+    preload: str = "",
+    license: str | None = None,
+    relkind: str | None = None,
 ) -> Probe:
-    return Probe(installed=installed, available=available, preload=preload, heartbeats_relkind=relkind)
+    return Probe(
+        installed=installed, available=available, preload=preload, license=license, heartbeats_relkind=relkind
+    )
 
 
 def test_a_fresh_database_is_timescale_when_the_extension_can_be_created() -> None:
@@ -40,3 +47,13 @@ def test_a_forced_mode_wins() -> None:
 def test_forcing_timescale_where_it_cannot_load_is_an_error_not_a_fallback() -> None:
     with pytest.raises(StorageModeError, match="cannot be used here"):
         decide(probe(available=True), "timescale")
+
+
+def test_an_apache_only_build_is_postgres_mode_and_forcing_timescale_names_the_license() -> None:
+    apache = {"available": True, "preload": PRELOADED, "license": "apache"}
+    assert decide(probe(**apache), "auto") == "postgres"  # type: ignore[arg-type]
+    assert decide(probe(available=True, preload=PRELOADED, license="timescale"), "auto") == "timescale"
+    with pytest.raises(StorageModeError, match=r"timescaledb.license = 'apache'"):
+        decide(probe(**apache), "timescale")  # type: ignore[arg-type]
+    # A database built as hypertables keeps its mode (its policies are then reported as not running).
+    assert decide(probe(installed=True, license="apache", relkind="r"), "auto") == "timescale"

@@ -1,5 +1,6 @@
 """Rollups in both storage modes: their values are the raw rows' aggregates, a refresh can be
-repeated, history reads join rollup and raw tail, and raw data never goes before it is rolled up."""
+repeated, a device's history joins rollup and raw tail, the fleet's reads the rollups alone,
+and raw data never goes before it is rolled up."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from service.retention.cleanup import clean_table, run_cleanup
 from service.retention.health import assess
 from service.retention.maintenance import PartitionMaintenance
 from service.retention.policies import read_policy, set_window
+from service.retention.recent_days import refresh_recent_days
 from service.retention.rollup_show import mechanism_reason
 from service.retention.rollups import read_mechanism, refresh_now, refresh_tables, watermark
 from service.settings import RetentionWindows, Settings, StorageMode
@@ -181,11 +183,25 @@ async def test_rollup_values_equal_brute_force_aggregates_of_the_raw_rows(
         }
         assert got == want_device
         assert any(b.start >= hourly_wm for b in history.buckets)  # the raw tail is in
+        days = await device_history(conn, device, now - 2 * DAY, now, "1d")
+        mine = [b for b in beats if b.device_id == device]
+        want_days = {
+            day: (len(group), min(b.battery_pct for b in group), max(b.battery_pct for b in group))
+            for day in {floor(b.ts, DAY) for b in mine}
+            for group in [[b for b in mine if floor(b.ts, DAY) == day]]
+        }
+        assert {b.start: (b.heartbeats, b.battery_min, b.battery_max) for b in days.buckets} == want_days
+    # The fleet's history is the rollups alone: up to the hourly watermark, the days the daily
+    # rollup has not closed from fleet_daily_recent once the maintenance task computed them.
+    recent = await refresh_recent_days(conn, mechanism)
+    assert recent.covered_until == hourly_wm and recent.days >= 1
+    materialized = [b for b in beats if b.ts < hourly_wm]
     for size, name in ((HOUR, "1h"), (DAY, "1d")):
         fleet = await fleet_history(conn, now - 3 * DAY, now, name)
+        assert fleet.materialized_until == hourly_wm
         assert {
             b.start: (b.devices_seen, b.heartbeats, b.battery_avg) for b in fleet.buckets
-        } == expected_fleet(beats, size)
+        } == expected_fleet(materialized, size)
 
 
 async def test_refreshing_again_changes_nothing(quiet: asyncpg.Connection, mode: StorageMode) -> None:
@@ -218,8 +234,11 @@ async def test_the_newest_hour_is_in_the_history_before_any_refresh(
     assert [(b.start, b.heartbeats, b.battery_avg, b.last_app_version) for b in history.buckets] == [
         (floor(now - timedelta(seconds=30), HOUR), 1, 42.0, "2.0")
     ]
-    fleet = await fleet_history(conn, now - HOUR, now, "1d")
-    assert [(b.devices_seen, b.heartbeats) for b in fleet.buckets] == [(1, 1)]
+    # The fleet's history waits for the rollups, and says how far they reach.
+    await refresh_recent_days(conn, await read_mechanism(conn))
+    for name in ("1h", "1d"):
+        fleet = await fleet_history(conn, now - HOUR, now, name)
+        assert (fleet.buckets, fleet.materialized_until) == ([], None)
 
 
 async def test_dropping_raw_rows_then_refreshing_leaves_the_history_unchanged(
@@ -230,6 +249,7 @@ async def test_dropping_raw_rows_then_refreshing_leaves_the_history_unchanged(
     beats = fleet_beats(now, oldest=timedelta(hours=44), newest=timedelta(hours=2))
     await insert(conn, mode, beats)
     await materialize(conn, mode)
+    await refresh_recent_days(conn, await read_mechanism(conn))
     device_before = await device_history(conn, "d1", now - 3 * DAY, now, "1h")
     fleet_before = await fleet_history(conn, now - 3 * DAY, now, "1d")
 
@@ -245,6 +265,7 @@ async def test_dropping_raw_rows_then_refreshing_leaves_the_history_unchanged(
     # The refresh policies run (their own windows): nothing already rolled up is lost.
     refreshed = await refresh_now(conn, await read_mechanism(conn))
     assert refreshed.errors == []
+    await refresh_recent_days(conn, await read_mechanism(conn))
     device_after = await device_history(conn, "d1", now - 3 * DAY, now, "1h")
     fleet_after = await fleet_history(conn, now - 3 * DAY, now, "1d")
     assert device_after.buckets == device_before.buckets
@@ -376,3 +397,45 @@ def test_an_apache_build_uses_rollup_tables_and_show_says_why() -> None:
     assert mechanism_for("postgres", None) == "rollup_table"
     why = mechanism_reason("timescale", "rollup_table", "apache")
     assert "Apache build, no continuous aggregates" in why
+
+
+async def test_a_maintenance_round_keeps_the_days_the_daily_rollup_has_not_closed(
+    db_url: str, quiet: asyncpg.Connection, mode: StorageMode
+) -> None:
+    conn = quiet
+    now = await server_now(conn)
+    beats = fleet_beats(now, oldest=timedelta(hours=40), newest=timedelta(minutes=5))
+    await insert(conn, mode, beats)
+    await materialize(conn, mode)
+    mechanism = await read_mechanism(conn)
+    hourly_wm = await watermark(conn, mechanism, HOURLY)
+    daily_wm = await watermark(conn, mechanism, FLEET_DAILY)
+    assert hourly_wm is not None and daily_wm is not None and daily_wm < hourly_wm
+
+    pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
+    try:
+        first = await PartitionMaintenance(pool, Settings(storage_mode=mode), mode).run_once()
+        second = await PartitionMaintenance(pool, Settings(storage_mode=mode), mode).run_once()
+    finally:
+        await pool.close()
+    assert first.recent_days is not None and not first.recent_days.skipped
+    assert (first.recent_days.lo, first.recent_days.covered_until) == (daily_wm, hourly_wm)
+    # The hourly watermark did not move: the second round computes nothing.
+    assert second.recent_days is not None and second.recent_days.skipped
+
+    rows = await conn.fetch("SELECT * FROM fleet_daily_recent ORDER BY day")
+    want = expected_fleet([b for b in beats if b.ts < hourly_wm], DAY)
+    assert [r["day"] for r in rows] == [d for d in sorted(want) if d >= daily_wm]
+    for r in rows:
+        assert (r["devices_seen"], r["heartbeats"], r["battery_avg"]) == want[r["day"]]
+        assert r["covered_until"] == hourly_wm
+
+    # Once the daily rollup closes a day, the recent table lets it go.
+    await conn.execute(
+        "INSERT INTO fleet_daily_recent (day, devices_seen, heartbeats, covered_until) VALUES ($1, 9, 9, $2)",
+        daily_wm - DAY,
+        hourly_wm,
+    )
+    again = await refresh_recent_days(conn, mechanism)
+    assert again.skipped
+    assert await conn.fetchval("SELECT min(day) FROM fleet_daily_recent") == daily_wm
