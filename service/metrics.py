@@ -106,6 +106,14 @@ class Metrics:
             ["rollup"],
             registry=r,
         )
+        # Refreshed by every maintenance round (service.fleet.presence), not counted per scrape.
+        self.devices = Gauge(
+            "telemetry_devices",
+            "Enrolled devices by presence (online, offline, never_seen, revoked) at the last"
+            " maintenance round",
+            ["presence"],
+            registry=r,
+        )
         self.retention_problems = Gauge(
             "telemetry_retention_problems",
             "Retention problems found by the last check (0: every window holds)",

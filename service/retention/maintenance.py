@@ -25,6 +25,8 @@ postgres mode a round, run by exactly one instance at a time, does in this order
 5. timescale mode: runs in the foreground (`CALL run_job`) every project job whose last
    background run failed or that is overdue, so windows hold even where TimescaleDB's scheduler
    fails; a warning with the job's last error is logged once per change of its state.
+5b. both modes: records `went_offline` for every presence deadline that passed and refreshes
+   the `telemetry_devices{presence}` gauges (`service.fleet.presence`).
 6. assesses retention health (`service.retention.health`): `last_health`, the metrics, and
    `/health`'s "degraded" come from it.
 
@@ -43,8 +45,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
@@ -52,6 +55,8 @@ from service.db import locks
 from service.db.errors import STATEMENT_FAILED
 from service.db.rollups import ROLLUPS
 from service.db.time_series import TIME_SERIES_TABLES
+from service.fleet import presence
+from service.fleet.presence import PresencePass
 from service.metrics import Metrics
 from service.retention import rollups
 from service.retention.audit import AUDIT_TABLES, expire
@@ -80,6 +85,7 @@ class MaintenanceReport:
     keys_expired: int = 0
     audit_expired: dict[str, int] = field(default_factory=dict)  # rows deleted, per audit table
     healed: tuple[str, ...] = ()  # jobs run in the foreground ("<job_id> <name>")
+    presence: PresencePass | None = None  # went_offline recorded, devices per presence
     rollups: rollups.RefreshReport | None = None  # rollup tables refreshed (table mechanism)
     health: RetentionHealth | None = None
     errors: tuple[str, ...] = ()
@@ -107,8 +113,11 @@ class PartitionMaintenance:
         settings: Settings,
         mode: StorageMode | None = None,
         metrics: Metrics | None = None,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._pool = pool
+        # The time presence is judged at, instead of the database's clock (tests).
+        self._clock = clock
         self._settings = settings
         self._mode = mode
         self._metrics = metrics
@@ -151,8 +160,15 @@ class PartitionMaintenance:
                     )
                 else:
                     report = await self._round(conn)
+                presence, presence_errors = await self._presence(conn)
                 health = await self._assess(conn, self._mode)
-                return replace(report, health=health, seconds=time.perf_counter() - started)
+                return replace(
+                    report,
+                    presence=presence,
+                    errors=report.errors + presence_errors,
+                    health=health,
+                    seconds=time.perf_counter() - started,
+                )
             finally:
                 # A broken connection cannot unlock, but the server releases its locks with it.
                 with contextlib.suppress(*STATEMENT_FAILED, OSError):
@@ -234,6 +250,16 @@ class PartitionMaintenance:
                 errors.append(f"{table.name}: expiring audit rows failed: {result.error}")
         return expired, errors
 
+    async def _presence(self, conn: asyncpg.Connection) -> tuple[PresencePass | None, tuple[str, ...]]:
+        try:
+            result = await presence.run_pass(conn, None if self._clock is None else self._clock())
+        except STATEMENT_FAILED as exc:
+            return None, (f"device_presence: recording went_offline failed: {exc}",)
+        if self._metrics is not None:
+            for name, count in result.counts.items():
+                self._metrics.devices.labels(name).set(count)
+        return result, ()
+
     async def _heal_jobs(self, conn: asyncpg.Connection) -> tuple[tuple[str, ...], list[str]]:
         now = await conn.fetchval("SELECT now()")
         healed: list[str] = []
@@ -313,13 +339,20 @@ def _log_report(report: MaintenanceReport) -> None:
     created = sum(report.created.values())
     dropped = sum(len(d) for d in report.dropped.values())
     audit_rows = sum(report.audit_expired.values())
-    level = logging.INFO if created or dropped or report.keys_expired or audit_rows else logging.DEBUG
+    went_offline = 0 if report.presence is None else report.presence.went_offline
+    level = (
+        logging.INFO
+        if created or dropped or report.keys_expired or audit_rows or went_offline
+        else logging.DEBUG
+    )
     log.log(
         level,
-        "maintenance: %d partitions created, %d dropped, %d dispatch keys and %d audit rows expired in %.3fs",
+        "maintenance: %d partitions created, %d dropped, %d dispatch keys and %d audit rows expired,"
+        " %d devices went offline in %.3fs",
         created,
         dropped,
         report.keys_expired,
         audit_rows,
+        went_offline,
         report.seconds,
     )

@@ -17,9 +17,9 @@ from service.migrations.commands import Migrator
 from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-EARLIER = "0c4e8a7d2f61"
-PREVIOUS = "e31c9e0a6175"
-HEAD = "81159e67ec7f"
+EARLIER = "e31c9e0a6175"
+PREVIOUS = "81159e67ec7f"
+HEAD = "d5a91f3c7b20"
 
 
 async def user_tables(url: str) -> set[str]:
