@@ -82,13 +82,21 @@ def test_readme_curl_session_works_as_written(data_dir: Path) -> None:
             timeout=60,
         )
         assert session.returncode == 0, session.stderr
-        # Two JSON documents: the heartbeat answer, then the read-back.
+        # Four JSON documents: the heartbeat answer, the read-back, the offline devices (none:
+        # phone-1 has just beaten) and the fleet summary.
         decoder = json.JSONDecoder()
-        posted, end = decoder.raw_decode(session.stdout)
-        listed, _ = decoder.raw_decode(session.stdout[end:].lstrip())
+        documents, rest_of_output = [], session.stdout
+        while rest_of_output.strip():
+            document, end = decoder.raw_decode(rest_of_output.lstrip())
+            documents.append(document)
+            rest_of_output = rest_of_output.lstrip()[end:]
+        posted, listed, offline, summary = documents
         assert posted["device_id"] == "phone-1" and posted["results"][0]["stored"] is True
         assert [h["battery_pct"] for h in listed["heartbeats"]] == [87]
         assert listed["heartbeats"][0]["status"] == "ok"
+        assert offline == {"devices": [], "next_cursor": None}
+        assert summary["total"] == 1 and summary["presence"]["online"] == 1
+        assert summary["battery"][">=50"] == 1
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -92,8 +92,10 @@ SELECT c.ord FROM candidate c JOIN inserted i USING (device_id, bucket_start)
 # between distinct times telescopes to span / count, so no window function is needed; each gap
 # is capped at 4x the learned interval (an outage teaches a little, a slower cadence is learned
 # over a few beats). Transitions are recorded beside: `went_offline` at the passed deadline if
-# the maintenance pass has not recorded it yet, then `came_online` with the gap, and
-# `app_version_changed`. Devices without a presence row (not enrolled) are left alone.
+# the maintenance pass has not recorded it yet, then `came_online` with the gap (also when a
+# pass recorded went_offline while this flush's transaction, begun just before the deadline,
+# was running: every went_offline is followed by a came_online), and `app_version_changed`.
+# Devices without a presence row (not enrolled) are left alone.
 UPDATE_PRESENCE = """
 WITH clock AS (
     SELECT coalesce($7::timestamptz, now()) AS now
@@ -158,12 +160,12 @@ WITH clock AS (
         FROM old o CROSS JOIN clock c
         WHERE o.offline_since IS NULL AND o.offline_after <= c.now
         UNION ALL
-        SELECT o.device_id, 2, 'came_online', c.now,
+        SELECT o.device_id, 2, 'came_online', greatest(c.now, o.offline_after),
                jsonb_build_object('offline_since', coalesce(o.offline_since, o.offline_after),
                                   'last_seen_at', o.last_seen_at,
                                   'gap_seconds', extract(epoch FROM c.now - o.last_seen_at)::float8)
         FROM old o CROSS JOIN clock c
-        WHERE o.offline_after <= c.now
+        WHERE o.offline_since IS NOT NULL OR o.offline_after <= c.now
         UNION ALL
         SELECT o.device_id, 3, 'app_version_changed', c.now,
                jsonb_build_object('from', o.last_app_version, 'to', w.app_version)

@@ -312,3 +312,27 @@ async def test_the_floor_and_the_missed_beats_come_from_the_policy(
     finally:
         await writer.stop()
     assert (await presence_of(conn, "floored"))["offline_after"] == clock.now + timedelta(seconds=1000)
+
+
+async def test_a_flush_begun_before_a_recorded_deadline_still_pairs_it_with_came_online(
+    pool: asyncpg.Pool, conn: asyncpg.Connection
+) -> None:
+    await add_devices(conn, ["racer"])
+    clock = Clock(T0)
+    writer = await writer_for(pool, clock)
+    try:
+        await writer.submit_heartbeats([beat("racer", T0)])
+        deadline = T0 + timedelta(seconds=180)
+        # The pass (its clock just past the deadline) records went_offline while a flush whose
+        # transaction began a moment before the deadline is still running.
+        assert await presence.record_went_offline(conn, deadline + US) == (1, True)
+        clock.now = deadline - US
+        await writer.submit_heartbeats([beat("racer", clock.now)])
+    finally:
+        await writer.stop()
+    events = await events_of(conn, "racer")
+    assert [(e["event_type"], e["created_at"]) for e in events] == [
+        ("went_offline", deadline),
+        ("came_online", deadline),
+    ]
+    assert (await device_row(conn, "racer", deadline))["presence"] == "online"
