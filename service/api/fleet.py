@@ -50,7 +50,7 @@ async def get_devices(request: web.Request) -> web.Response:
         id_prefix=query_text(request, "q", 128),
     )
     limit = _limit(request)
-    cursor = query_text(request, "cursor", 1024)
+    cursor = query_text(request, "cursor", 256)
     async with services(request).pool.acquire() as conn:
         now: datetime = await conn.fetchval("SELECT now()")
         try:

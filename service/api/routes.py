@@ -40,7 +40,9 @@ DEVICE_LIST_QUERY: dict[str, Schema] = {
     "cursor": {
         "type": "string",
         "minLength": 1,
-        "maxLength": 1024,
+        # Issued cursors are under 128 characters; the bound keeps a request line within
+        # aiohttp's 8 KiB even with every other parameter at its longest, percent-encoded.
+        "maxLength": 256,
         "description": "next_cursor of the previous page (same filters)",
     },
 }
