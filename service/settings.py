@@ -101,6 +101,8 @@ class Settings:
     # timescale mode: heartbeat chunks older than this are compressed (zero: never).
     compress_after: timedelta = timedelta(hours=6)
     presence: PresencePolicy = field(default_factory=PresencePolicy)
+    # `GET /v1/fleet/summary` serves a snapshot at most this old (zero: computed per request).
+    fleet_summary_max_age: timedelta = timedelta(seconds=5)
     log_level: str = "INFO"
     # Peers whose X-Forwarded-For is believed (reverse proxies); none by default.
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -239,6 +241,9 @@ class Settings:
             rollup_max_lag=as_seconds("TELEMETRY_ROLLUP_MAX_LAG_SECONDS", d.rollup_max_lag, positive=True),
             compress_after=as_seconds("TELEMETRY_COMPRESS_AFTER_SECONDS", d.compress_after),
             presence=presence,
+            fleet_summary_max_age=as_seconds(
+                "TELEMETRY_FLEET_SUMMARY_MAX_AGE_SECONDS", d.fleet_summary_max_age
+            ),
             log_level=log_level,
             trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),
         )

@@ -29,7 +29,6 @@ from service.api.state import services
 from service.api.validation import query_choice, query_int, query_text
 from service.fleet.devices import CursorError, DeviceFilter, list_devices
 from service.fleet.presence import PRESENCES
-from service.fleet.summary import fleet_summary
 
 ENROLLMENT_OUTCOMES = ("enrolled", "refused", "already_enrolled", "banned")
 
@@ -62,8 +61,8 @@ async def get_devices(request: web.Request) -> web.Response:
 
 async def get_fleet_summary(request: web.Request) -> web.Response:
     await require_operator(request)
-    async with services(request).pool.acquire() as conn:
-        return json_response(await fleet_summary(conn))
+    svc = services(request)
+    return json_response(await svc.fleet_summary.get(svc.pool, svc.settings.fleet_summary_max_age))
 
 
 _DEVICE_EVENTS = """
