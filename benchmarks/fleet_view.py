@@ -11,9 +11,9 @@ benchmark runs), with 40 app versions, four statuses and
 random batteries. Then VACUUM ANALYZE, as a running database's autovacuum would have done.
 HTTP figures are taken from one client on an in-process service (no queueing behind other
 requests), with the service's defaults (the summary is a snapshot of at most 5 s; what computing
-one costs is measured apart); the pass is `service.fleet.presence` itself on one connection. Every figure printed
-is measured; the batched-ingest cost of the presence update comes from `benchmarks/run.py`
-(see RESULTS.md).
+one costs is measured apart); the pass is `service.fleet.presence` itself on one connection.
+Every figure printed is measured; the batched-ingest cost of the presence update comes from
+`benchmarks/run.py` (see RESULTS.md).
 """
 
 from __future__ import annotations
