@@ -36,9 +36,11 @@ from service.admin import create_operator
 from service.app import create_app, create_pool
 from service.fleet.presence import count_by_presence, record_went_offline, run_pass
 from service.fleet.summary import fleet_summary
+from service.ingest import statements
+from service.ingest.rows import HeartbeatRow
 from service.migrations.commands import Migrator
 from service.serve import head_revisions
-from service.settings import Settings, StorageMode
+from service.settings import PresencePolicy, Settings, StorageMode
 
 _DEVICES = """
 INSERT INTO devices (id, token_hash, enrolled_at, credential_revoked_at)
@@ -129,6 +131,46 @@ async def expiring_pass(conn: asyncpg.Connection, ids: list[str], full: bool) ->
         ids,
     )
     return seconds, recorded
+
+
+async def flush_ab(conn: asyncpg.Connection, ids: list[str], reps: int) -> dict[str, dict[str, float]]:
+    """The writer's flush of 5,000 heartbeats (staging COPY + merge + COMMIT), with and without
+    the presence statement, alternated on one connection so that load drifts hit both alike.
+    Shapes: `backlog` (10 devices x 500 rows, as the batched-ingest phase sends) and `fleet`
+    (5,000 devices x 1 row). Returns median ms per shape and variant."""
+    await statements.prepare_connection(conn)
+    policy = PresencePolicy()
+    # Newer than every pre-filled heartbeat (so each row moves presence forward, as live traffic
+    # does) and inside the partitions made ahead; a device or bucket is never written twice.
+    start = await conn.fetchval("SELECT now() + interval '1 minute'")
+    step = 0
+    samples: dict[str, dict[str, list[float]]] = {}
+    for rep in range(reps):
+        for shape in ("backlog", "fleet"):
+            order = ("without", "with") if rep % 2 == 0 else ("with", "without")
+            for variant in order:
+                step += 1
+                if shape == "backlog":
+                    devices = ids[step * 10 : step * 10 + 10]
+                    rows = [
+                        HeartbeatRow(d, start + timedelta(seconds=10 * k), "ok", 50, "3.1", "wifi", None)
+                        for d in devices
+                        for k in range(500)
+                    ]
+                else:
+                    ts = start + timedelta(seconds=10 * step)
+                    chunk = ids[-5000:]
+                    rows = [HeartbeatRow(d, ts, "ok", 50, "3.1", "wifi", None) for d in chunk]
+                t = time.perf_counter()
+                async with conn.transaction():
+                    await statements.merge_heartbeats(conn, rows, 10)
+                    if variant == "with":
+                        await statements.update_presence(conn, 10, policy)
+                samples.setdefault(shape, {}).setdefault(variant, []).append((time.perf_counter() - t) * 1000)
+    return {
+        shape: {variant: statistics.median(ms) for variant, ms in by_variant.items()}
+        for shape, by_variant in samples.items()
+    }
 
 
 async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse.Namespace) -> dict[str, Any]:
@@ -235,6 +277,7 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
             seconds, recorded = await expiring_pass(conn, ids, full=True)
             assert recorded == len(ids), (recorded, len(ids))
             full.append(seconds)
+        result["flush_ms"] = await flush_ab(conn, online, args.flush_reps)
         result["expiring"] = len(ids)
         result["went_offline_s"] = {"median": statistics.median(passes), "max": max(passes)}
         result["pass_with_counts_s"] = {"median": statistics.median(full), "max": max(full)}
@@ -263,6 +306,7 @@ def main() -> int:
     parser.add_argument("--expiring", type=int, default=10_000)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--compute-samples", type=int, default=30)
+    parser.add_argument("--flush-reps", type=int, default=20)
     parser.add_argument("--summary-requests", type=int, default=200)
     parser.add_argument("--list-requests", type=int, default=500)
     parser.add_argument("--modes", default="auto", help="comma-separated: postgres, timescale")
@@ -308,6 +352,22 @@ def main() -> int:
             "went_offline pass, deadlines passing at once, median / max s",
             "≤ 1 s",
             lambda r: "{median:.3f} / {max:.3f}".format(**r["went_offline_s"]) + f" ({r['expiring']})",
+        ),
+        (
+            "writer flush of 10 devices x 500 rows: without / with presence, median ms (ratio)",
+            "≤ 1.10",
+            lambda r: (
+                "{without:.1f} / {with:.1f}".format(**r["flush_ms"]["backlog"])
+                + f" ({r['flush_ms']['backlog']['with'] / r['flush_ms']['backlog']['without']:.3f})"
+            ),
+        ),
+        (
+            "writer flush of 5,000 devices x 1 row: without / with presence, median ms (ratio)",
+            "",
+            lambda r: (
+                "{without:.1f} / {with:.1f}".format(**r["flush_ms"]["fleet"])
+                + f" ({r['flush_ms']['fleet']['with'] / r['flush_ms']['fleet']['without']:.3f})"
+            ),
         ),
         (
             "the maintenance step (pass + presence counts for the gauges), median / max s",
