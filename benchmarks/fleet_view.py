@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import time
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -247,6 +249,7 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     result["summary_ms"] = {
         "p50": statistics.median(summary_ms),
         "p95": p95(summary_ms),
+        "max": max(summary_ms),
         "n": len(summary_ms),
     }
     result["offline_ms"] = {
@@ -310,9 +313,12 @@ def main() -> int:
     parser.add_argument("--summary-requests", type=int, default=200)
     parser.add_argument("--list-requests", type=int, default=500)
     parser.add_argument("--modes", default="auto", help="comma-separated: postgres, timescale")
+    parser.add_argument("--json", type=Path, help="write the figures as JSON to this path")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
     print(f"{args.devices} devices with presence; {args.expiring} deadlines passing at once\n")
     print("| measure | target | " + " | ".join(r["mode"] for r in results) + " |")
     print("|---|---|" + "---|" * len(results))
