@@ -182,6 +182,7 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     await asyncio.to_thread(migrator.upgrade, "head")
     result: dict[str, Any] = {"mode": mode}
     conn = await asyncpg.connect(url)
+    await conn.execute("SET jit = off")  # as on the service's own connections
     try:
         started = time.perf_counter()
         await conn.execute(_DEVICES, args.devices)
@@ -261,6 +262,7 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     result["online_ms"] = {"p50": statistics.median(online_ms), "p95": p95(online_ms), "n": len(online_ms)}
 
     conn = await asyncpg.connect(url)
+    await conn.execute("SET jit = off")  # as on the service's own connections
     try:
         online = [
             r["device_id"]
