@@ -57,6 +57,7 @@ def create_app(
         retry_attempts=settings.flush_retry_attempts,
         ack_timeout=settings.ack_timeout.total_seconds(),
         watchdog=watchdog,
+        presence=settings.presence,
     )
     # Partitions ahead and expired ones dropped (postgres mode), audit rows expired and failed
     # TimescaleDB jobs run in the foreground (both modes), retention health assessed: one

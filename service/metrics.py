@@ -112,6 +112,14 @@ class Metrics:
             buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 86400),
             registry=r,
         )
+        # Refreshed by every maintenance round (service.fleet.presence), not counted per scrape.
+        self.devices = Gauge(
+            "telemetry_devices",
+            "Enrolled devices by presence (online, offline, never_seen, revoked) at the last"
+            " maintenance round",
+            ["presence"],
+            registry=r,
+        )
         self.retention_problems = Gauge(
             "telemetry_retention_problems",
             "Retention problems found by the last check (0: every window holds)",

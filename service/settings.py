@@ -51,6 +51,21 @@ class RetentionWindows:
 
 
 @dataclass(frozen=True, slots=True)
+class PresencePolicy:
+    """When a device counts as offline: `missed_beats` of its expected interval (learned from
+    its own heartbeat gaps; `default_interval` until `min_gaps` gaps were seen) after it was
+    last seen, and never sooner than `min_offline`."""
+
+    default_interval: timedelta = timedelta(seconds=60)
+    missed_beats: int = 3
+    min_offline: timedelta = timedelta(seconds=120)
+    # Gaps seen before the learned interval replaces the default.
+    min_gaps: int = 3
+    # Weight of each new gap in the learned interval (exponentially weighted mean).
+    learning_rate: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     database_url: str | None = None
     data_dir: Path = Path(".telemetry-data")
@@ -91,6 +106,9 @@ class Settings:
     # pending (not delivered) this long counts as stuck (push reachability).
     command_ttl: timedelta = timedelta(days=1)
     command_stuck: timedelta = timedelta(minutes=10)
+    presence: PresencePolicy = field(default_factory=PresencePolicy)
+    # `GET /v1/fleet/summary` serves a snapshot at most this old (zero: computed per request).
+    fleet_summary_max_age: timedelta = timedelta(seconds=5)
     log_level: str = "INFO"
     # Peers whose X-Forwarded-For is believed (reverse proxies); none by default.
     trusted_proxies: tuple[IPNetwork, ...] = ()
@@ -190,6 +208,13 @@ class Settings:
             ),
             fleet_daily=as_seconds("TELEMETRY_RETENTION_FLEET_DAILY_SECONDS", d.retention.fleet_daily),
         )
+        presence = PresencePolicy(
+            default_interval=as_seconds(
+                "TELEMETRY_PRESENCE_DEFAULT_INTERVAL_SECONDS", d.presence.default_interval, positive=True
+            ),
+            missed_beats=as_int("TELEMETRY_PRESENCE_MISSED_BEATS", d.presence.missed_beats, 1, 1000),
+            min_offline=as_seconds("TELEMETRY_PRESENCE_MIN_OFFLINE_SECONDS", d.presence.min_offline),
+        )
         return cls(
             database_url=get("DATABASE_URL"),
             data_dir=Path(get("TELEMETRY_DATA_DIR") or d.data_dir),
@@ -226,6 +251,10 @@ class Settings:
             compress_after=as_seconds("TELEMETRY_COMPRESS_AFTER_SECONDS", d.compress_after),
             command_ttl=as_seconds("TELEMETRY_COMMAND_TTL_SECONDS", d.command_ttl, positive=True),
             command_stuck=as_seconds("TELEMETRY_COMMAND_STUCK_SECONDS", d.command_stuck, positive=True),
+            presence=presence,
+            fleet_summary_max_age=as_seconds(
+                "TELEMETRY_FLEET_SUMMARY_MAX_AGE_SECONDS", d.fleet_summary_max_age
+            ),
             log_level=log_level,
             trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),
         )

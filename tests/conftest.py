@@ -52,6 +52,7 @@ PROJECT_TABLES = {
     "apk_versions",
     "apk_installations",
     "device_events",
+    "device_presence",
     "enrollment_events",
     "commands",
     "device_app_versions",

@@ -82,17 +82,23 @@ def test_readme_curl_session_works_as_written(data_dir: Path) -> None:
             timeout=60,
         )
         assert session.returncode == 0, session.stderr
-        # One JSON document per curl: heartbeat, read-back, then the command and the rollout.
+        # One JSON document per curl: heartbeat, read-back, the offline devices (none: phone-1
+        # has just beaten) and the fleet summary, then the command and the rollout.
         decoder = json.JSONDecoder()
         documents, end = [], 0
         while end < len(session.stdout.rstrip()):
             document, end = decoder.raw_decode(session.stdout, end)
             documents.append(document)
             end += len(session.stdout[end:]) - len(session.stdout[end:].lstrip())
-        posted, listed, dispatched, pulled, acked, command, build, _, installed, rollout = documents
+        posted, listed, offline, summary, dispatched, pulled, acked, command, build, _, installed, rollout = (
+            documents
+        )
         assert posted["device_id"] == "phone-1" and posted["results"][0]["stored"] is True
         assert [h["battery_pct"] for h in listed["heartbeats"]] == [87]
         assert listed["heartbeats"][0]["status"] == "ok"
+        assert offline == {"devices": [], "next_cursor": None}
+        assert summary["total"] == 1 and summary["presence"]["online"] == 1
+        assert summary["battery"][">=50"] == 1
         assert dispatched["request_id"] == "lock-1" and dispatched["status"] == "pending"
         assert [c["request_id"] for c in pulled["commands"]] == ["lock-1"]
         assert acked["changed"] is True and acked["command"]["status"] == "executed"

@@ -9,6 +9,7 @@ comes back by enrolling with a token bound to its id, which issues a new credent
 from __future__ import annotations
 
 import asyncpg
+import msgspec
 from aiohttp import web
 
 from service.api.auth import require_operator
@@ -17,6 +18,27 @@ from service.api.responses import json_response
 from service.api.schemas import DeviceState, DeviceSummary
 from service.api.state import services
 from service.commands.reachability import push_reachability
+from service.fleet.devices import device_row
+
+
+def summary_of(row: asyncpg.Record) -> DeviceSummary:
+    """A device's summary from a `service.fleet.devices.SUMMARY_COLUMNS` row."""
+    return DeviceSummary(
+        device_id=row["device_id"],
+        enrolled_at=row["enrolled_at"],
+        credential_revoked=row["credential_revoked"],
+        last_seen_at=row["last_seen_at"],
+        last_status=row["last_status"],
+        last_battery_pct=row["last_battery_pct"],
+        banned=row["banned"],
+        presence=row["presence"],
+        offline_since=row["offline_since"],
+        expected_interval_seconds=row["expected_interval_seconds"],
+        last_app_version=row["last_app_version"],
+        last_network=row["last_network"],
+        last_ts=row["last_ts"],
+        offline_after=row["offline_after"],
+    )
 
 
 async def ensure_device_exists(conn: asyncpg.Connection, device_id: str) -> None:
@@ -27,36 +49,14 @@ async def ensure_device_exists(conn: asyncpg.Connection, device_id: str) -> None
 async def get_device(request: web.Request) -> web.Response:
     await require_operator(request)
     device_id = request.match_info["device_id"]
-    row = await services(request).pool.fetchrow(
-        """
-        SELECT d.id, d.enrolled_at, d.credential_revoked_at IS NOT NULL AS revoked,
-               d.banned_at IS NOT NULL AS banned,
-               h.ts, h.status, h.battery_pct
-        FROM devices d
-        LEFT JOIN LATERAL (
-            SELECT ts, status, battery_pct FROM device_heartbeats
-            WHERE device_id = d.id ORDER BY ts DESC LIMIT 1
-        ) h ON true
-        WHERE d.id = $1
-        """,
-        device_id,
-    )
-    if row is None:
-        raise not_found(f"no device {device_id!r}", field="device_id")
-    async with services(request).pool.acquire() as conn:
-        push = await push_reachability(conn, device_id, services(request).settings.command_stuck)
-    return json_response(
-        DeviceSummary(
-            device_id=row["id"],
-            enrolled_at=row["enrolled_at"],
-            credential_revoked=row["revoked"],
-            last_seen_at=row["ts"],
-            last_status=row["status"],
-            last_battery_pct=row["battery_pct"],
-            banned=row["banned"],
-            push=push,
-        )
-    )
+    svc = services(request)
+    async with svc.pool.acquire() as conn:
+        now = await conn.fetchval("SELECT now()")
+        row = await device_row(conn, device_id, now)
+        if row is None:
+            raise not_found(f"no device {device_id!r}", field="device_id")
+        push = await push_reachability(conn, device_id, svc.settings.command_stuck)
+    return json_response(msgspec.structs.replace(summary_of(row), push=push))
 
 
 async def revoke_device(request: web.Request) -> web.Response:

@@ -186,10 +186,15 @@ async def enroll(request: web.Request) -> web.Response:
                         body.device_id,
                         client[:64],
                     )
+                    # Never seen until its first heartbeat; a re-enrolled device keeps its presence.
+                    await conn.execute(
+                        "INSERT INTO device_presence (device_id) VALUES ($1) ON CONFLICT DO NOTHING",
+                        body.device_id,
+                    )
                     await conn.execute(
                         "INSERT INTO device_events (device_id, event_type, details) VALUES ($1, $2, $3)",
                         body.device_id,
-                        "enrolled" if new else "re-enrolled",
+                        "enrolled" if new else "re_enrolled",
                         {"enrollment_token_id": spent["id"], "scope": spent["scope"]},
                     )
             except _Refused as refused:

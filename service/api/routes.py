@@ -13,6 +13,7 @@ from service.api import (
     dispatches,
     downloads,
     enrollment,
+    fleet,
     health,
     heartbeats,
     history,
@@ -29,6 +30,25 @@ HISTORY_QUERY: dict[str, Schema] = {
     "from": {"type": "string", "format": "date-time", "description": "Default: a span before `to`"},
     "to": {"type": "string", "format": "date-time", "description": "Default: now"},
     "bucket": {"type": "string", "enum": ["1h", "1d"], "default": "1h"},
+}
+
+TEXT_FILTER: Schema = {"type": "string", "minLength": 1, "maxLength": 64}
+BEFORE: Schema = {**DATABASE_ID, "description": "The id of the last event of the previous page"}
+DEVICE_LIST_QUERY: dict[str, Schema] = {
+    "presence": {"type": "string", "enum": ["online", "offline", "never_seen", "revoked"]},
+    "app_version": {**TEXT_FILTER, "description": "Last app version equals"},
+    "status": {**TEXT_FILTER, "description": "Last status equals"},
+    "battery_below": {"type": "integer", "minimum": 0, "maximum": 101, "description": "Last battery below"},
+    "q": {"type": "string", "minLength": 1, "maxLength": 128, "description": "Device id prefix"},
+    "limit": LIMIT,
+    "cursor": {
+        "type": "string",
+        "minLength": 1,
+        # Issued cursors are under 128 characters; the bound keeps a request line within
+        # aiohttp's 8 KiB even with every other parameter at its longest, percent-encoded.
+        "maxLength": 256,
+        "description": "next_cursor of the previous page (same filters)",
+    },
 }
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -200,11 +220,54 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         method="GET",
+        path="/v1/devices",
+        handler=fleet.get_devices,
+        auth="viewer",
+        summary="Devices with their presence, filtered, in keyset pages: offline_since oldest first"
+        " for presence=offline, device_id otherwise",
+        query=DEVICE_LIST_QUERY,
+        responses={200: s.DeviceList, 422: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
         path="/v1/devices/{device_id}",
         handler=devices.get_device,
         auth="viewer",
-        summary="A device: enrollment, last seen, last battery and status, push reachability",
+        summary="A device: enrollment, presence, last seen, battery, status, app version, push reachability",
         responses={200: s.DeviceSummary, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/devices/{device_id}/events",
+        handler=fleet.get_device_events,
+        auth="viewer",
+        summary="A device's lifecycle events (enrolled, re_enrolled, credential_revoked, reinstated,"
+        " went_offline, came_online, app_version_changed), newest first",
+        query={"limit": LIMIT, "before": BEFORE},
+        responses={200: s.DeviceEventList, 404: s.ErrorBody, 422: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/fleet/summary",
+        handler=fleet.get_fleet_summary,
+        auth="viewer",
+        summary="Devices by presence, app version (top 20), status and battery; enrolled in the last"
+        " 24 h and 7 d",
+        responses={200: s.FleetSummary},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/enrollment-events",
+        handler=fleet.get_enrollment_events,
+        auth="viewer",
+        summary="Enrollments and refusals (refusals counted per address and window), newest first",
+        query={
+            "token_id": DATABASE_ID,
+            "outcome": {"type": "string", "enum": list(fleet.ENROLLMENT_OUTCOMES)},
+            "limit": LIMIT,
+            "before": BEFORE,
+        },
+        responses={200: s.EnrollmentEventList, 422: s.ErrorBody},
     ),
     Endpoint(
         method="POST",

@@ -197,17 +197,102 @@ class PushReachability(Struct):
     delivery_p95_seconds: float | None
     stuck_commands: int
     stuck_after_seconds: float
+Presence = Annotated[
+    str,
+    Meta(
+        pattern=r"^(online|offline|never_seen|revoked)$",
+        description="online until last_seen_at + missed beats x expected interval; offline after;"
+        " never_seen before the first heartbeat; revoked while the credential is revoked",
+    ),
+]
 
 
 class DeviceSummary(Struct):
     device_id: str
     enrolled_at: datetime
     credential_revoked: bool
-    last_seen_at: datetime | None
+    last_seen_at: Annotated[
+        datetime | None, Meta(description="When the server received the device's newest heartbeat")
+    ]
     last_status: str | None
     last_battery_pct: int | None
     banned: bool = False  # revoked and not reinstated: the id cannot enroll
     push: PushReachability | None = None
+    presence: Presence = "never_seen"
+    offline_since: Annotated[
+        datetime | None, Meta(description="The deadline that passed, while offline")
+    ] = None
+    expected_interval_seconds: Annotated[
+        float | None, Meta(description="Learned from the device's own heartbeat gaps")
+    ] = None
+    last_app_version: str | None = None
+    last_network: str | None = None
+    last_ts: Annotated[
+        datetime | None, Meta(description="The device's own time of its newest heartbeat")
+    ] = None
+    offline_after: Annotated[
+        datetime | None, Meta(description="The deadline: offline from then on unless it is heard from")
+    ] = None
+
+
+class DeviceList(Struct):
+    devices: list[DeviceSummary]
+    next_cursor: Annotated[
+        str | None, Meta(description="Pass as `cursor` for the next page; null on the last page")
+    ]
+
+
+class DeviceEvent(Struct):
+    id: int
+    device_id: str
+    event_type: str
+    at: datetime
+    details: dict[str, Any] | None
+
+
+class DeviceEventList(Struct):
+    device_id: str
+    events: list[DeviceEvent]
+    next_before: Annotated[
+        int | None, Meta(description="Pass as `before` for older events; null when none are left")
+    ]
+
+
+class EnrollmentEvent(Struct):
+    id: int
+    enrollment_token_id: int | None
+    device_id: str | None
+    outcome: str
+    remote_addr: str | None
+    attempts: int
+    at: datetime
+
+
+class EnrollmentEventList(Struct):
+    events: list[EnrollmentEvent]
+    next_before: int | None
+
+
+class AppVersionCount(Struct):
+    app_version: str
+    devices: int
+
+
+class FleetSummary(Struct):
+    as_of: datetime
+    total: int
+    # online, offline, never_seen, revoked
+    presence: dict[str, int]
+    # The 20 most common last app versions; the rest summed in other_app_versions.
+    app_versions: list[AppVersionCount]
+    other_app_versions: int
+    unknown_app_version: int
+    # Last status of the devices that sent one.
+    statuses: dict[str, int]
+    # Last battery: "<15", "15-49", ">=50", "unknown".
+    battery: dict[str, int]
+    enrolled_last_24h: int
+    enrolled_last_7d: int
 
 
 class DeviceState(Struct):

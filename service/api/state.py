@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from aiohttp import web
@@ -10,6 +10,7 @@ from aiohttp import web
 from service.api.credentials import Authenticator
 from service.api.throttle import FailureThrottle
 from service.db.watchdog import DatabaseWatchdog
+from service.fleet.summary import SummarySnapshot
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
 from service.retention.maintenance import PartitionMaintenance
@@ -28,6 +29,7 @@ class Services:
     head_revisions: frozenset[str]
     watchdog: DatabaseWatchdog
     maintenance: PartitionMaintenance | None = None
+    fleet_summary: SummarySnapshot = field(default_factory=SummarySnapshot)
 
 
 SERVICES = web.AppKey("services", Services)

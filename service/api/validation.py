@@ -100,8 +100,26 @@ def query_limit(request: web.Request, default: int = 100, maximum: int = 1000) -
     return limit
 
 
+def query_int(
+    request: web.Request, name: str, minimum: int, maximum: int, default: int | None = None
+) -> int | None:
+    """An integer query parameter in [minimum, maximum]; anything else is 422 naming it."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise unprocessable(f"{name} must be an integer", field=name) from None
+    if not minimum <= value <= maximum:
+        raise unprocessable(
+            f"{name} must be between {minimum} and {maximum}", field=name, code="out_of_range"
+        )
+    return value
+
+
 def query_choice(
-    request: web.Request, name: str, choices: tuple[str, ...], default: str | None
+    request: web.Request, name: str, choices: tuple[str, ...], default: str | None = None
 ) -> str | None:
     """A query parameter that must be one of `choices`: 422 naming it otherwise."""
     raw = request.query.get(name)
@@ -138,6 +156,14 @@ def query_seconds(request: web.Request, name: str, default: timedelta, maximum: 
     if not (math.isfinite(value) and 0 <= value <= maximum):
         raise unprocessable(f"{name} must be between 0 and {maximum:g} seconds", field=name)
     return timedelta(seconds=value)
+
+
+def query_text(request: web.Request, name: str, max_length: int) -> str | None:
+    """A non-empty query parameter of at most `max_length` characters; else 422 naming it."""
+    raw = request.query.get(name)
+    if raw is not None and (not 1 <= len(raw) <= max_length or "\x00" in raw):
+        raise unprocessable(f"{name} must be 1 to {max_length} characters (no U+0000)", field=name)
+    return raw
 
 
 MAX_DEPTH = 32

@@ -110,6 +110,62 @@ class Device(Base):
     banned_at: Mapped[datetime | None]
 
 
+class DevicePresence(Base):
+    """A device's presence, one row per enrolled device (created at enrollment), kept by the
+    writer in each heartbeat batch's transaction (`service.ingest.statements.UPDATE_PRESENCE`).
+
+    A table of its own, not columns of `devices`: every heartbeat rewrites this row, and since
+    `offline_after` (indexed) moves with it, no update is HOT. Here a rewrite costs the narrow
+    row plus two index entries (the primary key and the pending-deadline index); on `devices` it
+    would also re-insert into the credential-hash index, and `devices` (fleet-wide, a Citus
+    reference table) would be rewritten on every node. `fillfactor` leaves room for the new
+    version on the same page.
+
+    `last_seen_at` is the server's time the newest heartbeat was received (presence is judged
+    on it); `last_ts` is the device's own time of its newest heartbeat, and the `last_*` values
+    are that heartbeat's. A device is offline from `offline_after` on; `offline_since` is set
+    (to that deadline) when the `went_offline` event is recorded and cleared when it comes back.
+    """
+
+    __tablename__ = "device_presence"
+
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_seen_at: Mapped[datetime | None]
+    last_ts: Mapped[datetime | None]
+    last_status: Mapped[str | None] = mapped_column(String(64))
+    last_battery_pct: Mapped[int | None] = mapped_column(SmallInteger)
+    last_app_version: Mapped[str | None] = mapped_column(String(64))
+    last_network: Mapped[str | None] = mapped_column(String(32))
+    # Learned from the device's own heartbeat gaps (EWMA); the deadline uses it once
+    # `gaps_seen` is large enough, the configured default before.
+    learned_interval_seconds: Mapped[float | None] = mapped_column(Double)
+    gaps_seen: Mapped[int] = mapped_column(Integer, server_default="0")
+    expected_interval_seconds: Mapped[float | None] = mapped_column(Double)
+    offline_after: Mapped[datetime | None]
+    offline_since: Mapped[datetime | None]
+
+    __table_args__ = (
+        # Pending deadlines: the went_offline pass and the not-yet-recorded part of the offline
+        # list are range scans here. Offline devices leave it, so a pass never re-reads them.
+        Index(
+            "ix_device_presence_offline_after",
+            "offline_after",
+            "device_id",
+            postgresql_where=text("offline_since IS NULL"),
+        ),
+        # Recorded offline devices, oldest first: written only at transitions.
+        Index(
+            "ix_device_presence_offline_since",
+            "offline_since",
+            "device_id",
+            postgresql_where=text("offline_since IS NOT NULL"),
+        ),
+        {"postgresql_with": {"fillfactor": 80}},
+    )
+
+
 class EnrollmentToken(Base):
     __tablename__ = "enrollment_tokens"
 

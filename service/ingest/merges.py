@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 import asyncpg
@@ -23,6 +24,7 @@ from service.ingest.rows import (
     DownloadRow,
     HeartbeatRow,
 )
+from service.settings import PresencePolicy
 
 RowT = TypeVar("RowT", bound=tuple[object, ...])
 ResultT = TypeVar("ResultT")
@@ -72,11 +74,22 @@ class RowMerge(Generic[RowT, ResultT]):
         return per_request, self.count_stored(results)
 
 
-def heartbeats(bucket_seconds: int) -> Merge[HeartbeatRow, bool]:
-    """Stored (True) or absorbed by the device's `bucket_seconds` bucket (False), per row."""
+def heartbeats(
+    bucket_seconds: int,
+    presence: PresencePolicy | None = None,
+    clock: Callable[[], datetime] | None = None,
+) -> Merge[HeartbeatRow, bool]:
+    """Stored (True) or absorbed by the device's `bucket_seconds` bucket (False), per row; and,
+    in the same transaction, the presence of the devices that sent them (`presence`; None: not
+    kept). `clock` stands for the database's clock (tests)."""
 
     async def merge_rows(conn: asyncpg.Connection, rows: Sequence[HeartbeatRow]) -> list[bool]:
-        return await statements.merge_heartbeats(conn, rows, bucket_seconds)
+        stored = await statements.merge_heartbeats(conn, rows, bucket_seconds)
+        if presence is not None:
+            await statements.update_presence(
+                conn, bucket_seconds, presence, None if clock is None else clock()
+            )
+        return stored
 
     return RowMerge("heartbeats", "device_heartbeats", merge_rows, sum)
 

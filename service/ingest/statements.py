@@ -9,6 +9,7 @@ absorbed; created or existing) can be handed back to the request that sent the r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 import msgspec
@@ -24,6 +25,7 @@ from service.ingest.rows import (
     DownloadRow,
     HeartbeatRow,
 )
+from service.settings import PresencePolicy
 
 STAGING_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_heartbeats (
@@ -93,6 +95,103 @@ WITH staged AS (
     RETURNING device_id, bucket_start
 )
 SELECT c.ord FROM candidate c JOIN inserted i USING (device_id, bucket_start)
+"""
+
+# Presence of the flush's devices, after MERGE_HEARTBEATS in the same transaction: one
+# statement for the whole flush. Rows are locked in device_id order (`old`), as the went_offline
+# pass locks them too (`service.fleet.presence`), so flushers, instances and maintenance cannot
+# deadlock on them. Every staged heartbeat (stored or absorbed) shows the device is there:
+# `last_seen_at` moves to the flush's time ($7, default now()), never back. Only heartbeats newer
+# (device time) than the newest one already seen move `last_*` and teach the interval, so a late
+# or back-filled heartbeat changes history, not presence. The mean of the consecutive gaps
+# between distinct times telescopes to span / count, so no window function is needed; each gap
+# is capped at 4x the learned interval (an outage teaches a little, a slower cadence is learned
+# over a few beats). Transitions are recorded beside: `went_offline` at the passed deadline if
+# the maintenance pass has not recorded it yet, then `came_online` with the gap (also when a
+# pass recorded went_offline while this flush's transaction, begun just before the deadline,
+# was running: every went_offline is followed by a came_online), and `app_version_changed`.
+# Devices without a presence row (not enrolled) are left alone.
+UPDATE_PRESENCE = """
+WITH clock AS (
+    SELECT coalesce($7::timestamptz, now()) AS now
+), old AS MATERIALIZED (
+    SELECT device_id, last_seen_at, last_ts, last_app_version, learned_interval_seconds, gaps_seen,
+           expected_interval_seconds, offline_after, offline_since
+    FROM device_presence
+    WHERE device_id IN (SELECT device_id FROM stage_heartbeats)
+    ORDER BY device_id
+    FOR UPDATE
+), fresh AS (
+    SELECT s.device_id, s.ord, s.ts, s.status, s.battery_pct, s.app_version, s.network
+    FROM stage_heartbeats s JOIN old o USING (device_id)
+    WHERE o.last_ts IS NULL OR s.ts > o.last_ts
+), newest AS (
+    SELECT DISTINCT ON (device_id) * FROM fresh ORDER BY device_id, ts DESC, ord DESC
+), gaps AS (
+    SELECT f.device_id,
+           count(DISTINCT f.ts) - CASE WHEN o.last_ts IS NULL THEN 1 ELSE 0 END AS n,
+           extract(epoch FROM max(f.ts) - coalesce(o.last_ts, min(f.ts)))::float8 AS span
+    FROM fresh f JOIN old o USING (device_id)
+    GROUP BY f.device_id, o.last_ts
+), learned AS (
+    SELECT o.device_id, o.gaps_seen + coalesce(g.n, 0) AS gaps_seen,
+           CASE WHEN coalesce(g.n, 0) = 0 THEN o.learned_interval_seconds
+                ELSE least(greatest(
+                    CASE WHEN o.learned_interval_seconds IS NULL THEN g.span / g.n
+                         ELSE o.learned_interval_seconds + (1 - power(1 - $6::float8, g.n))
+                              * (least(g.span / g.n, 4 * o.learned_interval_seconds)
+                                 - o.learned_interval_seconds)
+                    END, $1::float8), 86400)
+           END AS learned_interval_seconds
+    FROM old o LEFT JOIN gaps g USING (device_id)
+), next AS (
+    SELECT l.device_id, l.gaps_seen, l.learned_interval_seconds,
+           CASE WHEN l.gaps_seen >= $5::int THEN l.learned_interval_seconds ELSE $2::float8 END
+               AS expected,
+           greatest(o.last_seen_at, c.now) AS last_seen_at
+    FROM learned l JOIN old o USING (device_id) CROSS JOIN clock c
+), updated AS (
+    UPDATE device_presence p SET
+        last_seen_at = n.last_seen_at,
+        last_ts = CASE WHEN w.device_id IS NULL THEN p.last_ts ELSE w.ts END,
+        last_status = CASE WHEN w.device_id IS NULL THEN p.last_status ELSE w.status END,
+        last_battery_pct = CASE WHEN w.device_id IS NULL THEN p.last_battery_pct ELSE w.battery_pct END,
+        last_app_version = CASE WHEN w.device_id IS NULL THEN p.last_app_version ELSE w.app_version END,
+        last_network = CASE WHEN w.device_id IS NULL THEN p.last_network ELSE w.network END,
+        learned_interval_seconds = n.learned_interval_seconds,
+        gaps_seen = n.gaps_seen,
+        expected_interval_seconds = n.expected,
+        offline_after = n.last_seen_at + make_interval(secs => greatest($3::int * n.expected, $4::float8)),
+        offline_since = NULL
+    FROM next n LEFT JOIN newest w USING (device_id)
+    WHERE p.device_id = n.device_id
+    RETURNING p.device_id
+), transitions AS (
+    INSERT INTO device_events (device_id, event_type, details, created_at)
+    SELECT device_id, event_type, details, at FROM (
+        SELECT o.device_id, 1 AS step, 'went_offline' AS event_type, o.offline_after AS at,
+               jsonb_build_object('last_seen_at', o.last_seen_at,
+                                  'expected_interval_seconds', o.expected_interval_seconds) AS details
+        FROM old o CROSS JOIN clock c
+        WHERE o.offline_since IS NULL AND o.offline_after <= c.now
+        UNION ALL
+        SELECT o.device_id, 2, 'came_online', greatest(c.now, o.offline_after),
+               jsonb_build_object('offline_since', coalesce(o.offline_since, o.offline_after),
+                                  'last_seen_at', o.last_seen_at,
+                                  'gap_seconds', extract(epoch FROM c.now - o.last_seen_at)::float8)
+        FROM old o CROSS JOIN clock c
+        WHERE o.offline_since IS NOT NULL OR o.offline_after <= c.now
+        UNION ALL
+        SELECT o.device_id, 3, 'app_version_changed', c.now,
+               jsonb_build_object('from', o.last_app_version, 'to', w.app_version)
+        FROM old o JOIN newest w USING (device_id) CROSS JOIN clock c
+        WHERE o.last_app_version IS NOT NULL AND w.app_version IS NOT NULL
+          AND w.app_version <> o.last_app_version
+    ) t
+    ORDER BY device_id, step
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM updated) AS devices, (SELECT count(*) FROM transitions) AS events
 """
 
 # Claims each new request_id in fcm_dispatch_keys (waiting, under the primary key, for any
@@ -187,9 +286,14 @@ ACK_RANK = {"pending": 0, "delivered": 1, "executed": 2, "failed": 2, "expired":
 
 
 async def prepare_connection(conn: asyncpg.Connection) -> None:
-    """Per-connection setup: JSON codecs and the staging tables."""
+    """Per-connection setup: JSON codecs, the staging tables, and no JIT compilation."""
     await set_json_codecs(conn)
     await conn.execute(STAGING_DDL)
+    # The flush statements read staging tables the planner has no statistics for; its guesses
+    # can push a plan's cost past `jit_above_cost`, and compiling it then took over a second
+    # for a statement that runs in milliseconds (UPDATE_PRESENCE, measured). No statement of
+    # this service is long enough for JIT to pay off.
+    await conn.execute("SET jit = off")
 
 
 async def set_json_codecs(conn: asyncpg.Connection) -> None:
@@ -224,6 +328,26 @@ async def merge_heartbeats(
     await conn.copy_records_to_table("stage_heartbeats", records=numbered(rows), columns=HEARTBEAT_COLUMNS)
     stored = {r["ord"] for r in await conn.fetch(MERGE_HEARTBEATS, float(bucket_seconds))}
     return [ord_ in stored for ord_ in range(len(rows))]
+
+
+async def update_presence(
+    conn: asyncpg.Connection,
+    bucket_seconds: int,
+    policy: PresencePolicy,
+    now: datetime | None = None,
+) -> None:
+    """After `merge_heartbeats` in the same transaction: the presence of every device staged
+    in it (see UPDATE_PRESENCE). `now` stands for the database's clock in tests."""
+    await conn.execute(
+        UPDATE_PRESENCE,
+        float(bucket_seconds),
+        policy.default_interval.total_seconds(),
+        policy.missed_beats,
+        policy.min_offline.total_seconds(),
+        policy.min_gaps,
+        policy.learning_rate,
+        now,
+    )
 
 
 async def merge_dispatches(conn: asyncpg.Connection, rows: Sequence[DispatchRow]) -> list[DispatchOutcome]:

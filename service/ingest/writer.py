@@ -9,6 +9,9 @@ Guarantees:
   requests share one transaction: each kind's `Merge` (`ingest/merges.py`) stages its rows
   with one binary COPY and stores them with one set-based `INSERT … ON CONFLICT`, kinds
   always in the same order, then one COMMIT.
+* Presence (`device_presence`) of the devices whose heartbeats a batch holds is updated in the
+  batch's own transaction by one set-based statement, rows locked in `device_id` order, only
+  forward (`statements.UPDATE_PRESENCE`): a committed heartbeat is never missing from presence.
 * A batch starts when `batch_max_rows` rows wait or `batch_window` after its first row arrived,
   whichever is first; `flushers` batches may be in flight at once.
 * The queue holds at most `queue_max_rows` rows: past that, `submit_*` raises `QueueFull`
@@ -45,9 +48,9 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
@@ -58,6 +61,7 @@ from service.ingest import merges, statements
 from service.ingest.merges import Merge
 from service.ingest.rows import AckOutcome, AckRow, DispatchOutcome, DispatchRow, DownloadRow, HeartbeatRow
 from service.metrics import Metrics
+from service.settings import PresencePolicy
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +131,9 @@ class GroupCommitWriter:
     flushers: int = 2
     ack_timeout: float = 10.0
     watchdog: DatabaseWatchdog = field(default_factory=DatabaseWatchdog)
+    presence: PresencePolicy = field(default_factory=PresencePolicy)
+    # The time presence is judged at, instead of the database's clock (tests).
+    presence_clock: Callable[[], datetime] | None = None
 
     def __post_init__(self) -> None:
         _check_positive("batch_window", self.batch_window.total_seconds())
@@ -141,7 +148,7 @@ class GroupCommitWriter:
         # The order every transaction takes the kinds in, so that two flushes never wait on
         # each other's rows in opposite orders.
         self._merges: tuple[Merge[Any, Any], ...] = (
-            merges.heartbeats(self.bucket_seconds),
+            merges.heartbeats(self.bucket_seconds, self.presence, self.presence_clock),
             merges.DISPATCHES,
             merges.DOWNLOADS,
             merges.ACKS,

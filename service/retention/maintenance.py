@@ -32,6 +32,8 @@ instance at a time, does in this order:
    fails; a warning with the job's last error is logged once per change of its state.
 6. recomputes `fleet_daily_recent`, the days `fleet_daily` has not closed yet, when the hourly
    watermark moved (`service.retention.recent_days`), after the refreshes and healed jobs;
+6b. both modes: records `went_offline` for every presence deadline that passed and refreshes
+   the `telemetry_devices{presence}` gauges (`service.fleet.presence`).
 7. assesses retention health (`service.retention.health`): `last_health`, the metrics, and
    `/health`'s "degraded" come from it.
 
@@ -61,6 +63,8 @@ from service.db import locks
 from service.db.errors import STATEMENT_FAILED
 from service.db.rollups import RECENT_DAYS, ROLLUPS
 from service.db.time_series import TIME_SERIES_TABLES
+from service.fleet import presence
+from service.fleet.presence import PresencePass
 from service.metrics import Metrics
 from service.retention import rollups
 from service.retention.audit import AUDIT_TABLES, expire
@@ -94,6 +98,7 @@ class MaintenanceReport:
     commands_expired: int = 0
     installs_verified: int = 0
     healed: tuple[str, ...] = ()  # jobs run in the foreground ("<job_id> <name>")
+    presence: PresencePass | None = None  # went_offline recorded, devices per presence
     rollups: rollups.RefreshReport | None = None  # rollup tables refreshed (table mechanism)
     recent_days: RecentDays | None = None  # fleet_daily_recent (both mechanisms)
     health: RetentionHealth | None = None
@@ -124,7 +129,8 @@ class PartitionMaintenance:
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        """`clock`: "now" for command expiry (default: the database's clock); for tests."""
+        """`clock`: "now" for command expiry and presence (default: the database's clock); for
+        tests."""
         self._pool = pool
         self._clock = clock
         # The first round reads the whole raw heartbeat window for app versions, later ones
@@ -178,8 +184,15 @@ class PartitionMaintenance:
                     report = await self._round(conn)
                 recent, recent_errors = await self._recent_days(conn)
                 report = replace(report, recent_days=recent, errors=report.errors + tuple(recent_errors))
+                presence, presence_errors = await self._presence(conn)
                 health = await self._assess(conn, self._mode)
-                return replace(report, health=health, seconds=time.perf_counter() - started)
+                return replace(
+                    report,
+                    presence=presence,
+                    errors=report.errors + presence_errors,
+                    health=health,
+                    seconds=time.perf_counter() - started,
+                )
             finally:
                 # A broken connection cannot unlock, but the server releases its locks with it.
                 with contextlib.suppress(*STATEMENT_FAILED, OSError):
@@ -298,6 +311,15 @@ class PartitionMaintenance:
         else:
             self._versions_read = True
         return (expiry.expired, verification.installs_verified), errors
+    async def _presence(self, conn: asyncpg.Connection) -> tuple[PresencePass | None, tuple[str, ...]]:
+        try:
+            result = await presence.run_pass(conn, None if self._clock is None else self._clock())
+        except STATEMENT_FAILED as exc:
+            return None, (f"device_presence: recording went_offline failed: {exc}",)
+        if self._metrics is not None:
+            for name, count in result.counts.items():
+                self._metrics.devices.labels(name).set(count)
+        return result, ()
 
     async def _heal_jobs(self, conn: asyncpg.Connection) -> tuple[tuple[str, ...], list[str]]:
         now = await conn.fetchval("SELECT now()")
@@ -378,14 +400,21 @@ def _log_report(report: MaintenanceReport) -> None:
     created = sum(report.created.values())
     dropped = sum(len(d) for d in report.dropped.values())
     audit_rows = sum(report.audit_expired.values())
-    level = logging.INFO if created or dropped or report.keys_expired or audit_rows else logging.DEBUG
+    went_offline = 0 if report.presence is None else report.presence.went_offline
+    level = (
+        logging.INFO
+        if created or dropped or report.keys_expired or audit_rows or went_offline
+        else logging.DEBUG
+    )
     log.log(
         level,
-        "maintenance: %d partitions created, %d dropped, %d dispatch keys and %d audit rows expired in %.3fs",
+        "maintenance: %d partitions created, %d dropped, %d dispatch keys and %d audit rows expired,"
+        " %d devices went offline in %.3fs",
         created,
         dropped,
         report.keys_expired,
         audit_rows,
+        went_offline,
         report.seconds,
     )
     if report.commands_expired or report.installs_verified:

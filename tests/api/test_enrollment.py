@@ -61,7 +61,7 @@ async def test_a_revoked_device_cannot_enroll_until_reinstated(api: Api) -> None
     assert (await api.client.post("/v1/heartbeats", json=OK, headers=bearer(old))).status == 401
     events = await api.count(
         "SELECT count(*) FROM device_events WHERE device_id = 'dev-r'"
-        " AND event_type IN ('credential_revoked', 'reinstated', 're-enrolled')"
+        " AND event_type IN ('credential_revoked', 'reinstated', 're_enrolled')"
     )
     assert events == 3
 

@@ -160,7 +160,7 @@ async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMod
     STATS.statuses.update(run.statuses)
 
     operations = len(list(schema.get_all_operations()))
-    assert operations == 27
+    assert operations == 31
     assert run.requests >= operations * EXAMPLES
     assert run.server_errors == [], "\n".join(run.server_errors)
     assert run.failures == [], "\n\n".join(run.failures)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import pytest
+
+from service.app import create_pool
+from service.settings import StorageMode
+from tests.conftest import settings_for
+
+
+@pytest.fixture
+async def pool(db_url: str, mode: StorageMode) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(db_url, settings_for(db_url, mode))
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@dataclass
+class Clock:
+    """The time presence is judged at: tests move it, nobody sleeps."""
+
+    now: datetime
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def add_devices(conn: asyncpg.Connection, ids: list[str]) -> None:
+    """Enrolled devices, never seen yet (as enrollment leaves them)."""
+    await conn.execute(
+        "INSERT INTO devices (id, token_hash) SELECT id, md5(id) || md5(id) FROM unnest($1::text[]) id",
+        ids,
+    )
+    await conn.execute("INSERT INTO device_presence (device_id) SELECT unnest($1::text[])", ids)
