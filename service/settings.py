@@ -28,6 +28,7 @@ class SettingsError(ValueError):
 MAX_INT = 2**31 - 1
 MAX_SECONDS = 100 * 365 * 86400
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +87,8 @@ class Settings:
     # timescale mode: heartbeat chunks older than this are compressed (zero: never).
     compress_after: timedelta = timedelta(hours=6)
     log_level: str = "INFO"
+    # `serve`'s event loop: uvloop where installed (auto), or the standard library's.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     # Peers whose X-Forwarded-For is believed (reverse proxies); none by default.
     trusted_proxies: tuple[IPNetwork, ...] = ()
 
@@ -160,6 +163,11 @@ class Settings:
             raise SettingsError(
                 f"TELEMETRY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
             )
+        event_loop = get("TELEMETRY_EVENT_LOOP") or d.event_loop
+        if event_loop not in EVENT_LOOPS:
+            raise SettingsError(
+                f"TELEMETRY_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got {event_loop!r}"
+            )
         retention = RetentionWindows(
             device_heartbeats=as_seconds(
                 "TELEMETRY_RETENTION_HEARTBEATS_SECONDS", d.retention.device_heartbeats, positive=True
@@ -216,5 +224,6 @@ class Settings:
             rollup_max_lag=as_seconds("TELEMETRY_ROLLUP_MAX_LAG_SECONDS", d.rollup_max_lag, positive=True),
             compress_after=as_seconds("TELEMETRY_COMPRESS_AFTER_SECONDS", d.compress_after),
             log_level=log_level,
+            event_loop=event_loop,  # type: ignore[arg-type]
             trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),
         )
