@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.database import connect_many
 from benchmarks.fleet import NETWORKS, STATUSES, BucketCursor, floor_bucket
 from benchmarks.prefill import HEARTBEAT_COLUMNS
 from service.ingest.rows import HeartbeatRow
@@ -82,8 +83,7 @@ async def raw_copy(
     connections: int = 2,
     advance: Callable[[int], None] | None = None,
 ) -> Throughput:
-    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
-    try:
+    async with connect_many(dsn, connections) as conns:
         for conn in conns:
             await set_json_codecs(conn)
         chunks = iter(range(0, len(rows), batch))
@@ -98,9 +98,6 @@ async def raw_copy(
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in conns))
         return Throughput(len(rows), time.perf_counter() - t0)
-    finally:
-        for conn in conns:
-            await conn.close()
 
 
 async def per_row_insert(
@@ -112,8 +109,7 @@ async def per_row_insert(
     advance: Callable[[float], None] | None = None,
 ) -> Throughput:
     """As many rows as `connections` connections insert one at a time in `seconds`."""
-    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
-    try:
+    async with connect_many(dsn, connections) as conns:
         for conn in conns:
             await set_json_codecs(conn)
         source = iter(rows)
@@ -134,9 +130,6 @@ async def per_row_insert(
 
         await asyncio.gather(*(worker(c) for c in conns))
         return Throughput(done, time.perf_counter() - t0)
-    finally:
-        for conn in conns:
-            await conn.close()
 
 
 async def writer_sql(
@@ -154,9 +147,8 @@ async def writer_sql(
         [HeartbeatRow(r[0], r[2], r[3], r[4], r[5], r[6], r[7]) for r in rows[lo : lo + batch]]
         for lo in range(0, len(rows), batch)
     ]
-    conns = [await asyncpg.connect(dsn) for _ in range(connections)]
     stored = 0
-    try:
+    async with connect_many(dsn, connections) as conns:
         for conn in conns:
             await prepare_connection(conn)
         chunks = iter(staged)
@@ -175,6 +167,3 @@ async def writer_sql(
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in conns))
         return Throughput(stored, time.perf_counter() - t0)
-    finally:
-        for conn in conns:
-            await conn.close()

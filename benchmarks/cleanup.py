@@ -29,6 +29,8 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.database import connect
+
 WINDOW_SQL = "now() - (SELECT drop_after FROM retention_policies WHERE table_name = 'device_heartbeats')"
 
 
@@ -89,14 +91,11 @@ async def pause_scheduled_retention(dsn: str, mode: str) -> None:
     """Keep Timescale's scheduler from dropping the expired history before it is measured."""
     if mode != "timescale":
         return
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connect(dsn) as conn:
         await conn.execute(
             "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
             " WHERE proc_name = 'policy_retention'"
         )
-    finally:
-        await conn.close()
 
 
 async def _boundary(conn: asyncpg.Connection, mode: str) -> tuple[datetime | None, int]:
@@ -174,8 +173,7 @@ async def _delete_on_copy(conn: asyncpg.Connection, boundary: datetime) -> tuple
 
 
 async def measure(dsn: str, database_url: str, mode: str, *, use_command: bool = True) -> CleanupResult:
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connect(dsn) as conn:
         boundary, chunks = await _boundary(conn, mode)
         if boundary is None:
             return CleanupResult("none", None, 0, 0, 0.0, None, None, 0)
@@ -200,8 +198,6 @@ async def measure(dsn: str, database_url: str, mode: str, *, use_command: bool =
         left = int(
             await conn.fetchval("SELECT count(*) FROM device_heartbeats WHERE bucket_start < $1", boundary)
         )
-    finally:
-        await conn.close()
     return CleanupResult(
         method,
         boundary,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,23 @@ SERVER_OPTIONS = {
     "checkpoint_timeout": "30min",
     "max_connections": "200",
 }
+
+
+@contextlib.asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """One asyncpg connection, closed on the way out (also when the body raises)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def connect_many(dsn: str, count: int) -> AsyncIterator[list[asyncpg.Connection]]:
+    """`count` connections, all closed on the way out (also those opened before one failed)."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield [await stack.enter_async_context(connect(dsn)) for _ in range(count)]
 
 
 def with_database(url: str, database: str) -> str:
@@ -59,20 +77,14 @@ class EmbeddedCluster:
 
     async def fresh_database(self, name: str) -> str:
         """Create (dropping any older one) database `name`; returns its URL."""
-        conn = await asyncpg.connect(self.cluster.admin_url())
-        try:
+        async with connect(self.cluster.admin_url()) as conn:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
         return self.cluster.admin_url(name)
 
     async def drop_database(self, name: str) -> None:
-        conn = await asyncpg.connect(self.cluster.admin_url())
-        try:
+        async with connect(self.cluster.admin_url()) as conn:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -82,8 +94,7 @@ class EmbeddedCluster:
 
 
 async def server_versions(url: str) -> dict[str, str | None]:
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
+    async with connect(asyncpg_dsn(url)) as conn:
         pg = await conn.fetchval("SHOW server_version")
         ts = await conn.fetchval(
             "SELECT coalesce((SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'),"
@@ -93,15 +104,10 @@ async def server_versions(url: str) -> dict[str, str | None]:
             name: await conn.fetchval(f"SHOW {name}")
             for name in ("shared_buffers", "synchronous_commit", "fsync", "max_connections")
         }
-    finally:
-        await conn.close()
     return {"postgresql": pg, "timescaledb": ts, **settings}
 
 
 async def storage_mode_of(url: str) -> str:
     """The mode the migrated database is in, as the service decides it."""
-    conn = await asyncpg.connect(asyncpg_dsn(url))
-    try:
+    async with connect(asyncpg_dsn(url)) as conn:
         return await storage_mode.detect(conn, "auto")
-    finally:
-        await conn.close()

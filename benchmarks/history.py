@@ -25,7 +25,7 @@ import aiohttp
 import asyncpg
 from aiohttp import web
 
-from benchmarks.database import EmbeddedCluster
+from benchmarks.database import EmbeddedCluster, connect
 from service.admin import create_operator
 from service.app import create_app, create_pool
 from service.db.rollups import FLEET_DAILY, HOURLY
@@ -190,9 +190,8 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     settings = Settings(database_url=url, storage_mode=mode)
     migrator = Migrator(settings=settings, database_url=url, mode=mode)
     await asyncio.to_thread(migrator.upgrade, "head")
-    conn = await asyncpg.connect(url)
     result: dict[str, Any] = {"mode": mode}
-    try:
+    async with connect(url) as conn:
         if mode == "timescale":
             await conn.execute(
                 "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
@@ -215,8 +214,6 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
             " ON CONFLICT DO NOTHING",
             [(d,) for d in devices],
         )
-    finally:
-        await conn.close()
     settings = replace(settings, database_url=url)
     pool = await create_pool(url, settings)
     app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))

@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from benchmarks.database import connect
 from benchmarks.fleet import NETWORKS, STATUSES, Timeline, floor_bucket
 from service.ingest.statements import set_json_codecs
 
@@ -112,8 +113,7 @@ async def copy_heartbeats(
 
     async def consume() -> None:
         nonlocal total
-        conn = await asyncpg.connect(dsn)
-        try:
+        async with connect(dsn) as conn:
             await set_json_codecs(conn)
             while (batch := await queue.get()) is not None:
                 await conn.copy_records_to_table(
@@ -122,8 +122,6 @@ async def copy_heartbeats(
                 total += len(batch)
                 if advance:
                     advance(len(batch))
-        finally:
-            await conn.close()
 
     await asyncio.gather(produce(), *(consume() for _ in range(connections)))
     return total
@@ -138,8 +136,7 @@ async def copy_dispatches(
     count = devices * per_device
     if count == 0:
         return []
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connect(dsn) as conn:
         await set_json_codecs(conn)
         first = await conn.fetchval(
             "SELECT setval('fcm_dispatches_id_seq', nextval('fcm_dispatches_id_seq') + $1) - $1 + 1", count
@@ -176,17 +173,12 @@ async def copy_dispatches(
                     "created_by",
                 ),
             )
-    finally:
-        await conn.close()
     return request_ids
 
 
 async def analyze(dsn: str) -> None:
     """What autovacuum would have done on a table that grew over two days: visibility map and
     statistics, so that the measured phases do not race a first autovacuum of the history."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connect(dsn) as conn:
         for table in ("device_heartbeats", "fcm_dispatches", "fcm_dispatch_keys", "devices"):
             await conn.execute(f"VACUUM (ANALYZE) {table}")
-    finally:
-        await conn.close()

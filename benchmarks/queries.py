@@ -7,8 +7,7 @@ import random
 import time
 from collections import Counter
 
-import asyncpg
-
+from benchmarks.database import connect
 from benchmarks.latency import Summary, summarize
 from service.ingest.statements import EXISTING_DISPATCHES
 
@@ -24,8 +23,7 @@ async def time_queries(
 ) -> tuple[dict[str, Summary], dict[str, list[float]]]:
     """Summaries and the raw samples (ms) of both statements, run alternately on one connection."""
     rng = random.Random(seed)
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connect(dsn) as conn:
         lookups: list[float] = []
         last100: list[float] = []
         lookup = await conn.prepare(EXISTING_DISPATCHES)
@@ -39,8 +37,6 @@ async def time_queries(
             t = time.perf_counter()
             await recent.fetch(dev, 100)
             last100.append(time.perf_counter() - t)
-    finally:
-        await conn.close()
     summaries = {
         "dispatch_lookup_sql": summarize(lookups, Counter({"200": len(lookups)}), sum(lookups)),
         "last100_sql": summarize(last100, Counter({"200": len(last100)}), sum(last100)),
@@ -54,8 +50,7 @@ async def time_queries(
 
 async def explain(dsn: str, request_id: str, device: str) -> dict[str, str]:
     """EXPLAIN ANALYZE of both statements, for the report's notes."""
-    conn = await asyncpg.connect(dsn)
-    try:
+    async with connect(dsn) as conn:
         plans = {}
         for name, sql, args in (
             ("dispatch_lookup", EXISTING_DISPATCHES, ([request_id],)),
@@ -64,5 +59,3 @@ async def explain(dsn: str, request_id: str, device: str) -> dict[str, str]:
             rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", *args)
             plans[name] = "\n".join(r[0] for r in rows)
         return plans
-    finally:
-        await conn.close()

@@ -26,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from rich.console import Console
 from rich.progress import Progress
 
@@ -34,7 +33,7 @@ from benchmarks import baselines, cleanup, prefill, queries, writer_metrics
 from benchmarks import wrk as wrk_driver
 from benchmarks.baselines import Throughput
 from benchmarks.cleanup import CleanupResult
-from benchmarks.database import storage_mode_of
+from benchmarks.database import connect, storage_mode_of
 from benchmarks.fleet import (
     BucketCursor,
     Device,
@@ -495,11 +494,8 @@ class ModeRun:
     async def _prefill(self) -> None:
         p = self.profile
         if self.mode == "postgres":
-            conn = await asyncpg.connect(self.dsn)
-            try:
+            async with connect(self.dsn) as conn:
                 await prefill.ensure_old_partitions(conn, self.timeline)
-            finally:
-                await conn.close()
         expected = prefill.heartbeat_row_count(self.timeline, p.prefill_devices, p.prefill_interval)
         _, advance, task = self._task("pre-fill (COPY)", expected)
         t = time.perf_counter()
@@ -517,8 +513,7 @@ class ModeRun:
         t = time.perf_counter()
         await prefill.analyze(self.dsn)
         vacuum_s = time.perf_counter() - t
-        conn = await asyncpg.connect(self.dsn)
-        try:
+        async with connect(self.dsn) as conn:
             self.result.heartbeat_rows = int(await conn.fetchval("SELECT count(*) FROM device_heartbeats"))
             size = await conn.fetchval(
                 "SELECT pg_size_pretty(hypertable_size('device_heartbeats'))"
@@ -526,8 +521,6 @@ class ModeRun:
                 else "SELECT pg_size_pretty(sum(pg_total_relation_size(inhrelid))) FROM pg_inherits"
                 " WHERE inhparent = 'device_heartbeats'::regclass"
             )
-        finally:
-            await conn.close()
         self.result.setup.update(
             prefill_heartbeat_rows=rows,
             prefill_copy_s=round(copy_s, 1),
