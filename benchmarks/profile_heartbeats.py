@@ -1,6 +1,7 @@
 """Where a single heartbeat's CPU goes: the service (its own process, on an embedded cluster)
-under wrk's single-heartbeat load while py-spy samples it, plus the service's CPU per request
-from its own counters.
+under wrk's single-heartbeat load while py-spy samples it, plus the service's and PostgreSQL's
+CPU per request from their own counters, the WAL written per stored heartbeat
+(`pg_current_wal_lsn()` before and after) and the table's bytes per row with its indexes.
 
 py-spy is not a dependency: install it into the virtualenv for the session
 (`.venv/bin/pip install py-spy`). wrk as for `benchmarks/run.py` (`benchmarks/wrk.py`).
@@ -26,10 +27,12 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.database import EmbeddedCluster
+from benchmarks.database import EmbeddedCluster, connect
 from benchmarks.fleet import BucketCursor, bearer, enroll, floor_bucket
 from benchmarks.processes import create_operator, service_process
+from benchmarks.resources import tree_cpu
 from benchmarks.wrk import WrkDevice, closed_loop, ensure_wrk
+from service.db.urls import asyncpg_dsn
 
 
 def top_frames(collapsed: Path, n: int = 25) -> str:
@@ -90,11 +93,28 @@ async def main_async(args: argparse.Namespace) -> None:
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
+            postmaster = psutil.Process(cluster.postmaster_pid)
+            dsn = asyncpg_dsn(url)
+            async with connect(dsn) as conn:
+                rows0 = await conn.fetchval("SELECT count(*) FROM device_heartbeats")
+                lsn0 = await conn.fetchval("SELECT pg_current_wal_lsn()")
+            db0 = tree_cpu(postmaster)
             cpu0 = sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)])
             run = await closed_loop(
                 svc.base_url, wrk=wrk, devices=wrk_devices, seconds=args.seconds, workers=args.connections
             )
             cpu = sum(sum(p.cpu_times()[:2]) for p in [proc, *proc.children(recursive=True)]) - cpu0
+            db_cpu = sum(v - db0.get(pid, 0.0) for pid, v in tree_cpu(postmaster).items())
+            async with connect(dsn) as conn:
+                wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)", lsn0)
+                rows = await conn.fetchval("SELECT count(*) FROM device_heartbeats")
+                size = await conn.fetchval(
+                    "SELECT hypertable_size('device_heartbeats')"
+                    if args.mode == "timescale"
+                    else "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+                    " WHERE inhparent = 'device_heartbeats'::regclass"
+                )
+            stored = rows - rows0
             if spy_proc is not None:
                 spy_proc.wait(60)
             s = run.fixed["heartbeat"]
@@ -104,6 +124,12 @@ async def main_async(args: argparse.Namespace) -> None:
                 f" p50 {s.p50_ms:.1f} ms p95 {s.p95_ms:.1f} ms, non-2xx {s.count - s.ok};"
                 f" service CPU {1000 * cpu / max(s.ok, 1) * 1000:.1f} ms per 1,000 requests;"
                 f" wrk CPU {run.extra['generator_cpu_s']:.2f} s"
+            )
+            print(
+                f"stored {stored:,} heartbeats: PostgreSQL CPU {1e6 * db_cpu / max(stored, 1):.0f} µs,"
+                f" service CPU {1e6 * cpu / max(stored, 1):.0f} µs,"
+                f" WAL {float(wal) / max(stored, 1):,.0f} bytes per stored heartbeat;"
+                f" table with indexes {size / max(rows, 1):,.0f} bytes per row ({rows:,} rows)"
             )
             if args.flame:
                 print(top_frames(args.flame))

@@ -83,7 +83,7 @@ class CpuShare:
         }
 
 
-def _tree_cpu(root: psutil.Process | None) -> dict[int, float]:
+def tree_cpu(root: psutil.Process | None) -> dict[int, float]:
     if root is None:
         return {}
     try:
@@ -108,13 +108,13 @@ class CpuMeter:
 
     def _snapshot(self) -> tuple[float, float, float]:
         # The server with its children: `serve --workers N` serves from N child processes.
-        server = sum(_tree_cpu(self.server).values())
+        server = sum(tree_cpu(self.server).values())
         return (_proc_cpu(self.me), server, _busy(psutil.cpu_times()))
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
         self._start = self._snapshot()
-        self._db_start = _tree_cpu(self.postmaster)
+        self._db_start = tree_cpu(self.postmaster)
 
     def stop(self, external_generator_s: float = 0.0) -> CpuShare:
         """`external_generator_s`: CPU time of a generator process that has exited by now (wrk,
@@ -122,7 +122,7 @@ class CpuMeter:
         wall = max(time.perf_counter() - self._t0, 1e-9)
         gen, srv, total = (b - a for a, b in zip(self._start, self._snapshot(), strict=True))
         gen += external_generator_s
-        db = sum(cpu - self._db_start.get(pid, 0.0) for pid, cpu in _tree_cpu(self.postmaster).items())
+        db = sum(cpu - self._db_start.get(pid, 0.0) for pid, cpu in tree_cpu(self.postmaster).items())
         other = max(total - gen - srv - db, 0.0)
         return CpuShare(
             100 * gen / wall,
