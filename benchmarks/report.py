@@ -245,8 +245,9 @@ def _budget_note(r: ModeResult) -> str:
 # The service's CPU per single heartbeat ÷ the trivial handler's per request, as measured by the
 # quick profile on the commit that set it (both modes; see RESULTS.md, 2026-11-24 performance).
 # A ratio of CPU times on one machine in one run: it does not move with the machine's speed.
-CPU_REFERENCE: dict[str, float] = {}
-CPU_REFERENCE_SOURCE = "not recorded yet"
+# Taken under load (other sessions' suites on the same 2 cores): replace them with a quiet run's.
+CPU_REFERENCE: dict[str, float] = {"postgres": 2.65, "timescale": 3.06}
+CPU_REFERENCE_SOURCE = "quick profile, 2026-11-24, under load"
 
 
 def _cleanup_speedup(r: ModeResult, _: dict[str, Any]) -> float | None:
