@@ -88,11 +88,20 @@ class BucketCursor:
     _next: dict[str, int] = field(default_factory=dict)
 
     def take(self, device: str, n: int) -> list[datetime]:
+        first = self.reserve(device, n)
+        # A few seconds into each bucket, different per device, like real clocks.
+        offset = timedelta(seconds=self.offset_seconds(device), milliseconds=(first * 37) % 1000)
+        return [self.start + BUCKET * ((first + i) % self.limit) + offset for i in range(n)]
+
+    def reserve(self, device: str, n: int) -> int:
+        """The device's next `n` buckets are someone else's (the wrk script's): their first index."""
         first = self._next.get(device, 0)
         self._next[device] = first + n
-        # A few seconds into each bucket, different per device, like real clocks.
-        offset = timedelta(seconds=zlib.crc32(device.encode()) % 10, milliseconds=(first * 37) % 1000)
-        return [self.start + BUCKET * ((first + i) % self.limit) + offset for i in range(n)]
+        return first
+
+    @staticmethod
+    def offset_seconds(device: str) -> int:
+        return zlib.crc32(device.encode()) % 10
 
 
 def _heartbeat(rng: random.Random, ts: datetime | None) -> dict[str, Any]:

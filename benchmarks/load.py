@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from benchmarks.latency import Recorder
+from benchmarks.latency import Recorder, Summary
 
 Responder = Callable[[int, bytes], None]
 
@@ -52,6 +52,11 @@ class Run:
     max_in_flight: int = 0
     connections: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Summaries a generator computed itself (wrk): used instead of the recorder's.
+    fixed: dict[str, Summary] = field(default_factory=dict)
+
+    def summaries(self) -> dict[str, Summary]:
+        return dict(self.fixed) if self.fixed else self.recorder.summaries(self.elapsed)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -151,7 +156,9 @@ async def open_loop(
     tick: Tick | None = None,
     before_clock: Callable[[], None] | None = None,
 ) -> Run:
-    """Request k is due at start + k / rate, for k while that is before start + seconds."""
+    """Request k is due at start + k / rate, for k while that is before start + seconds. None
+    is sent after start + seconds + 1 s: when the rate is past what the generator or the server
+    can do, the phase still ends on time; the requests left unsent are counted (`not_sent`)."""
     run = Run(Recorder(), offered_rate=rate, connections=workers)
     lags: list[float] = []
     async with _session(base_url, workers) as session:
@@ -164,11 +171,15 @@ async def open_loop(
         start = loop.time()
         end = start + seconds
 
+        sent = 0
+
         async def worker() -> None:
+            nonlocal sent
             for k in counter:
                 due = start + k / rate
-                if due >= end:
+                if due >= end or loop.time() >= end + 1.0:
                     return
+                sent += 1
                 delay = due - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -187,6 +198,7 @@ async def open_loop(
         run.elapsed = time.perf_counter() - t0
     late = [lag for lag in lags if lag > 0.005]
     run.late = len(late)
+    run.extra["not_sent"] = max(int(rate * seconds) - sent, 0)
     run.lag_p95_ms = float(np.percentile(np.asarray(lags) * 1000, 95)) if lags else 0.0
     return run
 

@@ -85,12 +85,14 @@ class ListeningProcess:
             return self.proc.wait(10)
 
 
-def service_process(database_url: str, mode: str, log_dir: Path, data_dir: Path) -> ListeningProcess:
+def service_process(
+    database_url: str, mode: str, log_dir: Path, data_dir: Path, workers: int = 1
+) -> ListeningProcess:
     """The service on `database_url`, forced to `mode`. Retention maintenance is pushed out of
     the run so that the expired history stays in place until the cleanup phase measures it."""
     return ListeningProcess(
-        name=f"service-{mode}",
-        argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1"],
+        name=f"service-{mode}" + (f"-workers{workers}" if workers > 1 else ""),
+        argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--workers", str(workers)],
         log_dir=log_dir,
         env={
             "DATABASE_URL": database_url,

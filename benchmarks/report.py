@@ -220,6 +220,36 @@ def _batched_over(baseline: str) -> Figure:
     return figure
 
 
+def _rows_per_s(t: Any) -> float | None:
+    return None if t is None else float(t.rows_per_s)
+
+
+def _saturation_over_ceiling(r: ModeResult, _: dict[str, Any]) -> float | None:
+    service, ceiling = r.phase_summary("saturation", "heartbeat"), r.phase_summary("ceiling", "heartbeat")
+    return _div(service.rate if service else None, ceiling.rate if ceiling else None)
+
+
+def _generator(r: ModeResult, phase: str) -> str:
+    p = r.phases.get(phase)
+    return "—" if p is None else str(p.run.extra.get("generator", "python"))
+
+
+def _budget_note(r: ModeResult) -> str:
+    b = r.cpu_budget
+    return (
+        f"service {_fmt(b.get('service_cpu_s_per_1000_single'), 3)} s vs trivial "
+        f"{_fmt(b.get('trivial_cpu_s_per_1000_requests'), 3)} s of CPU per 1,000 requests"
+    )
+
+
+# The service's CPU per single heartbeat ÷ the trivial handler's per request, as measured by the
+# quick profile on the commit that set it (both modes; see RESULTS.md, 2026-11-24 performance).
+# A ratio of CPU times on one machine in one run: it does not move with the machine's speed.
+# Taken under load (other sessions' suites on the same 2 cores): replace them with a quiet run's.
+CPU_REFERENCE: dict[str, float] = {"postgres": 2.65, "timescale": 3.06}
+CPU_REFERENCE_SOURCE = "quick profile, 2026-11-24, under load"
+
+
 def _cleanup_speedup(r: ModeResult, _: dict[str, Any]) -> float | None:
     return None if r.cleanup is None else r.cleanup.speedup
 
@@ -284,6 +314,31 @@ GOALS: tuple[Target, ...] = (
         note=_half_note,
     ),
     Target("batched ingest vs raw COPY", _batched_over("raw_copy"), Bound(">=", 0.5, "x")),
+    Target(
+        "writer flush SQL alone vs raw COPY",
+        lambda r, p: _div(r.writer_sql.rows_per_s if r.writer_sql else None, _rows_per_s(r.raw_copy)),
+        Bound(">=", 0.8, "x"),
+    ),
+    Target(
+        "single-heartbeat saturation vs the trivial handler",
+        _saturation_over_ceiling,
+        Bound(">=", 0.5, "x"),
+        note=lambda r, p: (
+            f"closed loop, {p['connections']} connections, generator: {_generator(r, 'saturation')}"
+        ),
+    ),
+    Target(
+        "service CPU per single heartbeat vs the trivial handler's per request",
+        lambda r, p: r.cpu_budget.get("single_over_trivial"),
+        Bound("<=", 2, "x"),
+        note=lambda r, p: _budget_note(r),
+    ),
+    Target(
+        "that CPU ratio vs its recorded reference (a request-path change > 10% shows here)",
+        lambda r, p: _div(r.cpu_budget.get("single_over_trivial"), CPU_REFERENCE.get(r.mode)),
+        Bound("<=", 1.1, "x"),
+        note=lambda r, p: f"reference {CPU_REFERENCE.get(r.mode, 0):g}x ({CPU_REFERENCE_SOURCE})",
+    ),
     Target("batched ingest vs per-row INSERT", _batched_over("per_row_insert"), Bound(">=", 20, "x")),
     Target(
         "dispatch lookup p95",
@@ -318,6 +373,7 @@ GOALS: tuple[Target, ...] = (
 def ratios(r: ModeResult) -> list[Ratio]:
     ceiling = r.phase_summary("ceiling", "heartbeat")
     service = r.phase_summary("saturation", "heartbeat")
+    workers2 = r.phase_summary("workers2", "heartbeat")
     batched = r.batched.rows_per_s if r.batched else None
     copy = r.raw_copy.rows_per_s if r.raw_copy else None
     insert = r.per_row_insert.rows_per_s if r.per_row_insert else None
@@ -329,6 +385,18 @@ def ratios(r: ModeResult) -> list[Ratio]:
             _div(service.rate if service else None, ceiling.rate if ceiling else None),
             f"{service.rate if service else 0:,.0f} vs {ceiling.rate if ceiling else 0:,.0f} req/s,"
             " closed loop",
+        ),
+        Ratio(
+            "service CPU per single heartbeat ÷ trivial handler CPU per request",
+            r.mode,
+            r.cpu_budget.get("single_over_trivial"),
+            _budget_note(r),
+        ),
+        Ratio(
+            "serve --workers 2 heartbeat req/s ÷ one worker's (same phase, same generator)",
+            r.mode,
+            _div(workers2.rate if workers2 else None, service.rate if service else None),
+            f"{workers2.rate if workers2 else 0:,.0f} vs {service.rate if service else 0:,.0f} req/s",
         ),
         Ratio(
             "batched ingest rows/s ÷ raw asyncpg COPY rows/s (database ceiling)",
@@ -380,6 +448,7 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("fleet", "apk_download", "APK download event (fleet mix)"),
     ("ceiling", "heartbeat", "trivial aiohttp handler, closed loop (HTTP ceiling)"),
     ("saturation", "heartbeat", "heartbeat write, single, closed loop (saturation)"),
+    ("workers2", "heartbeat", "heartbeat write, single, closed loop, serve --workers 2"),
     ("half", "heartbeat", "heartbeat write, single, at 50% of the ceiling"),
     ("batched", "heartbeat_batch", "heartbeat write, batched (ingest phase)"),
     ("lookups", "dispatch_lookup", "dispatch lookup, HTTP (alone)"),
@@ -445,7 +514,8 @@ def phase_rows(r: ModeResult) -> list[list[str]]:
             [
                 name,
                 f"{p.run.elapsed:.1f}",
-                f"{p.cpu['generator_pct']:.0f}%",
+                str(p.run.extra.get("generator", "python")).split(" ")[0],
+                f"{p.cpu['generator_pct']:.0f}% ({p.cpu.get('generator_cpu_s', 0):.2f} s)",
                 f"{p.cpu['server_pct']:.0f}%",
                 f"{p.cpu['database_pct']:.0f}%",
                 f"{p.cpu['other_pct']:.0f}%",
@@ -481,6 +551,7 @@ WRITER_HEADER = ["phase", "flushes", "rows/flush", "flush ms (mean)", "writes re
 PHASE_HEADER = [
     "phase",
     "s",
+    "generator",
     "generator CPU",
     "server CPU",
     "PostgreSQL CPU",
@@ -526,13 +597,31 @@ def check_header(kind: str) -> list[str]:
     return ["", "mode", kind, "measured", "met", "note"]
 
 
+CPU_BUDGET: tuple[tuple[str, str], ...] = (
+    ("trivial_cpu_s_per_1000_requests", "trivial handler, CPU s per 1,000 requests (ceiling phase)"),
+    ("service_cpu_s_per_1000_single", "service, CPU s per 1,000 single heartbeats (saturation phase)"),
+    ("workers2_cpu_s_per_1000_single", "serve --workers 2, CPU s per 1,000 single heartbeats (all workers)"),
+    ("service_cpu_s_per_1000_batched_rows", "service, CPU s per 1,000 batched rows (batched phase)"),
+    ("single_over_trivial", "ratio: service per single heartbeat ÷ trivial per request"),
+    ("service_cpu_us_per_stored_heartbeat", "service, CPU µs per stored single heartbeat"),
+    ("database_cpu_us_per_stored_heartbeat", "PostgreSQL, CPU µs per stored single heartbeat"),
+)
+
+
+def budget_rows(r: ModeResult) -> list[list[str]]:
+    return [[label, _fmt(r.cpu_budget.get(key), 3)] for key, label in CPU_BUDGET if key in r.cpu_budget]
+
+
 def mode_tables(r: ModeResult) -> list[TableModel]:
-    """The tables of one mode, in report order: latency, ingest, phases, writer."""
+    """The tables of one mode, in report order: latency, ingest, phases, writer, CPU budget."""
     return [
         TableModel(f"{r.mode}: latency and throughput", MEASURE_HEADER, measure_rows(r)),
         TableModel(f"{r.mode}: ingest", ["path", "rows", "s", "rows/s"], throughput_rows(r)),
         TableModel(f"{r.mode}: what each phase used", PHASE_HEADER, phase_rows(r)),
         TableModel(f"{r.mode}: the group-commit writer", WRITER_HEADER, writer_rows(r)),
+        TableModel(
+            f"{r.mode}: CPU budget (the processes' own counters)", ["measure", "value"], budget_rows(r)
+        ),
     ]
 
 
@@ -626,7 +715,7 @@ class Report:
             out += [f"![latency percentiles]({plot_name})", ""]
         for r in self.modes:
             s = r.setup
-            latency, ingest, phases, writer = (t.markdown() for t in mode_tables(r))
+            latency, ingest, phases, writer, budget = (t.markdown() for t in mode_tables(r))
             out += [
                 f"## {r.mode}",
                 "",
@@ -647,6 +736,10 @@ class Report:
                 "The group-commit writer, from the service's /metrics:",
                 "",
                 writer,
+                "",
+                "CPU budget, from the service's, the trivial handler's and PostgreSQL's own CPU counters:",
+                "",
+                budget,
                 "",
             ]
             if r.cleanup is not None:

@@ -38,13 +38,17 @@ def _proc_cpu(proc: psutil.Process | None) -> float:
 
 @dataclass(frozen=True, slots=True)
 class CpuShare:
-    """Percent of one core, over one phase."""
+    """Percent of one core, over one phase; and the CPU seconds behind it (`*_s`)."""
 
     generator: float
     server: float
     database: float
     other: float
     cores: int
+    generator_s: float = 0.0
+    server_s: float = 0.0
+    database_s: float = 0.0
+    wall_s: float = 0.0
 
     @property
     def total(self) -> float:
@@ -71,11 +75,15 @@ class CpuShare:
             "database_pct": round(self.database, 1),
             "other_pct": round(self.other, 1),
             "cores": self.cores,
+            "generator_cpu_s": round(self.generator_s, 3),
+            "server_cpu_s": round(self.server_s, 3),
+            "database_cpu_s": round(self.database_s, 3),
+            "wall_s": round(self.wall_s, 3),
             "limited_by": self.limited_by(),
         }
 
 
-def _tree_cpu(root: psutil.Process | None) -> dict[int, float]:
+def tree_cpu(root: psutil.Process | None) -> dict[int, float]:
     if root is None:
         return {}
     try:
@@ -99,19 +107,34 @@ class CpuMeter:
         self._db_start: dict[int, float] = {}
 
     def _snapshot(self) -> tuple[float, float, float]:
-        return (_proc_cpu(self.me), _proc_cpu(self.server), _busy(psutil.cpu_times()))
+        # The server with its children: `serve --workers N` serves from N child processes.
+        server = sum(tree_cpu(self.server).values())
+        return (_proc_cpu(self.me), server, _busy(psutil.cpu_times()))
 
     def start(self) -> None:
         self._t0 = time.perf_counter()
         self._start = self._snapshot()
-        self._db_start = _tree_cpu(self.postmaster)
+        self._db_start = tree_cpu(self.postmaster)
 
-    def stop(self) -> CpuShare:
+    def stop(self, external_generator_s: float = 0.0) -> CpuShare:
+        """`external_generator_s`: CPU time of a generator process that has exited by now (wrk,
+        from its rusage), added to this process's."""
         wall = max(time.perf_counter() - self._t0, 1e-9)
         gen, srv, total = (b - a for a, b in zip(self._start, self._snapshot(), strict=True))
-        db = sum(cpu - self._db_start.get(pid, 0.0) for pid, cpu in _tree_cpu(self.postmaster).items())
+        gen += external_generator_s
+        db = sum(cpu - self._db_start.get(pid, 0.0) for pid, cpu in tree_cpu(self.postmaster).items())
         other = max(total - gen - srv - db, 0.0)
-        return CpuShare(100 * gen / wall, 100 * srv / wall, 100 * db / wall, 100 * other / wall, self.cores)
+        return CpuShare(
+            100 * gen / wall,
+            100 * srv / wall,
+            100 * db / wall,
+            100 * other / wall,
+            self.cores,
+            generator_s=gen,
+            server_s=srv,
+            database_s=db,
+            wall_s=wall,
+        )
 
 
 def background_cpu_pct(postmaster_pid: int | None, server_pid: int | None, seconds: float = 1.0) -> float:

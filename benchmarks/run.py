@@ -35,6 +35,7 @@ from benchmarks.plot import plot
 from benchmarks.profiles import PROFILES, Profile
 from benchmarks.report import Report
 from benchmarks.scenario import ModeResult, ModeRun
+from benchmarks.wrk import ensure_wrk
 
 BENCH_DIR = Path(__file__).resolve().parent
 MODES = ("timescale", "postgres")
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", type=Path, help="PNG latency plot (default: OUT/latency.png)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a guide target is missed")
     parser.add_argument("--keep-data", action="store_true", help="keep the embedded cluster's data directory")
+    parser.add_argument(
+        "--python-generator",
+        action="store_true",
+        help="drive the single-heartbeat closed loops with the Python generator even when wrk is installed",
+    )
     parser.add_argument(
         "--nice",
         type=int,
@@ -137,6 +143,13 @@ async def run(args: argparse.Namespace, profile: Profile, console: Console) -> R
     notes: list[str] = []
     results: list[ModeResult] = []
     cluster: EmbeddedCluster | None = None
+    wrk = None if args.python_generator else ensure_wrk(lambda line: console.log(line))
+    machine["single_heartbeat_generator"] = "wrk" if wrk else "python (aiohttp client)"
+    if wrk is None:
+        notes.append(
+            "The closed-loop single-heartbeat phases (ceiling, saturation, workers2) ran with the Python "
+            "load generator, not wrk: their ceiling is bounded by the generator's own CPU."
+        )
     try:
         if args.database_url:
             modes = ["auto"] if args.modes == "auto" else requested_modes(args.modes, True)[:1]
@@ -168,6 +181,7 @@ async def run(args: argparse.Namespace, profile: Profile, console: Console) -> R
                     console=console,
                     progress=progress,
                     postmaster_pid=cluster.postmaster_pid if cluster else None,
+                    wrk=wrk,
                 )
                 results.append(await runner.run())
             if cluster is not None and not args.keep_data:

@@ -4,13 +4,15 @@ then every measured phase in a fixed order, then the baselines and the cleanup.
 Phases (each bounded in time or requests):
   ceiling      trivial aiohttp handler, closed loop, C connections      → HTTP ceiling req/s
   saturation   service heartbeats, closed loop, C connections            → service req/s
+(these two with wrk when it is installed, else the Python generator)
   fleet        N devices at their interval + dispatch/download/operator  → write p95 (target)
   half         service heartbeats, open loop at 50% of the ceiling       → goal: p95 ≤ 25 ms
   batched      batches of heartbeats, closed loop                        → ingest rows/s
   lookups      GET /v1/dispatches/{request_id}, closed loop              → lookup p95
   last100      GET /v1/devices/{id}/heartbeats?limit=100, closed loop    → query p95
   overload     every connection posts a maximal batch                    → RSS, queue full
-then raw COPY and per-row INSERT into the same table, and cleanup against DELETE.
+then raw COPY and per-row INSERT into the same table, cleanup against DELETE, and
+  workers2     saturation against `serve --workers 2` (a second service) → req/s per worker count
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from benchmarks import baselines, cleanup, prefill, queries, writer_metrics
+from benchmarks import wrk as wrk_driver
 from benchmarks.baselines import Throughput
 from benchmarks.cleanup import CleanupResult
 from benchmarks.database import connect, storage_mode_of
@@ -98,6 +101,7 @@ class ModeResult:
     per_row_insert: Throughput | None = None
     cleanup: CleanupResult | None = None
     memory: dict[str, Any] = field(default_factory=dict)
+    cpu_budget: dict[str, Any] = field(default_factory=dict)
     heartbeat_rows: int = 0
     service_exit_code: int | None = None
     wall_seconds: float = 0.0
@@ -120,6 +124,7 @@ class ModeResult:
             "per_row_insert": None if self.per_row_insert is None else self.per_row_insert.as_dict(),
             "cleanup": None if self.cleanup is None else self.cleanup.as_dict(),
             "memory": self.memory,
+            "cpu_budget": self.cpu_budget,
             "service_exit_code": self.service_exit_code,
             "wall_seconds": round(self.wall_seconds, 1),
             "query_plans": self.plans,
@@ -139,8 +144,10 @@ class ModeRun:
         console: Console,
         progress: Progress,
         postmaster_pid: int | None = None,
+        wrk: str | None = None,
     ) -> None:
         self.mode = mode
+        self.wrk = wrk
         self.postmaster_pid = postmaster_pid
         self.url = database_url
         self.dsn = asyncpg_dsn(database_url)
@@ -201,13 +208,16 @@ class ModeRun:
         self.memory.reset()
         self.stored = 0
         run: Run = await driver(tick=tick, before_clock=meter.start, seconds=seconds, **kwargs)
-        cpu = meter.stop()
+        cpu = meter.stop(run.extra.get("generator_cpu_s", 0.0))
         self._done(task)
+        run.extra.setdefault("generator", "python (aiohttp client)")
         run.extra["heartbeat_rows_stored"] = self.stored
         after = await writer_metrics.snapshot(self.service_url)
         if before is not None and after is not None and server_pid == self.service_pid:
             run.extra["writer"] = after.minus(before)
-        phase = Phase(name, run, cpu.as_dict(), self.memory.peak_mb(), run.recorder.summaries(run.elapsed))
+            if run.extra["generator"] == "wrk":  # wrk does not read bodies: the writer counts
+                run.extra["heartbeat_rows_stored"] = run.extra["writer"]["heartbeat_rows_written"]
+        phase = Phase(name, run, cpu.as_dict(), self.memory.peak_mb(), run.summaries())
         self.result.phases[name] = phase
         brief = ", ".join(
             f"{k} n={s.count} p95={s.p95_ms:.1f}ms"
@@ -251,6 +261,36 @@ class ModeRun:
             heartbeat_body(self.rng, ts),
             self._count_stored,
         )
+
+    def _single_heartbeats(self, base_url: str, seconds: float) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The driver and its arguments for a closed loop of single heartbeats in fresh buckets:
+        wrk when installed (each device's buckets reserved from the gap cursor, so the Python
+        phases never reuse them), else the Python generator."""
+        p = self.profile
+        if self.wrk is None:
+            return closed_loop, {
+                "base_url": base_url,
+                "workers": p.connections,
+                "traffic": self._heartbeat_in_gap,
+            }
+        # Enough buckets for 50 k req/s over the phase, at most a third of each device's gap.
+        budget = min(int(50_000 * seconds / max(len(self.devices), 1)) + 1, self.gap.limit // 3)
+        devices = [
+            wrk_driver.WrkDevice(
+                token=dev.headers["Authorization"].removeprefix("Bearer "),
+                start=self.gap.start,
+                first=self.gap.reserve(dev.device_id, budget),
+                limit=self.gap.limit,
+                offset_s=self.gap.offset_seconds(dev.device_id),
+            )
+            for dev in self.devices
+        ]
+        return wrk_driver.closed_loop, {
+            "base_url": base_url,
+            "wrk": self.wrk,
+            "devices": devices,
+            "workers": p.connections,
+        }
 
     def _count_stored(self, status: int, body: bytes) -> None:
         if status == 200:
@@ -344,27 +384,25 @@ class ModeRun:
         ceiling = ceiling_process(self.out_dir / "logs")
         ceiling.start()
         try:
+            driver, kwargs = self._single_heartbeats(ceiling.base_url, p.ceiling_seconds)
             await self._phase(
                 "ceiling",
                 "HTTP ceiling (trivial aiohttp)",
-                closed_loop,
+                driver,
                 server_pid=ceiling.pid,
                 seconds=p.ceiling_seconds,
-                base_url=ceiling.base_url,
-                workers=p.connections,
-                traffic=self._heartbeat_in_gap,
+                **kwargs,
             )
         finally:
             ceiling.stop()
+        driver, kwargs = self._single_heartbeats(base_url, p.ceiling_seconds)
         await self._phase(
             "saturation",
             "service heartbeats, closed loop",
-            closed_loop,
+            driver,
             server_pid=pid,
             seconds=p.ceiling_seconds,
-            base_url=base_url,
-            workers=p.connections,
-            traffic=self._heartbeat_in_gap,
+            **kwargs,
         )
         rate = p.devices / p.heartbeat_interval * 100 / FLEET_MIX["heartbeat"]
         await self._phase(
@@ -395,6 +433,65 @@ class ModeRun:
         await self._overload(base_url, pid)
         await self._baselines()
         await self._cleanup()
+        # Last: the second service's maintenance round at start would drop the expired history
+        # the cleanup phase measures.
+        await self._workers_phase()
+        self._cpu_budget()
+
+    async def _workers_phase(self) -> None:
+        """Saturation again, against a second service started with `--workers 2` on the same
+        database (the first one idles meanwhile): throughput per worker count."""
+        p = self.profile
+        second = service_process(
+            self.url, self.mode, self.out_dir / "logs", self.out_dir / "service-data", workers=2
+        )
+        second.start()
+        try:
+            driver, kwargs = self._single_heartbeats(second.base_url, p.ceiling_seconds)
+            phase = await self._phase(
+                "workers2",
+                "service heartbeats, closed loop, serve --workers 2",
+                driver,
+                server_pid=second.pid,
+                seconds=p.ceiling_seconds,
+                **kwargs,
+            )
+        finally:
+            phase_exit = second.stop()
+        phase.run.extra["service_exit_code"] = phase_exit
+
+    def _cpu_budget(self) -> None:
+        """Service CPU per 1,000 single heartbeats and per 1,000 batched rows, and the trivial
+        handler's per 1,000 requests, from the processes' own CPU counters over each phase."""
+
+        def per_1000(phase: str, count: float) -> float | None:
+            ph = self.result.phases.get(phase)
+            if ph is None or count <= 0:
+                return None
+            return round(1000 * ph.cpu["server_cpu_s"] / count, 4)
+
+        def answered(phase: str, kind: str) -> float:
+            s = self.result.phase_summary(phase, kind)
+            return float(s.ok) if s is not None else 0.0
+
+        batched_rows = self.result.batched.rows if self.result.batched is not None else 0
+        budget: dict[str, Any] = {
+            "trivial_cpu_s_per_1000_requests": per_1000("ceiling", answered("ceiling", "heartbeat")),
+            "service_cpu_s_per_1000_single": per_1000("saturation", answered("saturation", "heartbeat")),
+            "service_cpu_s_per_1000_batched_rows": per_1000("batched", batched_rows),
+            "workers2_cpu_s_per_1000_single": per_1000("workers2", answered("workers2", "heartbeat")),
+        }
+        trivial = budget["trivial_cpu_s_per_1000_requests"]
+        single = budget["service_cpu_s_per_1000_single"]
+        budget["single_over_trivial"] = round(single / trivial, 3) if trivial and single else None
+        sat = self.result.phases.get("saturation")
+        stored = sat.run.extra.get("heartbeat_rows_stored", 0) if sat is not None else 0
+        if sat is not None and stored:
+            budget["service_cpu_us_per_stored_heartbeat"] = round(1e6 * sat.cpu["server_cpu_s"] / stored, 1)
+            budget["database_cpu_us_per_stored_heartbeat"] = round(
+                1e6 * sat.cpu["database_cpu_s"] / stored, 1
+            )
+        self.result.cpu_budget = budget
 
     async def _prefill(self) -> None:
         p = self.profile

@@ -28,6 +28,7 @@ class WriterSnapshot:
             "rows_per_flush": round(d.get("flushed_rows", 0.0) / flushes, 1) if flushes else None,
             "flush_ms_mean": round(1000 * d.get("flush_seconds", 0.0) / flushes, 2) if flushes else None,
             "rejected_writes": int(d.get("rejected", 0.0)),
+            "heartbeat_rows_written": int(d.get("heartbeat_rows", 0.0)),
         }
 
 
@@ -40,7 +41,7 @@ async def snapshot(base_url: str) -> WriterSnapshot | None:
             text = await resp.text()
     except (aiohttp.ClientError, TimeoutError):
         return None
-    values = dict.fromkeys([*_SERIES.values(), "rejected"], 0.0)
+    values = dict.fromkeys([*_SERIES.values(), "rejected", "heartbeat_rows"], 0.0)
     for line in text.splitlines():
         if line.startswith("#") or " " not in line:
             continue
@@ -50,4 +51,6 @@ async def snapshot(base_url: str) -> WriterSnapshot | None:
             values[_SERIES[series]] += float(value)
         elif series == "telemetry_rejected_writes_total":
             values["rejected"] += float(value)
+        elif series == "telemetry_rows_written_total" and 'table="device_heartbeats"' in name:
+            values["heartbeat_rows"] += float(value)
     return WriterSnapshot(values)

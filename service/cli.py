@@ -46,6 +46,13 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telemetry", description=__doc__)
     parser.add_argument("--version", action=_Version, help="print the version and the schema head, then exit")
@@ -55,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="processes sharing the port (SO_REUSEPORT); default 1"
+    )
 
     migrate_verbs.register(sub)
 
@@ -112,12 +122,21 @@ def _run(args: argparse.Namespace, settings: Settings, inv: Invocation) -> int:
                 _database(settings, inv)
             return migrate_verbs.run(args, settings, inv.url)
         case "serve":
+            from service import event_loop
             from service.serve import serve
 
             inv.url = settings.database_url
             check_url(settings.database_url)
-            return asyncio.run(
-                serve(settings, host=args.host, port=args.port, migrate=not args.no_migrate, invocation=inv)
+            return event_loop.run(
+                serve(
+                    settings,
+                    host=args.host,
+                    port=args.port,
+                    migrate=not args.no_migrate,
+                    workers=args.workers,
+                    invocation=inv,
+                ),
+                settings.event_loop,
             )
         case "retention":
             from service.retention.commands import run_retention_command as run

@@ -2,18 +2,34 @@
 
 SIGTERM or SIGINT stops intake, lets the writer commit everything queued, answers in-flight
 requests, closes the pool and, for the embedded cluster, stops PostgreSQL.
+
+`--workers N` (N > 1): this process waits for the database and migrates once, then starts N
+worker processes that share the port with `SO_REUSEPORT` (the kernel spreads connections over
+them). Each worker has its own pool, writer and maintenance task (maintenance rounds take an
+advisory lock, so one instance at a time does the work); the database enforces idempotency
+across them as across separate instances. "listening on" is printed once every worker listens.
+SIGTERM or SIGINT is passed to every worker, and each drains as a single process does; the
+exit code is 0 only if every worker drained and exited 0. A worker that dies stops the others
+(drained) and `serve` exits 1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
 import signal
+import socket
+import sys
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from alembic.script import ScriptDirectory
 
+from service import event_loop
 from service.app import create_app, create_pool
 from service.cli_errors import explain
 from service.db import storage_mode
@@ -39,6 +55,7 @@ async def serve(
     host: str | None,
     port: int | None,
     migrate: bool,
+    workers: int = 1,
     invocation: Invocation | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT. The database is waited for (`TELEMETRY_DB_WAIT_SECONDS`)
@@ -52,24 +69,43 @@ async def serve(
         reason = lambda exc: explain(exc, url).message.split(";")[0]  # noqa: E731
         await wait_for_database(url, settings, log, describe=reason)
         await check_database(url, settings)
+        if workers > 1:
+            return await _serve_workers(settings, url, host=host, port=port, migrate=migrate, workers=workers)
         return await _serve(settings, url, host=host, port=port, migrate=migrate)
     finally:
         if cluster is not None:
             await asyncio.to_thread(cluster.stop)
 
 
-async def _serve(settings: Settings, url: str, *, host: str, port: int, migrate: bool) -> int:
+async def _migrate(settings: Settings, url: str) -> Migrator:
     migrator = Migrator(settings=settings, database_url=url, mode=settings.storage_mode)
-    if migrate and settings.migrate_on_start:
+    if settings.migrate_on_start:
         log.info("migrating to head")
         await asyncio.to_thread(migrator.upgrade, "head")
+    return migrator
+
+
+async def _serve(
+    settings: Settings,
+    url: str,
+    *,
+    host: str,
+    port: int,
+    migrate: bool,
+    reuse_port: bool = False,
+    listening: Callable[[str], None] | None = None,
+) -> int:
+    if migrate:
+        migrator = await _migrate(settings, url)
+    else:
+        migrator = Migrator(settings=settings, database_url=url, mode=settings.storage_mode)
     pool = await create_pool(url, settings)
     try:
         mode = await storage_mode.detect(pool, settings.storage_mode)
         app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
         stop = asyncio.Event()
@@ -77,7 +113,7 @@ async def _serve(settings: Settings, url: str, *, host: str, port: int, migrate:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info("storage mode: %s", mode)
-        print(f"telemetry listening on http://{host}:{bound}", flush=True)
+        (listening or _announce)(f"telemetry listening on http://{host}:{bound}")
         await stop.wait()
         log.info("shutting down: refusing new writes, draining the write queue")
         await runner.cleanup()
@@ -86,3 +122,114 @@ async def _serve(settings: Settings, url: str, *, host: str, port: int, migrate:
         await pool.close()
     log.info("stopped")
     return 0
+
+
+def _announce(line: str) -> None:
+    print(line, flush=True)
+
+
+def _reserve_port(host: str, port: int) -> socket.socket:
+    """A bound, never listening `SO_REUSEPORT` socket: it fixes the port (a free one for 0)
+    that every worker then binds, and takes no connections itself."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _worker(settings: Settings, url: str, host: str, port: int, index: int, ready: Connection) -> None:
+    """One worker process (started by `spawn`): serve until SIGTERM/SIGINT, then drain."""
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s worker-{index} %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    code = event_loop.run(
+        _serve(settings, url, host=host, port=port, migrate=False, reuse_port=True, listening=ready.send),
+        settings.event_loop,
+    )
+    raise SystemExit(code)
+
+
+async def _serve_workers(
+    settings: Settings, url: str, *, host: str, port: int, migrate: bool, workers: int
+) -> int:
+    if migrate:
+        await _migrate(settings, url)
+    reserved = _reserve_port(host, port)
+    bound = reserved.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    procs: list[multiprocessing.process.BaseProcess] = []
+    pipes: list[Connection] = []
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for index in range(workers):
+            receive, send = context.Pipe(duplex=False)
+            proc = context.Process(
+                target=_worker,
+                args=(settings, url, host, bound, index, send),
+                name=f"telemetry-worker-{index}",
+            )
+            proc.start()
+            send.close()
+            procs.append(proc)
+            pipes.append(receive)
+        if not await _all_listening(procs, pipes, stop):
+            log.error("a worker exited before listening; stopping the others")
+            return await _stop_workers(procs, 1)
+        print(f"telemetry listening on http://{host}:{bound} ({workers} workers)", flush=True)
+        sentinels = [p.sentinel for p in procs]
+        waiting = asyncio.ensure_future(asyncio.to_thread(wait, sentinels))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        died = waiting.done()
+        if died:
+            log.error("a worker exited unexpectedly; stopping the others")
+        else:
+            log.info("shutting down: every worker refuses new writes and drains its write queue")
+        code = await _stop_workers(procs, 1 if died else 0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        return code
+    finally:
+        reserved.close()
+        for pipe in pipes:
+            pipe.close()
+
+
+async def _all_listening(
+    procs: list[multiprocessing.process.BaseProcess], pipes: list[Connection], stop: asyncio.Event
+) -> bool:
+    """True once every worker said it listens; False if one exits first or we are stopped."""
+    pending = dict(zip(pipes, procs, strict=True))
+    while pending and not stop.is_set():
+        objects: list[Connection | int] = [*pending, *(p.sentinel for p in pending.values())]
+        ready = await asyncio.to_thread(wait, objects, 0.2)
+        for obj in ready:
+            if isinstance(obj, int) or obj not in pending:
+                return False
+            try:
+                obj.recv()
+            except EOFError:
+                return False
+            del pending[obj]
+    return not pending
+
+
+async def _stop_workers(procs: list[multiprocessing.process.BaseProcess], code: int) -> int:
+    """SIGTERM every live worker and wait for each to drain; 0 only if all exit 0 and `code`
+    is 0."""
+    for proc in procs:
+        if proc.is_alive() and proc.pid is not None:
+            proc.terminate()
+    for proc in procs:
+        await asyncio.to_thread(proc.join)
+    codes = [proc.exitcode for proc in procs]
+    log.info("stopped %d workers (exit codes %s)", len(procs), codes)
+    return code if all(c == 0 for c in codes) else 1

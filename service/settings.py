@@ -28,6 +28,7 @@ class SettingsError(ValueError):
 MAX_INT = 2**31 - 1
 MAX_SECONDS = 100 * 365 * 86400
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +111,8 @@ class Settings:
     # `GET /v1/fleet/summary` serves a snapshot at most this old (zero: computed per request).
     fleet_summary_max_age: timedelta = timedelta(seconds=5)
     log_level: str = "INFO"
+    # `serve`'s event loop: uvloop where installed (auto), or the standard library's.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     # Peers whose X-Forwarded-For is believed (reverse proxies); none by default.
     trusted_proxies: tuple[IPNetwork, ...] = ()
 
@@ -184,6 +187,11 @@ class Settings:
             raise SettingsError(
                 f"TELEMETRY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
             )
+        event_loop = get("TELEMETRY_EVENT_LOOP") or d.event_loop
+        if event_loop not in EVENT_LOOPS:
+            raise SettingsError(
+                f"TELEMETRY_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got {event_loop!r}"
+            )
         retention = RetentionWindows(
             device_heartbeats=as_seconds(
                 "TELEMETRY_RETENTION_HEARTBEATS_SECONDS", d.retention.device_heartbeats, positive=True
@@ -256,5 +264,6 @@ class Settings:
                 "TELEMETRY_FLEET_SUMMARY_MAX_AGE_SECONDS", d.fleet_summary_max_age
             ),
             log_level=log_level,
+            event_loop=event_loop,  # type: ignore[arg-type]
             trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),
         )

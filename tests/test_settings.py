@@ -123,3 +123,10 @@ def test_the_cli_exits_2_with_one_line_naming_the_variable(name: str, raw: str) 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_an_unknown_event_loop_is_refused_and_a_known_one_kept() -> None:
+    with pytest.raises(SettingsError, match="TELEMETRY_EVENT_LOOP"):
+        Settings.from_env({"TELEMETRY_EVENT_LOOP": "trio"})
+    assert Settings.from_env({"TELEMETRY_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
+    assert Settings.from_env({}).event_loop == "auto"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -13,15 +13,9 @@ from service.api.responses import json_response
 from service.api.schemas import HeartbeatList, HeartbeatResult, HeartbeatsResponse, StoredHeartbeat
 from service.api.state import services
 from service.api.validation import check_timestamp, heartbeats_of, query_limit
-from service.ingest.rows import HeartbeatRow
+from service.ingest.rows import EPOCH, HeartbeatRow, bucket_start
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def bucket_start(ts: datetime, bucket_seconds: int) -> datetime:
-    """The same bucket the database computes with date_bin(…, 'epoch')."""
-    step = timedelta(seconds=bucket_seconds)
-    return EPOCH + step * ((ts - EPOCH) // step)
+__all__ = ["EPOCH", "bucket_start", "list_heartbeats", "post_heartbeats"]
 
 
 async def post_heartbeats(request: web.Request) -> web.Response:

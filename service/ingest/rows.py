@@ -7,11 +7,20 @@ carries a placeholder for its position. Field order is the staging table's colum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, NamedTuple
 
 import asyncpg
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def bucket_start(ts: datetime, bucket_seconds: int) -> datetime:
+    """The bucket a heartbeat at `ts` is stored under: the same instant the database computes
+    with `date_bin(make_interval(secs => bucket_seconds), ts, 'epoch')` (tests/api/test_bucket.py)."""
+    step = timedelta(seconds=bucket_seconds)
+    return EPOCH + step * ((ts - EPOCH) // step)
 
 
 class HeartbeatRow(NamedTuple):

@@ -194,9 +194,12 @@ class PartitionMaintenance:
                     seconds=time.perf_counter() - started,
                 )
             finally:
-                # A broken connection cannot unlock, but the server releases its locks with it.
-                with contextlib.suppress(*STATEMENT_FAILED, OSError):
+                # A broken connection cannot unlock, but the server releases its locks with it;
+                # so does closing one that could not unlock (the pool does not reset sessions).
+                try:
                     await conn.execute("SELECT pg_advisory_unlock($1)", locks.MAINTENANCE)
+                except (*STATEMENT_FAILED, OSError):
+                    conn.terminate()
 
     async def _round(self, conn: asyncpg.Connection) -> MaintenanceReport:
         created: dict[str, int] = {}

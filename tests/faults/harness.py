@@ -74,11 +74,11 @@ class FaultCluster(EmbeddedCluster):
 
 
 def service(
-    database_url: str, mode: str, log_dir: Path, name: str = "service", **env: str
+    database_url: str, mode: str, log_dir: Path, name: str = "service", workers: int = 1, **env: str
 ) -> ListeningProcess:
     return ListeningProcess(
         name=name,
-        argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1"],
+        argv=[sys.executable, "-m", "service", "serve", "--host", "127.0.0.1", "--workers", str(workers)],
         log_dir=log_dir,
         ready_timeout=120.0,
         env={
@@ -93,11 +93,12 @@ def service(
 
 @contextlib.asynccontextmanager
 async def serving(
-    database_url: str, mode: str, log_dir: Path, tag: str, **env: str
+    database_url: str, mode: str, log_dir: Path, tag: str, workers: int = 1, **env: str
 ) -> AsyncIterator[tuple[ListeningProcess, Fleet]]:
-    """The service as its own process with `DEVICES` enrolled devices posting to it. On exit the
-    fleet stops and the service gets SIGTERM (its exit code is then `svc.proc.returncode`)."""
-    svc = service(database_url, mode, log_dir, **env)
+    """The service as its own process (`workers` worker processes under it when > 1) with
+    `DEVICES` enrolled devices posting to it. On exit the fleet stops and the service gets
+    SIGTERM (its exit code is then `svc.proc.returncode`)."""
+    svc = service(database_url, mode, log_dir, workers=workers, **env)
     await asyncio.to_thread(svc.start)
     try:
         fleet = await Fleet.enrolled([svc.base_url], database_url, DEVICES, tag)
@@ -244,6 +245,17 @@ async def missing_acks(database_url: str, acked: set[tuple[str, datetime]]) -> i
 
 def log_of(log_dir: Path, name: str) -> str:
     return (log_dir / f"{name}.stderr.log").read_text(errors="replace")
+
+
+def sockets_on(pid: int, port: int) -> dict[int, Counter[str]]:
+    """Per child process of `pid`: its TCP sockets on `port` by state (LISTEN, ESTABLISHED)."""
+    out: dict[int, Counter[str]] = {}
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.Error):
+            states = Counter(c.status for c in child.net_connections(kind="tcp") if c.laddr.port == port)
+            if states:
+                out[child.pid] = states
+    return out
 
 
 def rss_mb(pid: int) -> float:

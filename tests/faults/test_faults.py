@@ -32,6 +32,7 @@ from tests.faults.harness import (
     scrape,
     service,
     serving,
+    sockets_on,
 )
 
 pytestmark = pytest.mark.slow
@@ -139,6 +140,52 @@ async def test_sigterm_under_load_drains_and_acknowledges_only_commits(
     assert all(o.status in (200, 503) or isinstance(o.status, str) for o in straddling)
     assert "500" not in after
     assert "drained; closing database pool" in log and "stopped" in log
+
+
+async def test_two_workers_share_one_port_and_sigterm_drains_both(
+    database: str, fault_mode: str, tmp_path: Path
+) -> None:
+    """`serve --workers 2`: both workers listen on the one port and take connections; SIGTERM
+    under load drains both, and every acknowledged heartbeat is stored."""
+    async with serving(database, fault_mode, tmp_path, "workers", workers=2) as (svc, fleet):
+        await asyncio.sleep(3)
+        listening = {pid: s for pid, s in sockets_on(svc.pid, svc.port).items() if s["LISTEN"]}
+        probe = asyncio.create_task(fleet.open_loop(rate=300, seconds=2))
+        await asyncio.sleep(1)
+        sockets = sockets_on(svc.pid, svc.port)
+        served = {pid: sockets.get(pid, Counter())["ESTABLISHED"] for pid in listening}
+        term_at = time.monotonic()
+        code = await asyncio.to_thread(svc.stop)
+        stopped_in = time.monotonic() - term_at
+        await probe
+        await fleet.stop()
+    missing = await missing_acks(database, fleet.acked)
+    straddling = [o for o in fleet.outcomes if o.sent_at < term_at <= o.answered_at]
+    after = fleet.statuses(term_at)
+    log = log_of(tmp_path, "service")
+    report(
+        f"workers[{fault_mode}]",
+        workers_listening=len(listening),
+        connections_per_worker=sorted(served.values()),
+        acked=len(fleet.acked),
+        missing=missing,
+        stopped_in_s=round(stopped_in, 2),
+        in_flight_at_sigterm=len(straddling),
+        their_statuses=dict(Counter(str(o.status) for o in straddling)),
+        statuses_after_sigterm=dict(after),
+        exit_code=code,
+    )
+    assert len(listening) == 2, sockets_on
+    assert all(n > 0 for n in served.values()), served
+    assert code == 0
+    assert missing == 0
+    assert len(fleet.acked) > 100
+    assert not fleet.hung()
+    assert straddling, "no request was in flight at SIGTERM"
+    assert all(o.status in (200, 503) or isinstance(o.status, str) for o in straddling)
+    assert "500" not in after
+    assert log.count("drained; closing database pool") == 2, log[-3000:]
+    assert "stopped 2 workers (exit codes [0, 0])" in log
 
 
 @pytest.mark.parametrize("stall", [6, 14])

@@ -1,0 +1,170 @@
+"""wrk, a native HTTP load generator, for the closed-loop single-heartbeat phases (the HTTP ceiling
+and the service's saturation): the Python generator pins its own core long before the trivial
+handler is saturated, so its ceiling was a lower bound.
+
+* `ensure_wrk()` finds `wrk`, or installs the Debian package when running as root with apt-get
+  (as `scripts/bootstrap.sh` installs PostgreSQL); otherwise it says how to install it and the
+  suite falls back to its Python generator, labelled as such in the report.
+* `closed_loop(...)` runs wrk with `wrk_heartbeats.lua` (every request a single heartbeat in a
+  fresh bucket of one of the enrolled devices) and returns a `load.Run` whose summary holds
+  wrk's own figures (requests, non-2xx answers, socket errors, p50/p95/p99/max latency) and
+  whose `extra["generator_cpu_s"]` is wrk's CPU time (user + system, from its rusage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from benchmarks.latency import Recorder, Summary
+from benchmarks.load import Run, Tick
+
+SCRIPT = Path(__file__).resolve().parent / "wrk_heartbeats.lua"
+THREADS = 2
+
+
+def ensure_wrk(log: Callable[[str], None] = print) -> str | None:
+    """The path of `wrk`, installing the Debian package if we can; None (with a message) if not."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing the load generator wrk (Debian package)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "wrk"], check=False, env=env, capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            log(f"apt-get install wrk failed: {done.stderr.strip()[-300:]}")
+        found = shutil.which("wrk")
+        if found:
+            return found
+    log(
+        "wrk not found and not installable here (needs root and apt-get): install it (Debian/Ubuntu "
+        "`apt-get install wrk`, macOS `brew install wrk`); the single-heartbeat phases fall back to the "
+        "Python load generator, which bounds the ceiling by its own CPU (the report says so)"
+    )
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class WrkDevice:
+    """One enrolled device as the Lua script uses it: its bucket k is at
+    `start + 10 s * ((first + k) % limit) + offset`."""
+
+    token: str
+    start: datetime
+    first: int
+    limit: int
+    offset_s: int
+
+    def line(self) -> str:
+        return f"{self.token} {int(self.start.timestamp())} {self.first} {self.limit} {self.offset_s}"
+
+
+def _parse(stdout: str) -> dict[str, int]:
+    for line in stdout.splitlines():
+        if line.startswith("WRK_RESULT "):
+            figures: dict[str, int] = json.loads(line.removeprefix("WRK_RESULT "))
+            return figures
+    raise RuntimeError(f"wrk printed no result:\n{stdout[-2000:]}")
+
+
+def _run_wrk(argv: list[str]) -> tuple[str, str, float, float]:
+    """wrk's stdout, stderr, wall seconds and CPU seconds (its own rusage)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        return out.read().decode(errors="replace"), err.read().decode(errors="replace"), wall, (
+            usage.ru_utime + usage.ru_stime
+        )
+
+
+async def closed_loop(
+    base_url: str,
+    *,
+    wrk: str,
+    devices: Sequence[WrkDevice],
+    seconds: float,
+    workers: int,
+    tick: Tick | None = None,
+    before_clock: Callable[[], None] | None = None,
+    kind: str = "heartbeat",
+) -> Run:
+    """`workers` connections over `THREADS` wrk threads, back to back for `seconds`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".devices", delete=False) as f:
+        f.write("\n".join(d.line() for d in devices) + "\n")
+        devices_file = f.name
+    try:
+        argv = [
+            wrk,
+            f"-t{THREADS}",
+            f"-c{max(workers, THREADS)}",
+            f"-d{max(round(seconds), 1)}s",
+            "--timeout",
+            "60s",
+            "-s",
+            str(SCRIPT),
+            f"{base_url}/v1/heartbeats",
+            "--",
+            devices_file,
+            str(THREADS),
+        ]
+        if before_clock is not None:
+            before_clock()
+        task = asyncio.ensure_future(asyncio.to_thread(_run_wrk, argv))
+        t0 = time.perf_counter()
+        while not task.done():
+            if tick is not None:
+                tick(min(time.perf_counter() - t0, seconds))
+            await asyncio.wait({task}, timeout=0.25)
+        stdout, stderr, wall, cpu = task.result()
+    finally:
+        os.unlink(devices_file)
+    figures = _parse(stdout)
+    elapsed = figures["duration_us"] / 1e6
+    errors = {k: figures[k] for k in ("connect", "read", "write", "timeout") if figures[k]}
+    statuses: Counter[str] = Counter({"2xx": figures["requests"] - figures["status"]})
+    if figures["status"]:
+        statuses["non-2xx"] = figures["status"]
+    for k, n in errors.items():
+        statuses[f"socket {k} error"] = n
+    run = Run(Recorder(), connections=workers)
+    run.elapsed = elapsed
+    run.extra.update(
+        generator="wrk",
+        generator_cpu_s=round(cpu, 3),
+        generator_wall_s=round(wall, 3),
+        wrk_threads=THREADS,
+        wrk_errors=errors,
+    )
+    if stderr.strip():
+        print(stderr.strip()[-500:], file=sys.stderr)
+    run.fixed[kind] = Summary(
+        count=figures["requests"],
+        ok=figures["requests"] - figures["status"],
+        statuses=dict(statuses),
+        p50_ms=figures["p50_us"] / 1000,
+        p95_ms=figures["p95_us"] / 1000,
+        p99_ms=figures["p99_us"] / 1000,
+        max_ms=figures["max_us"] / 1000,
+        rate=figures["requests"] / elapsed if elapsed > 0 else 0.0,
+    )
+    return run

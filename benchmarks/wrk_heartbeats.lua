@@ -1,0 +1,62 @@
+-- wrk script: single heartbeats (POST /v1/heartbeats) from many enrolled devices, each request
+-- in its device's next fresh 10-second bucket, so the service stores every one.
+--
+-- wrk -t T -c C -d S -s wrk_heartbeats.lua URL -- DEVICES_FILE T
+-- DEVICES_FILE: one line per device, "token start_epoch first limit offset": bucket k of the
+-- device is start_epoch + 10 * ((first + k) % limit) + offset (seconds since the epoch, UTC).
+-- Thread t (1-based) sends for devices t, t + T, t + 2T, …, so each device's bucket counter
+-- lives in one thread. done() prints one JSON line starting with "WRK_RESULT ".
+
+local thread_count = 0
+
+function setup(thread)
+  thread_count = thread_count + 1
+  thread:set("tid", thread_count)
+end
+
+local devices = {}
+local idx = 1
+local step = 1
+
+function init(args)
+  step = tonumber(args[2])
+  for line in io.lines(args[1]) do
+    local token, start, first, limit, offset = line:match("(%S+) (%S+) (%S+) (%S+) (%S+)")
+    devices[#devices + 1] = {
+      auth = "Bearer " .. token,
+      start = tonumber(start),
+      first = tonumber(first),
+      limit = tonumber(limit),
+      offset = tonumber(offset),
+      k = 0,
+    }
+  end
+  idx = tid
+end
+
+function request()
+  local d = devices[idx]
+  idx = idx + step
+  if idx > #devices then
+    idx = tid
+  end
+  local b = (d.first + d.k) % d.limit
+  d.k = d.k + 1
+  local ts = os.date("!%Y-%m-%dT%H:%M:%S", d.start + 10 * b + d.offset) .. "Z"
+  local body = '{"ts":"' .. ts .. '","status":"ok","battery_pct":' .. (5 + b % 95)
+    .. ',"app_version":"4.12.0","network":"wifi"}'
+  return wrk.format("POST", "/v1/heartbeats", {
+    ["Authorization"] = d.auth,
+    ["Content-Type"] = "application/json",
+  }, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,"connect":%d,"read":%d,"write":%d,'
+      .. '"status":%d,"timeout":%d,"p50_us":%d,"p95_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status,
+    e.timeout, latency:percentile(50), latency:percentile(95), latency:percentile(99), latency.max
+  ))
+end
