@@ -9,7 +9,7 @@ from aiohttp import web
 
 from service.api.auth import guarded
 from service.api.credentials import Authenticator
-from service.api.middleware import errors_and_metrics
+from service.api.middleware import MIDDLEWARES
 from service.api.openapi_doc import OPENAPI, build_openapi
 from service.api.routes import ENDPOINTS
 from service.api.state import SERVICES, Services
@@ -62,7 +62,7 @@ def create_app(
     # TimescaleDB jobs run in the foreground (both modes), retention health assessed: one
     # instance at a time, under an advisory lock.
     maintenance = PartitionMaintenance(pool, settings, storage_mode, metrics)
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
     app[SERVICES] = Services(
         settings=settings,
         pool=pool,
