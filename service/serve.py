@@ -1,29 +1,24 @@
-"""`telemetry serve`: database (given or embedded) → migrations under the advisory lock → app.
+"""`telemetry serve`: database (given or embedded, resolved by `service.cli`) → migrations
+under the advisory lock → app.
 
 SIGTERM or SIGINT stops intake, lets the writer commit everything queued, answers in-flight
-requests, closes the pool and, for the embedded cluster, stops PostgreSQL.
+requests and closes the pool; `service.cli` then stops the embedded cluster, if it runs one.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
-from typing import TYPE_CHECKING
 
-from aiohttp import web
 from alembic.script import ScriptDirectory
 
-from service.app import create_app, create_pool
 from service.cli_errors import explain
 from service.db import storage_mode
-from service.db.embedded import resolve_database_url
 from service.db.preflight import check_database, wait_for_database
 from service.migrations.commands import Migrator
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.cli import Invocation
 
 log = logging.getLogger(__name__)
 
@@ -33,32 +28,39 @@ def head_revisions(migrator: Migrator) -> frozenset[str]:
     return frozenset(script.get_heads())
 
 
-async def serve(
-    settings: Settings,
-    *,
-    host: str | None,
-    port: int | None,
-    migrate: bool,
-    invocation: Invocation | None = None,
-) -> int:
-    """Serve until SIGTERM/SIGINT. The database is waited for (`TELEMETRY_DB_WAIT_SECONDS`)
-    before anything else; `/health` reports ready only once it answers at the head revision."""
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = subparsers.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """`settings.database_url` is the resolved URL (`service.cli`)."""
+    return asyncio.run(serve(settings, host=args.host, port=args.port, migrate=not args.no_migrate))
+
+
+async def serve(settings: Settings, *, host: str | None, port: int | None, migrate: bool) -> int:
+    """Serve `settings.database_url` until SIGTERM/SIGINT. The database is waited for
+    (`TELEMETRY_DB_WAIT_SECONDS`) before anything else; `/health` reports ready only once it
+    answers at the head revision."""
     host = host or settings.host
     port = settings.port if port is None else port
-    url, cluster = await asyncio.to_thread(resolve_database_url, settings.database_url, settings.data_dir)
-    if invocation is not None:
-        invocation.url = url
-    try:
-        reason = lambda exc: explain(exc, url).message.split(";")[0]  # noqa: E731
-        await wait_for_database(url, settings, log, describe=reason)
-        await check_database(url, settings)
-        return await _serve(settings, url, host=host, port=port, migrate=migrate)
-    finally:
-        if cluster is not None:
-            await asyncio.to_thread(cluster.stop)
+    url = settings.database_url
+    if not url:
+        raise ValueError("serve needs a resolved database URL (service.cli resolves it)")
+    reason = lambda exc: explain(exc, url).message.split(";")[0]  # noqa: E731
+    await wait_for_database(url, settings, log, describe=reason)
+    await check_database(url, settings)
+    return await _serve(settings, url, host=host, port=port, migrate=migrate)
 
 
 async def _serve(settings: Settings, url: str, *, host: str, port: int, migrate: bool) -> int:
+    # Imported here: the whole HTTP layer, which the CLI's other groups do not need to load.
+    from aiohttp import web
+
+    from service.app import create_app, create_pool
+
     migrator = Migrator(settings=settings, database_url=url, mode=settings.storage_mode)
     if migrate and settings.migrate_on_start:
         log.info("migrating to head")
