@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import asyncpg
 from aiohttp import web
@@ -21,6 +22,23 @@ from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
 from service.retention.maintenance import PartitionMaintenance
 from service.settings import Settings, StorageMode
+
+
+class Background(Protocol):
+    """Work that runs beside the requests for the app's whole life."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _running(component: Background) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await component.start()
+        yield
+        await component.stop()
+
+    return lifecycle
 
 
 async def create_pool(database_url: str, settings: Settings) -> asyncpg.Pool:
@@ -42,8 +60,9 @@ def create_app(
     head_revisions: frozenset[str],
     metrics: Metrics | None = None,
 ) -> web.Application:
-    """The aiohttp application. The writer starts with the app and, on shutdown, refuses new
-    writes and commits everything queued before the pool may be closed."""
+    """The aiohttp application. The writer starts with the app and, on shutdown, once in-flight
+    requests are answered, refuses new writes and commits everything queued before the pool may
+    be closed."""
     metrics = metrics or Metrics()
     # Flushes and credential lookups report how long the database keeps them waiting.
     watchdog = DatabaseWatchdog(stall_after=settings.stall_after.total_seconds())
@@ -79,25 +98,9 @@ def create_app(
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, guarded(endpoint.auth, endpoint.handler))
 
-    async def start_writer(_: web.Application) -> None:
-        await writer.start()
-
-    async def drain_writer(_: web.Application) -> None:
-        await writer.stop()
-
-    app.on_startup.append(start_writer)
-    app.on_shutdown.append(drain_writer)
-
-    stop_maintenance = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-
-    async def start_maintenance(_: web.Application) -> None:
-        tasks.append(asyncio.create_task(maintenance.run_forever(stop_maintenance)))
-
-    async def stop_maintenance_task(_: web.Application) -> None:
-        stop_maintenance.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    app.on_startup.append(start_maintenance)
-    app.on_shutdown.append(stop_maintenance_task)
+    # Started with the app, in this order, and stopped in the reverse order once the app has
+    # answered its in-flight requests: the writer last, after committing everything queued and
+    # before whoever owns the pool closes it.
+    for component in (writer, maintenance):
+        app.cleanup_ctx.append(_running(component))
     return app

@@ -1,8 +1,9 @@
 """`telemetry serve`: database (given or embedded, resolved by `service.cli`) → migrations
 under the advisory lock → app.
 
-SIGTERM or SIGINT stops intake, lets the writer commit everything queued, answers in-flight
-requests and closes the pool; `service.cli` then stops the embedded cluster, if it runs one.
+SIGTERM or SIGINT stops intake, answers in-flight requests, then lets the writer commit
+everything queued (the app's cleanup) and closes the pool; `service.cli` then stops the
+embedded cluster, if it runs one.
 """
 
 from __future__ import annotations
