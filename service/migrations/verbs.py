@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from service.db.preflight import check_database, connect, current_revisions
+from service.db.preflight import check_database, read_revisions
 from service.migrations.backup import write_backup
 from service.migrations.commands import MigrationError, Migrator
 from service.retention.windows import WindowError, parse_window
@@ -88,14 +88,7 @@ def _confirm_drops(
 ) -> None:
     from service.migrations.drops import planned_drops, resolve_target
 
-    async def read() -> frozenset[str]:
-        conn = await connect(url, settings)
-        try:
-            return await current_revisions(conn)
-        finally:
-            await conn.close()
-
-    current = asyncio.run(read())
+    current = read_revisions(url, settings)
     target = resolve_target(migrator, current, args.revision)
     drops = planned_drops(settings, url, mode, current, target)
     if not drops:
