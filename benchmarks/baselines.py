@@ -25,7 +25,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks.database import connect_many
-from benchmarks.fleet import NETWORKS, STATUSES, BucketCursor, floor_bucket
+from benchmarks.fleet import BucketCursor, heartbeat_record
 from benchmarks.prefill import HEARTBEAT_COLUMNS
 from service.ingest.rows import HeartbeatRow
 from service.ingest.statements import merge_heartbeats, prepare_connection, set_json_codecs
@@ -59,19 +59,7 @@ def ingest_like_rows(
     rows: list[tuple[Any, ...]] = []
     for k in range(requests):
         device = f"{prefix}-{k % devices:05d}"
-        for ts in cursor.take(device, batch_size):
-            rows.append(
-                (
-                    device,
-                    floor_bucket(ts),
-                    ts,
-                    rng.choice(STATUSES),
-                    rng.randint(5, 100),
-                    "4.12.0",
-                    rng.choice(NETWORKS),
-                    None,
-                )
-            )
+        rows += [heartbeat_record(rng, device, ts) for ts in cursor.take(device, batch_size)]
     return rows
 
 

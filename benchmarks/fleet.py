@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -45,6 +45,23 @@ def ingest_device_id(tag: str, i: int) -> str:
 def floor_bucket(ts: datetime) -> datetime:
     """The 10-second bucket the service stores `ts` in (its own computation)."""
     return bucket_start(ts, int(BUCKET.total_seconds()))
+
+
+def heartbeat_record(
+    rng: random.Random, device: str, ts: datetime, extras: Sequence[dict[str, Any] | None] = ()
+) -> tuple[Any, ...]:
+    """One `device_heartbeats` COPY record with random values, `bucket_start` as the service
+    stores it; `extra` is drawn from `extras` (None without)."""
+    return (
+        device,
+        floor_bucket(ts),
+        ts,
+        rng.choice(STATUSES),
+        rng.randint(5, 100),
+        "4.12.0",
+        rng.choice(NETWORKS),
+        rng.choice(extras) if extras else None,
+    )
 
 
 @dataclass(frozen=True, slots=True)

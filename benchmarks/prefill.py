@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 
 from benchmarks.database import connect
-from benchmarks.fleet import NETWORKS, STATUSES, Timeline, floor_bucket
+from benchmarks.fleet import Timeline, heartbeat_record
 from service.ingest.statements import set_json_codecs
 
 HEARTBEAT_COLUMNS = (
@@ -58,18 +58,7 @@ def heartbeat_rows(
             ts = base + offsets[i]
             if ts >= end:
                 continue
-            batch.append(
-                (
-                    ids[i],
-                    floor_bucket(ts),
-                    ts,
-                    rng.choice(STATUSES),
-                    rng.randint(5, 100),
-                    "4.12.0",
-                    rng.choice(NETWORKS),
-                    rng.choice(extras),
-                )
-            )
+            batch.append(heartbeat_record(rng, ids[i], ts, extras))
             if len(batch) >= COPY_BATCH:
                 yield batch
                 batch = []

@@ -20,7 +20,6 @@ import msgspec
 
 from service.api.credentials import OPERATOR_PREFIX, ROLES, Role, new_token, token_hash
 from service.api.schemas import EnrollmentTokenRequest
-from service.db.embedded import resolve_database_url
 from service.db.urls import asyncpg_dsn
 from service.enrollment_tokens import create_enrollment_token
 from service.retention.windows import parse_window
@@ -247,6 +246,6 @@ async def _run(args: argparse.Namespace, url: str) -> int:
     return 0
 
 
-def run_admin_command(args: argparse.Namespace, settings: Settings) -> int:
-    url, _ = resolve_database_url(settings.database_url, settings.data_dir)
-    return asyncio.run(_run(args, url))
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the parsed `admin` verb against `settings.database_url` (resolved by `service.cli`)."""
+    return asyncio.run(_run(args, settings.database_url or ""))

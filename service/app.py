@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import asyncpg
 from aiohttp import web
 
 from service.api.auth import guarded
 from service.api.credentials import Authenticator
-from service.api.middleware import errors_and_metrics
+from service.api.middleware import MIDDLEWARES
 from service.api.openapi_doc import OPENAPI, build_openapi
 from service.api.routes import ENDPOINTS
 from service.api.state import SERVICES, Services
@@ -33,6 +34,23 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     which closes the connection if it cannot."""
 
 
+class Background(Protocol):
+    """Work that runs beside the requests for the app's whole life."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def _running(component: Background) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+        await component.start()
+        yield
+        await component.stop()
+
+    return lifecycle
+
+
 async def create_pool(database_url: str, settings: Settings) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         asyncpg_dsn(database_url),
@@ -53,8 +71,9 @@ def create_app(
     head_revisions: frozenset[str],
     metrics: Metrics | None = None,
 ) -> web.Application:
-    """The aiohttp application. The writer starts with the app and, on shutdown, refuses new
-    writes and commits everything queued before the pool may be closed."""
+    """The aiohttp application. The writer starts with the app and, on shutdown, once in-flight
+    requests are answered, refuses new writes and commits everything queued before the pool may
+    be closed."""
     metrics = metrics or Metrics()
     # Flushes and credential lookups report how long the database keeps them waiting.
     watchdog = DatabaseWatchdog(stall_after=settings.stall_after.total_seconds())
@@ -74,7 +93,7 @@ def create_app(
     # TimescaleDB jobs run in the foreground (both modes), retention health assessed: one
     # instance at a time, under an advisory lock.
     maintenance = PartitionMaintenance(pool, settings, storage_mode, metrics)
-    app = web.Application(middlewares=[errors_and_metrics], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
     app[SERVICES] = Services(
         settings=settings,
         pool=pool,
@@ -91,25 +110,9 @@ def create_app(
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, guarded(endpoint.auth, endpoint.handler))
 
-    async def start_writer(_: web.Application) -> None:
-        await writer.start()
-
-    async def drain_writer(_: web.Application) -> None:
-        await writer.stop()
-
-    app.on_startup.append(start_writer)
-    app.on_shutdown.append(drain_writer)
-
-    stop_maintenance = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-
-    async def start_maintenance(_: web.Application) -> None:
-        tasks.append(asyncio.create_task(maintenance.run_forever(stop_maintenance)))
-
-    async def stop_maintenance_task(_: web.Application) -> None:
-        stop_maintenance.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    app.on_startup.append(start_maintenance)
-    app.on_shutdown.append(stop_maintenance_task)
+    # Started with the app, in this order, and stopped in the reverse order once the app has
+    # answered its in-flight requests: the writer last, after committing everything queued and
+    # before whoever owns the pool closes it.
+    for component in (writer, maintenance):
+        app.cleanup_ctx.append(_running(component))
     return app

@@ -5,7 +5,7 @@ One error path: whatever a command raises ends in `main`, which prints one line
 `service.cli_errors`) and returns 2 for usage and configuration, 1 for everything else. The
 traceback is logged only with `TELEMETRY_LOG_LEVEL=DEBUG`. Commands that use a database check
 it first (`service.db.preflight`): reachable, in a storage mode it can take, and at head for the
-groups in `_NEEDS_HEAD`.
+groups marked `needs_head` in `GROUPS`.
 """
 
 from __future__ import annotations
@@ -15,20 +15,50 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from service.admin import register as register_admin
+from service import admin, serve
 from service.cli_errors import check_url, explain
 from service.db.embedded import resolve_database_url
 from service.db.preflight import check_database
-from service.migrations import verbs as migrate_verbs
+from service.migrations import verbs as migrate
 from service.migrations.verbs import NotConfirmed
+from service.retention import commands as retention
 from service.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """A command group: a module's `register(subparsers)` and `run(args, settings)`, and what
+    the group needs first.
+
+    The database is resolved here, once, for every group: the URL from `DATABASE_URL`, or else
+    the embedded cluster in `TELEMETRY_DATA_DIR` started (or joined); `run` gets the URL as
+    `settings.database_url`. `serve` keeps the embedded cluster as long as it serves and it is
+    stopped here on the way out; the one-shot groups leave it running for the next command."""
+
+    register: Callable[[argparse._SubParsersAction], None]  # type: ignore[type-arg]
+    run: Callable[[argparse.Namespace, Settings], int]
+    # Whether this invocation uses a database (migrate's offline verbs work from the scripts).
+    uses_database: Callable[[argparse.Namespace], bool] = lambda args: True
+    # Checked here before `run`: reachable, mode, at head. serve and migrate check for themselves
+    # (serve waits for the database first; migrate works below head).
+    needs_head: bool = False
+    # The embedded cluster lives as long as the command: serve.
+    stops_embedded: bool = False
+
+
+GROUPS: dict[str, Group] = {
+    "serve": Group(serve.register, serve.run, stops_embedded=True),
+    "migrate": Group(migrate.register, migrate.run, uses_database=migrate.uses_database),
+    "retention": Group(retention.register, retention.run, needs_head=True),
+    "admin": Group(admin.register, admin.run, needs_head=True),
+}
 
 
 class _Version(argparse.Action):
@@ -46,48 +76,13 @@ class _Version(argparse.Action):
         parser.exit()
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="telemetry", description=__doc__)
     parser.add_argument("--version", action=_Version, help="print the version and the schema head, then exit")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="run the HTTP service")
-    serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
-    serve.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
-    serve.add_argument(
-        "--workers", type=_positive, default=1, help="processes sharing the port (SO_REUSEPORT); default 1"
-    )
-
-    migrate_verbs.register(sub)
-
-    retention = sub.add_parser("retention", help="retention windows and cleanup")
-    rverbs = retention.add_subparsers(dest="verb", required=True)
-    rverbs.add_parser("show", help="per-table retention state")
-    rset = rverbs.add_parser("set", help="change a table's window")
-    rset.add_argument("table")
-    rset.add_argument("window", help="e.g. 2d, 36h, 90m, or seconds")
-    rrun = rverbs.add_parser("run", help="run retention now (the cron-able cleanup job)")
-    rrun.add_argument("table", nargs="?")
-    rrun.add_argument("--dry-run", action="store_true")
-    rverbs.add_parser(
-        "check", help="exit 1, one line per problem, unless every window holds and every job succeeds"
-    )
-
-    register_admin(sub)
+    for group in GROUPS.values():
+        group.register(sub)
     return parser
-
-
-# Verbs that read the operators', enrollment and retention tables need the schema this code
-# was written for.
-_NEEDS_HEAD = {"admin", "retention"}
 
 
 @dataclass
@@ -107,47 +102,21 @@ def _heads() -> frozenset[str]:
     return frozenset(script.get_heads())
 
 
-def _database(settings: Settings, inv: Invocation) -> str:
+def _run(args: argparse.Namespace, settings: Settings, inv: Invocation) -> int:
+    group = GROUPS[args.command]
+    if not group.uses_database(args):
+        return group.run(args, settings)
     inv.url = settings.database_url
     check_url(settings.database_url)
-    url, _ = resolve_database_url(settings.database_url, settings.data_dir)
+    url, cluster = resolve_database_url(settings.database_url, settings.data_dir)
     inv.url = url
-    return url
-
-
-def _run(args: argparse.Namespace, settings: Settings, inv: Invocation) -> int:
-    match args.command:
-        case "migrate":
-            if not (getattr(args, "sql", False) or args.verb in migrate_verbs.OFFLINE_VERBS):
-                _database(settings, inv)
-            return migrate_verbs.run(args, settings, inv.url)
-        case "serve":
-            from service import event_loop
-            from service.serve import serve
-
-            inv.url = settings.database_url
-            check_url(settings.database_url)
-            return event_loop.run(
-                serve(
-                    settings,
-                    host=args.host,
-                    port=args.port,
-                    migrate=not args.no_migrate,
-                    workers=args.workers,
-                    invocation=inv,
-                ),
-                settings.event_loop,
-            )
-        case "retention":
-            from service.retention.commands import run_retention_command as run
-        case "admin":
-            from service.admin import run_admin_command as run
-        case _:
-            raise ValueError(f"unknown command {args.command!r}")
-    url = _database(settings, inv)
-    need_head = _heads() if args.command in _NEEDS_HEAD else None
-    asyncio.run(check_database(url, settings, need_head=need_head))
-    return run(args, settings)
+    try:
+        if group.needs_head:
+            asyncio.run(check_database(url, settings, need_head=_heads()))
+        return group.run(args, replace(settings, database_url=url))
+    finally:
+        if cluster is not None and group.stops_embedded:
+            cluster.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,9 @@
-"""`telemetry serve`: database (given or embedded) → migrations under the advisory lock → app.
+"""`telemetry serve`: database (given or embedded, resolved by `service.cli`) → migrations
+under the advisory lock → app.
 
-SIGTERM or SIGINT stops intake, lets the writer commit everything queued, answers in-flight
-requests, closes the pool and, for the embedded cluster, stops PostgreSQL.
+SIGTERM or SIGINT stops intake, answers in-flight requests, then lets the writer commit
+everything queued (the app's cleanup) and closes the pool; `service.cli` then stops the
+embedded cluster, if it runs one.
 
 `--workers N` (N > 1): this process waits for the database and migrates once, then starts N
 worker processes that share the port with `SO_REUSEPORT` (the kernel spreads connections over
@@ -15,6 +17,7 @@ exit code is 0 only if every worker drained and exited 0. A worker that dies sto
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -24,22 +27,15 @@ import socket
 import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING
 
-from aiohttp import web
 from alembic.script import ScriptDirectory
 
 from service import event_loop
-from service.app import create_app, create_pool
 from service.cli_errors import explain
 from service.db import storage_mode
-from service.db.embedded import resolve_database_url
 from service.db.preflight import check_database, wait_for_database
 from service.migrations.commands import Migrator
 from service.settings import Settings
-
-if TYPE_CHECKING:
-    from service.cli import Invocation
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +45,48 @@ def head_revisions(migrator: Migrator) -> frozenset[str]:
     return frozenset(script.get_heads())
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = subparsers.add_parser("serve", help="run the HTTP service")
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--no-migrate", action="store_true", help="do not run migrations at start")
+    serve.add_argument(
+        "--workers", type=_positive, default=1, help="processes sharing the port (SO_REUSEPORT); default 1"
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """`settings.database_url` is the resolved URL (`service.cli`)."""
+    return event_loop.run(
+        serve(settings, host=args.host, port=args.port, migrate=not args.no_migrate, workers=args.workers),
+        settings.event_loop,
+    )
+
+
 async def serve(
-    settings: Settings,
-    *,
-    host: str | None,
-    port: int | None,
-    migrate: bool,
-    workers: int = 1,
-    invocation: Invocation | None = None,
+    settings: Settings, *, host: str | None, port: int | None, migrate: bool, workers: int = 1
 ) -> int:
-    """Serve until SIGTERM/SIGINT. The database is waited for (`TELEMETRY_DB_WAIT_SECONDS`)
-    before anything else; `/health` reports ready only once it answers at the head revision."""
+    """Serve `settings.database_url` until SIGTERM/SIGINT. The database is waited for
+    (`TELEMETRY_DB_WAIT_SECONDS`) before anything else; `/health` reports ready only once it
+    answers at the head revision."""
     host = host or settings.host
     port = settings.port if port is None else port
-    url, cluster = await asyncio.to_thread(resolve_database_url, settings.database_url, settings.data_dir)
-    if invocation is not None:
-        invocation.url = url
-    try:
-        reason = lambda exc: explain(exc, url).message.split(";")[0]  # noqa: E731
-        await wait_for_database(url, settings, log, describe=reason)
-        await check_database(url, settings)
-        if workers > 1:
-            return await _serve_workers(settings, url, host=host, port=port, migrate=migrate, workers=workers)
-        return await _serve(settings, url, host=host, port=port, migrate=migrate)
-    finally:
-        if cluster is not None:
-            await asyncio.to_thread(cluster.stop)
+    url = settings.database_url
+    if not url:
+        raise ValueError("serve needs a resolved database URL (service.cli resolves it)")
+    reason = lambda exc: explain(exc, url).message.split(";")[0]  # noqa: E731
+    await wait_for_database(url, settings, log, describe=reason)
+    await check_database(url, settings)
+    if workers > 1:
+        return await _serve_workers(settings, url, host=host, port=port, migrate=migrate, workers=workers)
+    return await _serve(settings, url, host=host, port=port, migrate=migrate)
 
 
 async def _migrate(settings: Settings, url: str) -> Migrator:
@@ -95,6 +107,11 @@ async def _serve(
     reuse_port: bool = False,
     listening: Callable[[str], None] | None = None,
 ) -> int:
+    # Imported here: the whole HTTP layer, which the CLI's other groups do not need to load.
+    from aiohttp import web
+
+    from service.app import create_app, create_pool
+
     if migrate:
         migrator = await _migrate(settings, url)
     else:

@@ -8,6 +8,8 @@ import re
 import msgspec
 from aiohttp import web
 
+from service.api.responses import json_response
+
 
 class ApiError(Exception):
     def __init__(
@@ -32,12 +34,7 @@ class ApiError(Exception):
             body["field"] = self.field
         if request_id is not None:
             body["request_id"] = request_id
-        return web.Response(
-            status=self.status,
-            body=msgspec.json.encode({"error": body}),
-            content_type="application/json",
-            headers=self.headers,
-        )
+        return json_response({"error": body}, self.status, self.headers)
 
 
 def bad_request(message: str, field: str | None = None, code: str = "invalid") -> ApiError:

@@ -1,9 +1,20 @@
-"""Request middleware: a request id on every response, JSON error bodies for every failure (with
-generic messages: the cause goes to the log under the request id), and per-route metrics."""
+"""Request middleware: one named step per job, applied in the order of `MIDDLEWARES` (outermost
+first). Each step sees what the steps before it let through:
+
+1. `record_metrics`: every response, error bodies included, is counted per route and status,
+   and timed per route.
+2. `map_errors`: every response carries the request id; every failure becomes a JSON error body
+   with a generic message (the cause goes to the log under the request id).
+3. `shed_when_stalled`: while the database is stalled, a /v1/ request is answered 503 at once
+   rather than queued behind it (health, metrics and the document still answer).
+4. `refuse_nul_paths`: a path parameter holding U+0000 names nothing: 404 naming the parameter.
+5. `track_reads`: a /v1/ read is tracked whole by the database watchdog.
+
+A new check is one more step, put in `MIDDLEWARES` where its order requires.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 
@@ -24,6 +35,16 @@ _HTTP_CODES = {
     413: "body_too_large",
     415: "unsupported_media_type",
 }
+
+
+def route_of(request: web.Request) -> str:
+    """The route's path template (`/v1/devices/{device_id}`), or "unmatched"."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _needs_database(route: str) -> bool:
+    return route.startswith("/v1/")
 
 
 def _to_error(request: web.Request, exc: BaseException) -> ApiError:
@@ -75,36 +96,61 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
 
 
 @web.middleware
-async def errors_and_metrics(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def record_metrics(request: web.Request, handler: web.Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else "unmatched"
-    svc = request.app[SERVICES]
-    rid = request_id.of(request)
-    try:
-        if route.startswith("/v1/") and svc.watchdog.stalled:
-            # Every /v1/ endpoint needs the database: while it is stalled, answer at once
-            # rather than queue behind it (health, metrics and the document still answer).
-            svc.metrics.shed_requests.labels(route).inc()
-            svc.watchdog.ensure_responsive()
-        for name, value in request.match_info.items():
-            # PostgreSQL text cannot hold U+0000: such an id names nothing, and binding it to
-            # a query would fail the query rather than find nothing (bodies: validation).
-            if "\x00" in value:
-                raise not_found(f"no {name} {value!r}", field=name)
-        # A read is one short stretch of database work, so the watchdog tracks it whole (a
-        # write's wait is its commit, which the writer tracks per flush attempt).
-        reading = route.startswith("/v1/") and request.method == "GET"
-        with svc.watchdog.track() if reading else contextlib.nullcontext():
-            response = await handler(request)
-    except Exception as exc:  # every failure becomes a JSON error body
-        error = _to_error(request, exc)
-        if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | DatabaseStalled | WriterClosed):
-            log.warning("request %s: %s %s → %d %s", rid, request.method, route, error.status, error.code)
-        response = error.response(rid)
-    if not response.prepared:  # a streamed response has sent its headers already
-        response.headers[request_id.HEADER] = rid
-    metrics = svc.metrics
+    response = await handler(request)
+    route = route_of(request)
+    metrics = request.app[SERVICES].metrics
     metrics.requests.labels(request.method, route, str(response.status)).inc()
     metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
     return response
+
+
+@web.middleware
+async def map_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    rid = request_id.of(request)
+    try:
+        response = await handler(request)
+    except Exception as exc:  # every failure becomes a JSON error body
+        error = _to_error(request, exc)
+        if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | DatabaseStalled | WriterClosed):
+            log.warning(
+                "request %s: %s %s → %d %s", rid, request.method, route_of(request), error.status, error.code
+            )
+        response = error.response(rid)
+    if not response.prepared:  # a streamed response has sent its headers already
+        response.headers[request_id.HEADER] = rid
+    return response
+
+
+@web.middleware
+async def shed_when_stalled(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    route = route_of(request)
+    svc = request.app[SERVICES]
+    if _needs_database(route) and svc.watchdog.stalled:
+        svc.metrics.shed_requests.labels(route).inc()
+        svc.watchdog.ensure_responsive()
+    return await handler(request)
+
+
+@web.middleware
+async def refuse_nul_paths(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    for name, value in request.match_info.items():
+        # PostgreSQL text cannot hold U+0000: such an id names nothing, and binding it to a
+        # query would fail the query rather than find nothing (bodies: validation).
+        if "\x00" in value:
+            raise not_found(f"no {name} {value!r}", field=name)
+    return await handler(request)
+
+
+@web.middleware
+async def track_reads(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    # A read is one short stretch of database work, so the watchdog tracks it whole (a write's
+    # wait is its commit, which the writer tracks per flush attempt).
+    if request.method == "GET" and _needs_database(route_of(request)):
+        with request.app[SERVICES].watchdog.track():
+            return await handler(request)
+    return await handler(request)
+
+
+MIDDLEWARES = (record_metrics, map_errors, shed_when_stalled, refuse_nul_paths, track_reads)

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from service.api import schemas
 from service.api.endpoint import TEXT_PARAMETER, Endpoint
+from service.api.responses import json_response
 
 OPENAPI = web.AppKey("openapi", dict)
 
@@ -149,4 +150,4 @@ def _describe(status: int) -> str:
 
 
 async def serve_openapi(request: web.Request) -> web.Response:
-    return web.json_response(request.app[OPENAPI])
+    return json_response(request.app[OPENAPI])

@@ -45,6 +45,19 @@ async def connect(url: str, settings: Settings) -> asyncpg.Connection:
         return await asyncpg.connect(asyncpg_dsn(url), timeout=timeout)
 
 
+def read_revisions(url: str, settings: Settings) -> frozenset[str]:
+    """`current_revisions` of the database at `url`, from synchronous code (the CLI)."""
+
+    async def read() -> frozenset[str]:
+        conn = await connect(url, settings)
+        try:
+            return await current_revisions(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
 async def current_revisions(conn: asyncpg.Connection) -> frozenset[str]:
     exists = await conn.fetchval("SELECT to_regclass('alembic_version') IS NOT NULL")
     if not exists:

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from service.db.time_series import HEARTBEATS, Execute, interval_literal
+from service.db.time_series import HEARTBEATS, Execute, coverage, interval_literal
 from service.retention.windows import format_window
+from service.settings import RetentionWindows
 
 RollupMechanism = Literal["continuous_aggregate", "rollup_table"]
 
@@ -69,6 +70,7 @@ class Rollup:
         return self.start_offset + self.source_interval + self.schedule
 
 
+_DEFAULTS = RetentionWindows()  # the default windows are written in settings.py only
 HOURLY = Rollup(
     name="device_heartbeats_hourly",
     time_column="hour",
@@ -76,7 +78,7 @@ HOURLY = Rollup(
     source=HEARTBEATS.name,
     source_interval=HEARTBEATS.chunk_interval,
     interval=timedelta(days=7),
-    default_window=timedelta(days=90),
+    default_window=_DEFAULTS.device_heartbeats_hourly,
     start_offset=timedelta(days=1),
     end_offset=timedelta(hours=1),
     schedule=timedelta(minutes=30),
@@ -89,7 +91,7 @@ FLEET_DAILY = Rollup(
     source=HOURLY.name,
     source_interval=HOURLY.interval,
     interval=timedelta(days=30),
-    default_window=timedelta(days=400),
+    default_window=_DEFAULTS.fleet_daily,
     start_offset=timedelta(days=3),
     end_offset=timedelta(hours=1),
     schedule=timedelta(hours=1),
@@ -229,11 +231,9 @@ CREATE TABLE {FLEET_DAILY.name} (
 """,
     ]
     for r in ROLLUPS:
-        out.append(
-            f"SELECT telemetry_ensure_partitions('{r.name}', {interval_literal(r.interval)}, "
-            f"now() - {interval_literal(windows[r.name])} - {interval_literal(r.interval)}, "
-            f"now() + {interval_literal(lookahead)})"
-        )
+        step = interval_literal(r.interval)
+        bounds = coverage(interval_literal(windows[r.name]), interval_literal(lookahead), slack=step)
+        out.append(f"SELECT telemetry_ensure_partitions('{r.name}', {step}, {bounds})")
         out.append(f"INSERT INTO {WATERMARKS} (rollup) VALUES ('{r.name}') ON CONFLICT DO NOTHING")
     return out
 

@@ -136,15 +136,32 @@ def drop_partition_functions(execute: Execute) -> None:
     execute(f"DROP SCHEMA IF EXISTS {PARTITION_SCHEMA} CASCADE")
 
 
+def coverage(window: str, ahead: str, *, slack: str | None = None) -> str:
+    """The one definition of the time range partitions must cover, as the `from_ts, to_ts`
+    arguments of `telemetry_ensure_partitions` (each argument a SQL interval expression: a
+    literal, a bind parameter or a `retention_policies` column).
+
+    The range runs from the oldest time a write may carry, `now - window`, to `now + ahead`.
+    With `slack` (one partition interval) it starts one interval earlier, which creates at most
+    one partition whose rows are all expired already (the next maintenance round drops it):
+    * without slack: what retention keeps, at `retention set` and at every maintenance round
+      (there, slack would re-create each round the partition that the round's drop step
+      removes);
+    * with slack: partitions made in one go, by the migrations (tables and rollups) and by the
+      writer after an insert found no partition; a row accepted just before `now - window`
+      moved past it still finds one.
+    """
+    lower = f"now() - {window}" if slack is None else f"now() - {window} - {slack}"
+    return f"{lower}, now() + {ahead}"
+
+
 def ensure_partitions_sql(
     table: TimeSeriesTable, window: timedelta, lookahead: timedelta, interval: timedelta | None = None
 ) -> str:
     """SQL creating the partitions that cover [now - window - interval, now + lookahead]."""
     step = interval_literal(interval or table.chunk_interval)
-    return (
-        f"SELECT telemetry_ensure_partitions('{table.name}', {step}, "
-        f"now() - {interval_literal(window)} - {step}, now() + {interval_literal(lookahead)})"
-    )
+    bounds = coverage(interval_literal(window), interval_literal(lookahead), slack=step)
+    return f"SELECT telemetry_ensure_partitions('{table.name}', {step}, {bounds})"
 
 
 # --- TimescaleDB: hypertables and retention policies ------------------------------------------

@@ -14,6 +14,7 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from service.db.time_series import coverage
 from service.ingest.rows import (
     AckOutcome,
     AckResult,
@@ -70,10 +71,12 @@ RETURNING id, ts
 """
 
 # Plain-PostgreSQL mode: make sure partitions cover every accepted timestamp (used when an
-# insert found no partition, e.g. after the maintenance task could not run for a while).
-ENSURE_PARTITIONS_NOW = """
+# insert found no partition, e.g. after the maintenance task could not run for a while). One
+# day ahead is past the newest accepted time (now + max clock skew); for the slack below, see
+# `coverage`.
+ENSURE_PARTITIONS_NOW = f"""
 SELECT telemetry_ensure_partitions(
-    table_name, partition_interval, now() - drop_after - partition_interval, now() + interval '1 day'
+    table_name, partition_interval, {coverage("drop_after", "interval '1 day'", slack="partition_interval")}
 ) FROM retention_policies WHERE partition_interval IS NOT NULL
 """
 

@@ -17,7 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.db.preflight import connect, current_revisions
+from service.db.preflight import read_revisions
 from service.migrations.backup import restore_command, write_backup
 from service.migrations.commands import Migrator
 from service.settings import Settings
@@ -63,19 +63,6 @@ def wait_until_ready(url: str, heads: frozenset[str], timeout: float) -> HealthR
     return reading
 
 
-def _current(url: str, settings: Settings) -> frozenset[str]:
-    import asyncio
-
-    async def read() -> frozenset[str]:
-        conn = await connect(url, settings)
-        try:
-            return await current_revisions(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(read())
-
-
 def deploy(
     migrator: Migrator,
     *,
@@ -86,7 +73,7 @@ def deploy(
     timeout: float,
 ) -> int:
     heads = frozenset(migrator.script().get_heads())
-    start = _current(url, settings)
+    start = read_revisions(url, settings)
     if len(start) > 1:
         raise ValueError("the database has several heads; merge them before deploying")
     start_rev = next(iter(start)) if start else "base"
@@ -108,7 +95,7 @@ def deploy(
         at = ", ".join(sorted(heads))
         failure = f"{health_url} did not report ready at {at} within {timeout:g}s ({reading.detail})"
     print(f"telemetry migrate: {failure}; rolling back to {start_rev}", file=sys.stderr)
-    if _current(url, settings) != start:
+    if read_revisions(url, settings) != start:
         migrator.downgrade(start_rev)
     print(f"telemetry migrate: schema back at {start_rev}", file=sys.stderr)
     if backup is not None:

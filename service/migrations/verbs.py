@@ -15,8 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from service.db.embedded import resolve_database_url
-from service.db.preflight import check_database, connect, current_revisions
+from service.db.preflight import check_database, read_revisions
 from service.migrations.backup import write_backup
 from service.migrations.commands import MigrationError, Migrator
 from service.retention.windows import WindowError, parse_window
@@ -79,12 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     deploy.add_argument("--timeout", default="60s", help="how long to wait for ready (default 60s)")
 
 
-def database_url(args: argparse.Namespace, settings: Settings) -> str | None:
-    """The URL the verb runs against; None for verbs that work from the scripts alone."""
-    if getattr(args, "sql", False) or args.verb in OFFLINE_VERBS:
-        return None
-    url, _ = resolve_database_url(settings.database_url, settings.data_dir)
-    return url
+def uses_database(args: argparse.Namespace) -> bool:
+    """False for verbs that work from the scripts alone (and for offline SQL)."""
+    return not (getattr(args, "sql", False) or args.verb in OFFLINE_VERBS)
 
 
 def _confirm_drops(
@@ -92,14 +88,7 @@ def _confirm_drops(
 ) -> None:
     from service.migrations.drops import planned_drops, resolve_target
 
-    async def read() -> frozenset[str]:
-        conn = await connect(url, settings)
-        try:
-            return await current_revisions(conn)
-        finally:
-            await conn.close()
-
-    current = asyncio.run(read())
+    current = read_revisions(url, settings)
     target = resolve_target(migrator, current, args.revision)
     drops = planned_drops(settings, url, mode, current, target)
     if not drops:
@@ -116,7 +105,10 @@ def _confirm_drops(
     raise NotConfirmed("downgrade not confirmed: pass --yes to drop the above (nothing was changed)")
 
 
-def run(args: argparse.Namespace, settings: Settings, url: str | None) -> int:
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the parsed `migrate` verb; `settings.database_url` is the resolved URL
+    (`service.cli`) for the verbs that use a database."""
+    url = settings.database_url if uses_database(args) else None
     if args.mode is not None:
         settings = replace(settings, storage_mode=args.mode)
     migrator = Migrator(settings=settings, database_url=url, mode=settings.storage_mode)

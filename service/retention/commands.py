@@ -20,7 +20,6 @@ from typing import TextIO
 
 import asyncpg
 
-from service.db.embedded import resolve_database_url
 from service.db.rollups import GuardError, check_guard
 from service.db.time_series import TIME_SERIES_TABLES, TimeSeriesTable
 from service.db.urls import asyncpg_dsn
@@ -46,8 +45,24 @@ def _fail(message: object) -> None:
     print(f"{PREFIX}: {message}", file=sys.stderr)
 
 
-def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the parsed `retention` subcommand; returns the process exit code."""
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    retention = subparsers.add_parser("retention", help="retention windows and cleanup")
+    verbs = retention.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("show", help="per-table retention state")
+    set_ = verbs.add_parser("set", help="change a table's window")
+    set_.add_argument("table")
+    set_.add_argument("window", help="e.g. 2d, 36h, 90m, or seconds")
+    run_ = verbs.add_parser("run", help="run retention now (the cron-able cleanup job)")
+    run_.add_argument("table", nargs="?")
+    run_.add_argument("--dry-run", action="store_true")
+    verbs.add_parser(
+        "check", help="exit 1, one line per problem, unless every window holds and every job succeeds"
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the parsed `retention` verb against `settings.database_url` (resolved by
+    `service.cli`); returns the process exit code."""
     # Input is checked before touching the database, so a typo fails fast and changes nothing.
     try:
         match args.verb:
@@ -118,8 +133,7 @@ def run_retention_command(args: argparse.Namespace, settings: Settings) -> int:
 
     # Database failures (unreachable, refused credentials, a forced mode the database was not
     # built in, no schema) go to the CLI's one error path.
-    url, _ = resolve_database_url(settings.database_url, settings.data_dir)
-    return asyncio.run(_with_connection(url, settings, work))
+    return asyncio.run(_with_connection(settings.database_url or "", settings, work))
 
 
 async def _with_connection(

@@ -116,6 +116,8 @@ class PartitionMaintenance:
 
     `run_forever` runs a round at once, then one every `settings.maintenance_interval` until
     `stop` is set, and never raises for a failed round: it logs it and tries again next time.
+    `start()` runs it as a task until `stop()`, which returns once the task has ended (the
+    writer's shape: the app starts and stops both the same way).
 
     Windows and partition intervals are read from `retention_policies` at every round, so
     `telemetry retention set` takes effect at the next round of every instance.
@@ -137,6 +139,8 @@ class PartitionMaintenance:
         # only what arrived since (see service.rollout.verification).
         self._versions_read = False
         self._settings = settings
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._mode = mode
         self._metrics = metrics
         # The last state each job was seen in, so a failing job is logged once, not every round.
@@ -362,6 +366,16 @@ class PartitionMaintenance:
         if self._metrics is not None:
             _export(health, self._metrics)
         return health
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("maintenance is already started")
+        self._task = asyncio.create_task(self.run_forever(self._stop), name="partition-maintenance")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -20,7 +20,7 @@ import asyncpg
 from service.db import locks, storage_mode
 from service.db.rollups import check_guard
 from service.db.storage_mode import StorageModeError, decide
-from service.db.time_series import BY_NAME, TIME_SERIES_TABLES, TimeSeriesTable
+from service.db.time_series import BY_NAME, TIME_SERIES_TABLES, TimeSeriesTable, coverage
 from service.retention.audit import AUDIT_TABLES
 from service.settings import ModeChoice, StorageMode
 
@@ -57,9 +57,9 @@ FROM timescaledb_information.jobs WHERE job_id = $1
 """
 
 # Partitions covering [now - window, now + ahead]: the oldest one holds `now - window`, the
-# oldest time a write may carry, so none of them is expired yet.
-ENSURE_PARTITIONS = """
-SELECT telemetry_ensure_partitions($1, $2::interval, now() - $3::interval, now() + $4::interval)
+# oldest time a write may carry, so none of them is expired yet (`coverage` without slack).
+ENSURE_PARTITIONS = f"""
+SELECT telemetry_ensure_partitions($1, $2::interval, {coverage("$3::interval", "$4::interval")})
 """
 
 
