@@ -17,9 +17,9 @@ from service.migrations.commands import Migrator
 from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-EARLIER = "81159e67ec7f"
-PREVIOUS = "e8b24c6a1f93"
-HEAD = "f2c7a9d41e58"
+EARLIER = "e8b24c6a1f93"
+PREVIOUS = "f2c7a9d41e58"
+HEAD = "a9d3e5f7b1c2"
 
 
 async def user_tables(url: str) -> set[str]:
