@@ -3,7 +3,7 @@ pull with 1 M commands stored, and the rollout funnel with 100,000 devices and 1
 events, per storage mode.
 
     .venv/bin/python -m benchmarks.commands [--devices 100000] [--commands 1000000]
-        [--downloads 1000000] [--acks 20000] [--ack-clients 100]
+        [--downloads 1000000] [--acks 20000] [--ack-clients 100] [--ack-windows-ms 1 10]
 
 Pre-fill (INSERT … SELECT, timed): `devices` enrolled devices (credential `dev_bench-<i>`);
 `commands` commands spread over 90 days (96 % executed, 2 % delivered, 2 % pending); 10 APK
@@ -18,8 +18,9 @@ Measured:
 * acks through the writer: `acks` fresh commands dispatched through the writer, then acked
   `delivered` by `ack-clients` concurrent callers of `GroupCommitWriter.submit_acks`, one ack
   per call, as the handler does: throughput and per-call latency (the writer's own settings:
-  5 ms batch window, 2 flushers). The same acks over HTTP (aiohttp client in the same process,
-  `ack-clients` connections, acking `executed`) are reported beside them.
+  5 ms batch window, 2 flushers); then fresh acks again with each `--ack-windows-ms` window
+  (the flush size / latency trade-off). The first acks are then acked `executed` over HTTP
+  (aiohttp client in the same process, `ack-clients` connections), reported beside them.
 * `GET /v1/device/commands` over HTTP, each request from another device (so the credential
   lookup is included), sequential: p50 / p95.
 * `GET /v1/apk-versions/{build}/rollout` over HTTP for the rolled-out build, sequential; and
@@ -36,7 +37,7 @@ import random
 import statistics
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -163,14 +164,21 @@ async def prefill(conn: asyncpg.Connection, mode: StorageMode, args: argparse.Na
     return time.perf_counter() - started
 
 
-async def writer_acks(url: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Fresh commands dispatched through the writer, then acked through it, one ack per call."""
+async def writer_acks(
+    url: str,
+    settings: Settings,
+    args: argparse.Namespace,
+    window: timedelta | None = None,
+    prefix: str = "ack",
+) -> dict[str, Any]:
+    """Fresh commands dispatched through the writer, then acked through it, one ack per call;
+    with the writer's batch window from `settings` unless `window` is given."""
     pool = await create_pool(url, settings)
     metrics = Metrics()
-    writer = GroupCommitWriter(pool, metrics, batch_window=settings.batch_window)
+    writer = GroupCommitWriter(pool, metrics, batch_window=window or settings.batch_window)
     await writer.start()
     now = datetime.now(UTC)
-    ids = [f"ack-{i}" for i in range(args.acks)]
+    ids = [f"{prefix}-{i}" for i in range(args.acks)]
     try:
         for lo in range(0, len(ids), 1000):
             await writer.submit_dispatches(
@@ -282,6 +290,10 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
             assert report.error is None, report.error
     settings = replace(settings, database_url=url)
     result["writer_acks"] = await writer_acks(url, settings, args)
+    for ms in args.ack_windows_ms:  # the flush size / latency trade-off, same acks, other windows
+        result[f"writer_acks_{ms:g}ms"] = await writer_acks(
+            url, settings, args, timedelta(milliseconds=ms), prefix=f"ack{ms:g}ms"
+        )
     pool = await create_pool(url, settings)
     app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
     runner = web.AppRunner(app)
@@ -346,6 +358,13 @@ def main() -> None:
     parser.add_argument("--pulls", type=int, default=500)
     parser.add_argument("--rollouts", type=int, default=50)
     parser.add_argument("--mode", choices=["postgres", "timescale"], default=None)
+    parser.add_argument(
+        "--ack-windows-ms",
+        type=float,
+        nargs="*",
+        default=[1.0, 10.0],
+        help="acks through the writer again with these batch windows (ms), after the default one",
+    )
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     print(
@@ -365,6 +384,15 @@ def main() -> None:
         (
             "same, flushes: acks per flush / mean flush ms",
             lambda r: "{rows_per_flush:.0f} / {flush_ms:.1f}".format(**r["writer_acks"]),
+        ),
+        *(
+            (
+                f"same with a {ms:g} ms batch window: acks/s, p50 / p95 ms, acks per flush",
+                lambda r, ms=ms: "{per_s:,.0f}, {p50:.1f} / {p95:.1f}, {rows_per_flush:.0f}".format(
+                    **r[f"writer_acks_{ms:g}ms"]
+                ),
+            )
+            for ms in args.ack_windows_ms
         ),
         ("acks over HTTP (client in the same process), acks/s", lambda r: f"{r['http_acks']['per_s']:,.0f}"),
         ("same, p50 / p95 ms", lambda r: "{p50:.1f} / {p95:.1f}".format(**r["http_acks"])),

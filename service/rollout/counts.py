@@ -13,11 +13,13 @@ Guarantees:
   chunks older than the window. `prune_download_counts` drops hours older than the window plus
   one chunk interval (no read sums them; a window lengthened by up to a chunk still counts
   the raw events that are left).
-* Installations: `apk_installation_counts` per (version, slot, status, verified), kept by row
-  triggers on `apk_installations` (`INSTALLATION_TRIGGERS`), so every path that changes an
-  installation (a device's report, heartbeat verification, a device's deletion cascading,
-  hand-made rows) moves the counts in the same statement. `slot` = the device id's hash & 15:
-  one build's concurrent reports spread over 16 rows instead of queueing on one row lock.
+* Installations: `apk_installation_counts` per (version, slot, status, verified), kept by
+  statement triggers with transition tables on `apk_installations` (`INSTALLATION_TRIGGERS`):
+  every path that changes installations (a device's report, heartbeat verification, a device's
+  deletion cascading, hand-made rows) moves the counts in the same statement, with one grouped
+  upsert per statement taken in key order (no deadlock between two statements). `slot` = the
+  device id's hash & 15: one build's concurrent reports spread over 16 rows instead of queueing
+  on one row lock (reads sum the slots, so a slot need not be stable, only the sum).
 * Snapshot (`refresh_snapshots`, run by the maintenance task after the verification step):
   per version, the devices whose latest heartbeat reports its `version_name` (from
   `device_app_versions`, which that same task keeps) and the median time from download
@@ -55,51 +57,74 @@ ON CONFLICT (build_id, bucket_start, outcome) DO UPDATE SET events = c.events + 
 
 _SLOT = "(hashtext({row}.device_id) & 15)"
 
-# One statement each (a revision runs them one by one).
-INSTALLATION_TRIGGERS = (
-    f"""
-CREATE OR REPLACE FUNCTION telemetry_count_installation() RETURNS trigger
-LANGUAGE plpgsql AS $fn$
-BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        UPDATE apk_installation_counts
-        SET installations = installations - 1, changes = changes + 1
-        WHERE apk_version_id = OLD.apk_version_id AND slot = {_SLOT.format(row="OLD")}
-          AND status = OLD.status AND verified = OLD.verified;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO apk_installation_counts AS c
-            (apk_version_id, slot, status, verified, installations, changes)
-        VALUES (NEW.apk_version_id, {_SLOT.format(row="NEW")}, NEW.status, NEW.verified, 1, 1)
-        ON CONFLICT (apk_version_id, slot, status, verified)
-        DO UPDATE SET installations = c.installations + 1, changes = c.changes + 1;
-    END IF;
-    RETURN NULL;
+# The count rows' deltas of one statement, from its transition tables, upserted in key order:
+# every statement takes its count rows in the same order, so no two can deadlock, and a
+# verification round that confirms 40,000 installs costs one grouped upsert, not 40,000.
+_APPLY = """
+    INSERT INTO apk_installation_counts AS c
+        (apk_version_id, slot, status, verified, installations, changes)
+    SELECT apk_version_id, slot, status, verified, sum(delta), count(*)
+    FROM ({deltas}) d
+    GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+    ON CONFLICT (apk_version_id, slot, status, verified) DO UPDATE SET
+        installations = c.installations + EXCLUDED.installations, changes = c.changes + EXCLUDED.changes;
+"""
+_COLUMNS = "apk_version_id, {slot} AS slot, status, verified, {delta} AS delta"
+_ADDED = f"SELECT {_COLUMNS.format(slot=_SLOT.format(row='n'), delta=1)} FROM new_rows n"
+_REMOVED = f"SELECT {_COLUMNS.format(slot=_SLOT.format(row='o'), delta=-1)} FROM old_rows o"
+# An update counts only rows whose count key or median inputs changed (`changes` tells the
+# snapshot to recompute the median).
+_MOVED = f"""
+        SELECT n.apk_version_id, {_SLOT.format(row='n')} AS slot, n.status, n.verified, 1 AS delta
+        FROM new_rows n JOIN old_rows o ON o.id = n.id
+        WHERE {{changed}}
+        UNION ALL
+        SELECT o.apk_version_id, {_SLOT.format(row='o')}, o.status, o.verified, -1
+        FROM new_rows n JOIN old_rows o ON o.id = n.id
+        WHERE {{changed}}"""
+_CHANGED = (
+    "(n.apk_version_id, n.device_id, n.status, n.verified, n.installed_at, n.download_completed_at)"
+    " IS DISTINCT FROM"
+    " (o.apk_version_id, o.device_id, o.status, o.verified, o.installed_at, o.download_completed_at)"
+)
+
+
+def _function(name: str, deltas: str) -> str:
+    return f"""
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $fn$
+BEGIN{_APPLY.format(deltas=deltas)}    RETURN NULL;
 END
 $fn$
-""",
-    """
-CREATE TRIGGER apk_installations_count_rows
-AFTER INSERT OR DELETE ON apk_installations
-FOR EACH ROW EXECUTE FUNCTION telemetry_count_installation()
-""",
-    """
-CREATE TRIGGER apk_installations_count_changes
-AFTER UPDATE ON apk_installations
-FOR EACH ROW WHEN (
-    OLD.status IS DISTINCT FROM NEW.status OR OLD.verified IS DISTINCT FROM NEW.verified
-    OR OLD.apk_version_id IS DISTINCT FROM NEW.apk_version_id OR OLD.device_id IS DISTINCT FROM NEW.device_id
-    OR OLD.installed_at IS DISTINCT FROM NEW.installed_at
-    OR OLD.download_completed_at IS DISTINCT FROM NEW.download_completed_at
-)
-EXECUTE FUNCTION telemetry_count_installation()
-""",
+"""
+
+
+def _trigger(event: str, transition: str, function: str) -> str:
+    return f"""
+CREATE TRIGGER apk_installations_count_{event.lower()}
+AFTER {event} ON apk_installations REFERENCING {transition}
+FOR EACH STATEMENT EXECUTE FUNCTION {function}()
+"""
+
+
+# One statement each (a revision runs them one by one). PostgreSQL allows transition tables
+# only on single-event triggers: one trigger per event. (An INSERT … ON CONFLICT DO UPDATE fires
+# the INSERT one for the rows it inserted and the UPDATE one for those it updated.) TRUNCATE is
+# not counted: nothing truncates the table but tests, which truncate the counts too.
+INSTALLATION_TRIGGERS = (
+    _function("telemetry_count_installations_added", _ADDED),
+    _function("telemetry_count_installations_removed", _REMOVED),
+    _function("telemetry_count_installations_moved", _MOVED.format(changed=_CHANGED)),
+    _trigger("INSERT", "NEW TABLE AS new_rows", "telemetry_count_installations_added"),
+    _trigger("DELETE", "OLD TABLE AS old_rows", "telemetry_count_installations_removed"),
+    _trigger("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows", "telemetry_count_installations_moved"),
 )
 
 DROP_INSTALLATION_TRIGGERS = (
-    "DROP TRIGGER IF EXISTS apk_installations_count_changes ON apk_installations",
-    "DROP TRIGGER IF EXISTS apk_installations_count_rows ON apk_installations",
-    "DROP FUNCTION IF EXISTS telemetry_count_installation()",
+    *(
+        f"DROP TRIGGER IF EXISTS apk_installations_count_{event} ON apk_installations"
+        for event in ("insert", "delete", "update")
+    ),
+    *(f"DROP FUNCTION IF EXISTS telemetry_count_installations_{f}()" for f in ("added", "removed", "moved")),
 )
 
 BACKFILL_INSTALLATION_COUNTS = f"""
