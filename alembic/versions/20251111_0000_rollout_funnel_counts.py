@@ -1,5 +1,7 @@
-"""The rollout funnel's counts kept ahead of the read: per-hour download counts, per-version
-installation counts (kept by triggers), and the maintenance task's snapshot.
+"""The rollout funnel's counts kept ahead of the read, and the maintenance task's snapshot.
+
+Per-hour download counts, per-version installation counts (kept by triggers), the snapshot of
+devices reporting each version and of the median download → install time.
 
 Revision ID: a9d3e5f7b1c2
 Revises: f2c7a9d41e58
