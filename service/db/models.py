@@ -299,7 +299,7 @@ class ApkDownloadCount(Base):
 
 
 class ApkInstallationCount(Base):
-    """Installations per (version, slot, status, verified), kept by a row trigger on
+    """Installations per (version, slot, status, verified), kept by statement triggers on
     `apk_installations` in the statement that changes the installation (report, verification,
     a device's deletion alike). `slot` (hash of the device id, 0-15) spreads one build's
     concurrent reports over 16 rows, so they do not queue on one row lock. `changes` only
