@@ -3,7 +3,7 @@ pull with 1 M commands stored, and the rollout funnel with 100,000 devices and 1
 events, per storage mode.
 
     .venv/bin/python -m benchmarks.commands [--devices 100000] [--commands 1000000]
-        [--downloads 1000000] [--acks 20000] [--ack-clients 100]
+        [--downloads 1000000] [--acks 20000] [--ack-clients 100] [--ack-windows-ms 1 10]
 
 Pre-fill (INSERT … SELECT, timed): `devices` enrolled devices (credential `dev_bench-<i>`);
 `commands` commands spread over 90 days (96 % executed, 2 % delivered, 2 % pending); 10 APK
@@ -11,17 +11,21 @@ builds, the newest one rolled out to every device: a started and a completed dow
 each, 3 % failed ones, the rest of `downloads` on the older builds, all within the 7-day raw
 window; one installation per device (90 % installed with the download it came from, 5 %
 installing, 5 % failed; half verified) and every device's reported app version (70 % on the new
-build).
+build). The per-hour download counts are filled from the raw events as the writer's merge
+would have counted them; the installation counts by the table's triggers.
 
 Measured:
 * acks through the writer: `acks` fresh commands dispatched through the writer, then acked
   `delivered` by `ack-clients` concurrent callers of `GroupCommitWriter.submit_acks`, one ack
   per call, as the handler does: throughput and per-call latency (the writer's own settings:
-  5 ms batch window, 2 flushers). The same acks over HTTP (aiohttp client in the same process,
-  `ack-clients` connections, acking `executed`) are reported beside them.
+  5 ms batch window, 2 flushers); then fresh acks again with each `--ack-windows-ms` window
+  (the flush size / latency trade-off). The first acks are then acked `executed` over HTTP
+  (aiohttp client in the same process, `ack-clients` connections), reported beside them.
 * `GET /v1/device/commands` over HTTP, each request from another device (so the credential
   lookup is included), sequential: p50 / p95.
-* `GET /v1/apk-versions/{build}/rollout` over HTTP for the rolled-out build, sequential.
+* `GET /v1/apk-versions/{build}/rollout` over HTTP for the rolled-out build, sequential; and
+  the maintenance step that snapshots the funnel's median and reporting devices
+  (`service.rollout.counts.run`), timed once with every median to compute and once unchanged.
 Prints a Markdown table; every figure is measured.
 """
 
@@ -33,7 +37,7 @@ import random
 import statistics
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -49,6 +53,7 @@ from service.ingest.rows import AckResult, AckRow, DispatchRow
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
 from service.migrations.commands import Migrator
+from service.rollout import counts
 from service.serve import head_revisions
 from service.settings import Settings, StorageMode
 
@@ -129,6 +134,8 @@ async def prefill(conn: asyncpg.Connection, mode: StorageMode, args: argparse.Na
         rest,
         n,
     )
+    # What the writer's download merge counts in the same statement as it stores the events.
+    await conn.execute(counts.BACKFILL_DOWNLOAD_COUNTS)
     await conn.execute(
         """
         INSERT INTO apk_installations (device_id, apk_version_id, status, installed_at, failed_at,
@@ -157,14 +164,21 @@ async def prefill(conn: asyncpg.Connection, mode: StorageMode, args: argparse.Na
     return time.perf_counter() - started
 
 
-async def writer_acks(url: str, settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    """Fresh commands dispatched through the writer, then acked through it, one ack per call."""
+async def writer_acks(
+    url: str,
+    settings: Settings,
+    args: argparse.Namespace,
+    window: timedelta | None = None,
+    prefix: str = "ack",
+) -> dict[str, Any]:
+    """Fresh commands dispatched through the writer, then acked through it, one ack per call;
+    with the writer's batch window from `settings` unless `window` is given."""
     pool = await create_pool(url, settings)
     metrics = Metrics()
-    writer = GroupCommitWriter(pool, metrics, batch_window=settings.batch_window)
+    writer = GroupCommitWriter(pool, metrics, batch_window=window or settings.batch_window)
     await writer.start()
     now = datetime.now(UTC)
-    ids = [f"ack-{i}" for i in range(args.acks)]
+    ids = [f"{prefix}-{i}" for i in range(args.acks)]
     try:
         for lo in range(0, len(ids), 1000):
             await writer.submit_dispatches(
@@ -267,8 +281,19 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
         # the TTL) is done here, so that round does not run during the measurements.
         result["expired_before"] = (await expire_commands(conn, settings.command_ttl)).expired
         token = await create_operator(conn, "bench")
+        # The maintenance step behind the funnel's snapshot: first with every median to compute,
+        # then as a later round finds it (nothing changed).
+        for key in ("snapshot_first_ms", "snapshot_again_ms"):
+            started = time.perf_counter()
+            report = await counts.run(conn, settings.retention.apk_download_events)
+            result[key] = (time.perf_counter() - started) * 1000
+            assert report.error is None, report.error
     settings = replace(settings, database_url=url)
     result["writer_acks"] = await writer_acks(url, settings, args)
+    for ms in args.ack_windows_ms:  # the flush size / latency trade-off, same acks, other windows
+        result[f"writer_acks_{ms:g}ms"] = await writer_acks(
+            url, settings, args, timedelta(milliseconds=ms), prefix=f"ack{ms:g}ms"
+        )
     pool = await create_pool(url, settings)
     app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
     runner = web.AppRunner(app)
@@ -333,6 +358,13 @@ def main() -> None:
     parser.add_argument("--pulls", type=int, default=500)
     parser.add_argument("--rollouts", type=int, default=50)
     parser.add_argument("--mode", choices=["postgres", "timescale"], default=None)
+    parser.add_argument(
+        "--ack-windows-ms",
+        type=float,
+        nargs="*",
+        default=[1.0, 10.0],
+        help="acks through the writer again with these batch windows (ms), after the default one",
+    )
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
     print(
@@ -353,6 +385,15 @@ def main() -> None:
             "same, flushes: acks per flush / mean flush ms",
             lambda r: "{rows_per_flush:.0f} / {flush_ms:.1f}".format(**r["writer_acks"]),
         ),
+        *(
+            (
+                f"same with a {ms:g} ms batch window: acks/s, p50 / p95 ms, acks per flush",
+                lambda r, ms=ms: "{per_s:,.0f}, {p50:.1f} / {p95:.1f}, {rows_per_flush:.0f}".format(
+                    **r[f"writer_acks_{ms:g}ms"]
+                ),
+            )
+            for ms in args.ack_windows_ms
+        ),
         ("acks over HTTP (client in the same process), acks/s", lambda r: f"{r['http_acks']['per_s']:,.0f}"),
         ("same, p50 / p95 ms", lambda r: "{p50:.1f} / {p95:.1f}".format(**r["http_acks"])),
         (
@@ -362,6 +403,10 @@ def main() -> None:
         (
             "GET /v1/apk-versions/{build}/rollout, p50 / p95 ms (target p95 <= 50)",
             lambda r: "{p50:.1f} / {p95:.1f}".format(**r["rollout_ms"]),
+        ),
+        (
+            "funnel snapshot (maintenance step), first / unchanged round ms",
+            lambda r: f"{r['snapshot_first_ms']:.0f} / {r['snapshot_again_ms']:.0f}",
         ),
     ]
     for label, cell in rows:

@@ -60,6 +60,9 @@ PROJECT_TABLES = {
     "retention_policies",
     "rollup_watermarks",
     "fleet_daily_recent",
+    "apk_download_counts",
+    "apk_installation_counts",
+    "apk_rollout_snapshots",
     # Tables in postgres mode, continuous aggregates (views) in timescale mode.
     "device_heartbeats_hourly",
     "fleet_daily",

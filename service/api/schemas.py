@@ -452,7 +452,13 @@ class RolloutDownloads(Struct):
     completed: int
     failed: int
     cancelled: int
-    since: Annotated[datetime, Meta(description="Raw download events expire: counted from here on")]
+    since: Annotated[
+        datetime,
+        Meta(
+            description="Raw download events expire: counted from here on"
+            " (the start of the hour the window begins in)"
+        ),
+    ]
     window_seconds: float
 
 
@@ -473,8 +479,13 @@ class RolloutFunnel(Struct):
     devices_reporting_version: Annotated[
         int, Meta(description="Devices whose latest heartbeat reports this version_name")
     ]
-    devices_reporting_as_of: datetime | None
+    devices_reporting_as_of: Annotated[
+        datetime | None, Meta(description="When the maintenance task counted devices_reporting_version")
+    ]
     median_download_to_install_seconds: float | None
+    median_as_of: Annotated[
+        datetime | None, Meta(description="When the maintenance task computed the median")
+    ]
     from_expiring_events: Annotated[
         list[str], Meta(description="The fields computed from raw events that expire (apk_download_events)")
     ]

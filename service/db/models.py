@@ -337,6 +337,55 @@ class DeviceAppVersion(Base):
     updated_at: Mapped[datetime] = mapped_column(server_default=NOW)
 
 
+# --- rollout funnel: counts kept ahead of the read (service.rollout.counts) -------------------
+
+
+class ApkDownloadCount(Base):
+    """Download events per (build, hour, outcome), added in the same statement that stores
+    the events (the writer's download merge). The funnel sums the hours of the raw window (at
+    most 170 rows per outcome); hours older than any raw event still kept are pruned by the
+    maintenance task."""
+
+    __tablename__ = "apk_download_counts"
+
+    build_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(32), primary_key=True)
+    events: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApkInstallationCount(Base):
+    """Installations per (version, slot, status, verified), kept by statement triggers on
+    `apk_installations` in the statement that changes the installation (report, verification,
+    a device's deletion alike). `slot` (hash of the device id, 0-15) spreads one build's
+    concurrent reports over 16 rows, so they do not queue on one row lock. `changes` only
+    grows: the maintenance task recomputes a version's median when their sum moved."""
+
+    __tablename__ = "apk_installation_counts"
+
+    apk_version_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    slot: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    verified: Mapped[bool] = mapped_column(primary_key=True)
+    installations: Mapped[int] = mapped_column(BigInteger)
+    changes: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApkRolloutSnapshot(Base):
+    """What the funnel cannot count cheaply at read time, computed by the maintenance task:
+    devices whose latest heartbeat reports the version (`device_app_versions` is itself kept
+    by that task) and the median time from download completed to installed."""
+
+    __tablename__ = "apk_rollout_snapshots"
+
+    apk_version_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    devices_reporting: Mapped[int] = mapped_column(BigInteger)
+    median_download_to_install_seconds: Mapped[float | None] = mapped_column(Double)
+    # sum(apk_installation_counts.changes) of the version the median was computed from
+    installation_changes: Mapped[int] = mapped_column(BigInteger)
+    as_of: Mapped[datetime]
+
+
 # --- audit ------------------------------------------------------------------------------------
 
 

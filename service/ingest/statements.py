@@ -26,6 +26,7 @@ from service.ingest.rows import (
     DownloadRow,
     HeartbeatRow,
 )
+from service.rollout.counts import hour_of
 from service.settings import PresencePolicy
 
 STAGING_DDL = """
@@ -62,12 +63,22 @@ DOWNLOAD_COLUMNS = ("id", "ts", "build_id", "device_id", "token_id", "outcome", 
 ACK_COLUMNS = ("ord", "request_id", "device_id", "status", "ts", "result", "error")
 
 # Download events carry ids chosen by the writer, so that re-running a flush whose COMMIT
-# outcome was unknown (connection lost mid-commit) cannot store an event twice.
-MERGE_DOWNLOADS = """
-INSERT INTO apk_download_events (id, ts, build_id, device_id, token_id, outcome, bytes_downloaded)
-SELECT id, ts, build_id, device_id, token_id, outcome, bytes_downloaded FROM stage_downloads
-ON CONFLICT DO NOTHING
-RETURNING id, ts
+# outcome was unknown (connection lost mid-commit) cannot store an event twice. The same
+# statement adds the events it stored (and only those) to the rollout funnel's per-hour counts
+# (`service.rollout.counts`), grouped by build, hour and outcome, upserted in key order so that
+# two flushes lock the count rows in the same order.
+MERGE_DOWNLOADS = f"""
+WITH stored AS (
+    INSERT INTO apk_download_events (id, ts, build_id, device_id, token_id, outcome, bytes_downloaded)
+    SELECT id, ts, build_id, device_id, token_id, outcome, bytes_downloaded FROM stage_downloads
+    ON CONFLICT DO NOTHING
+    RETURNING id, ts, build_id, outcome
+), counted AS (
+    INSERT INTO apk_download_counts AS c (build_id, bucket_start, outcome, events)
+    SELECT build_id, {hour_of("ts")}, outcome, count(*) FROM stored GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (build_id, bucket_start, outcome) DO UPDATE SET events = c.events + EXCLUDED.events
+)
+SELECT id, ts FROM stored
 """
 
 # Plain-PostgreSQL mode: make sure partitions cover every accepted timestamp (used when an

@@ -26,7 +26,8 @@ instance at a time, does in this order:
 4b. commands and installs, both modes: marks `expired` the commands with no terminal ack after
    `TELEMETRY_COMMAND_TTL_SECONDS` (`service.commands.expiry`, bounded batches, clock injectable
    through `clock`), records each device's latest reported app version and verifies the installs
-   it confirms (`service.rollout.verification`).
+   it confirms (`service.rollout.verification`), then refreshes the rollout funnel's snapshot
+   and prunes its download counts past the window (`service.rollout.counts`).
 5. timescale mode: runs in the foreground (`CALL run_job`) every project job whose last
    background run failed or that is overdue, so windows hold even where TimescaleDB's scheduler
    fails; a warning with the job's last error is logged once per change of its state.
@@ -72,6 +73,7 @@ from service.retention.cleanup import DROP_LOCK_TIMEOUT, DroppedRange, clean_tab
 from service.retention.health import RetentionHealth, assess, jobs_to_heal, read_jobs
 from service.retention.policies import ENSURE_PARTITIONS, detect_storage_mode, read_policy
 from service.retention.recent_days import RecentDays, refresh_recent_days
+from service.rollout import counts as rollout_counts
 from service.rollout.verification import run as verification_step
 from service.settings import Settings, StorageMode
 
@@ -317,6 +319,10 @@ class PartitionMaintenance:
             errors.append(f"apk_installations: verifying installs failed: {verification.error}")
         else:
             self._versions_read = True
+        # After verification, so the snapshot counts the versions just recorded.
+        funnel = await rollout_counts.run(conn, s.retention.apk_download_events)
+        if funnel.error is not None:
+            errors.append(f"apk_rollout_snapshots: refreshing the rollout funnel failed: {funnel.error}")
         return (expiry.expired, verification.installs_verified), errors
     async def _presence(self, conn: asyncpg.Connection) -> tuple[PresencePass | None, tuple[str, ...]]:
         try:

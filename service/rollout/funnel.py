@@ -1,16 +1,21 @@
 """The rollout funnel of one APK build: downloads → installations → devices running it.
 
-Each part comes from where it is cheapest to read and says how fresh it is:
+The read costs a handful of small index range scans whatever the rollout's size (100,000
+devices read like 10): every part is counted ahead of the read (`service.rollout.counts`
+says how and what is exact), and each part says how fresh it is:
 
-* downloads started / completed / failed / cancelled: raw `apk_download_events` of the build
-  (they expire: only the last `TELEMETRY_RETENTION_DOWNLOADS_SECONDS`, default 7 days, count;
-  `since` states it). Counted from the (build_id, outcome, device_id, ts) index alone.
-* installations by status and verified: `apk_installations` (kept as long as the device).
-* devices whose latest heartbeat reports the build's `version_name`: `device_app_versions`, as
-  of the last maintenance round (`service.rollout.verification`), counted by index.
-* median time from download completed to installed: each installed device's last completed
-  download of the build before its install, copied from the raw events onto the installation
-  when the install is reported or verified (so it does not expire with them).
+* downloads started / completed / failed / cancelled: the build's per-hour counts over the raw
+  events' window (`TELEMETRY_RETENTION_DOWNLOADS_SECONDS`, default 7 days, or the stored one):
+  at most 170 hours per outcome, summed from `since`, the start of the hour the window begins
+  in. They equal the raw events with `ts >= since`, which expire (`from_expiring_events`).
+  Committed with the events by the writer.
+* installations by status and verified: per-version counts kept by triggers on
+  `apk_installations` in the statement that changes an installation: always current.
+* devices whose latest heartbeat reports the build's `version_name`, and the median time from
+  download completed to installed: the maintenance task's snapshot, `as_of` stated
+  (`devices_reporting_as_of`, `median_as_of`). A build registered since the last round has no
+  snapshot yet: then both are computed at read time (such a build has few installs) and the
+  `as_of` is the read's own time.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from service.api.schemas import RolloutDownloads, RolloutFunnel, RolloutInstallations
+from service.rollout.counts import MEDIAN, REPORTING, downloads_window, hour_of
 
 EXPIRING = ["downloads"]
 
@@ -28,28 +34,31 @@ _VERSION = """
 SELECT id, package_name, version_code, version_name FROM apk_versions WHERE build_id = $1
 """
 
+_SINCE = f"SELECT {hour_of('now() - $1::interval')}"
+
 _DOWNLOADS = """
-SELECT outcome, count(*) AS n FROM apk_download_events
-WHERE build_id = $1 AND ts >= $2 GROUP BY outcome
+SELECT outcome, sum(events)::bigint AS n FROM apk_download_counts
+WHERE build_id = $1 AND bucket_start >= $2 GROUP BY outcome
 """
 
-# Counts by status and the median in one pass over the version's installations. Each install
-# keeps the time of the download it came from (copied when it was confirmed), so the median
-# needs no raw event, and it outlives them.
 _INSTALLATIONS = """
-SELECT count(*) FILTER (WHERE status = 'installing') AS installing,
-       count(*) FILTER (WHERE status = 'installed') AS installed,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE verified) AS verified,
-       percentile_cont(0.5) WITHIN GROUP (
-           ORDER BY extract(epoch FROM installed_at - download_completed_at)
-       ) FILTER (WHERE installed_at IS NOT NULL AND download_completed_at IS NOT NULL) AS median
-FROM apk_installations WHERE apk_version_id = $1
+SELECT coalesce(sum(installations) FILTER (WHERE status = 'installing'), 0)::bigint AS installing,
+       coalesce(sum(installations) FILTER (WHERE status = 'installed'), 0)::bigint AS installed,
+       coalesce(sum(installations) FILTER (WHERE status = 'failed'), 0)::bigint AS failed,
+       coalesce(sum(installations) FILTER (WHERE verified), 0)::bigint AS verified
+FROM apk_installation_counts WHERE apk_version_id = $1
 """
 
-_REPORTING = """
-SELECT count(*) AS devices, max(updated_at) AS as_of FROM device_app_versions WHERE app_version = $1
+_SNAPSHOT = """
+SELECT devices_reporting, median_download_to_install_seconds AS median, as_of
+FROM apk_rollout_snapshots WHERE apk_version_id = $1
 """
+
+_LIVE = f"""
+SELECT ({REPORTING.format(name="$2::text")}) AS devices_reporting,
+       ({MEDIAN.format(version="$1::bigint")}) AS median, now() AS as_of
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Version:
@@ -65,20 +74,17 @@ async def find_version(conn: asyncpg.Connection, build_id: str) -> Version | Non
 
 
 async def funnel(
-    conn: asyncpg.Connection, build_id: str, version: Version, downloads_window: timedelta
+    conn: asyncpg.Connection, build_id: str, version: Version, downloads_window_default: timedelta
 ) -> RolloutFunnel:
-    """`downloads_window`: used when `retention_policies` has no row for the download events
-    (the stored window, which `telemetry retention set` changes, wins)."""
-    window: timedelta = (
-        await conn.fetchval(
-            "SELECT drop_after FROM retention_policies WHERE table_name = 'apk_download_events'"
-        )
-        or downloads_window
-    )
-    since: datetime = await conn.fetchval("SELECT now() - $1::interval", window)
+    """`downloads_window_default`: used when `retention_policies` has no row for the download
+    events (the stored window, which `telemetry retention set` changes, wins)."""
+    window = await downloads_window(conn, downloads_window_default)
+    since: datetime = await conn.fetchval(_SINCE, window)
     outcomes = {r["outcome"]: r["n"] for r in await conn.fetch(_DOWNLOADS, build_id, since)}
     installs = await conn.fetchrow(_INSTALLATIONS, version.id)
-    reporting = await conn.fetchrow(_REPORTING, version.version_name)
+    snapshot = await conn.fetchrow(_SNAPSHOT, version.id) or await conn.fetchrow(
+        _LIVE, version.id, version.version_name
+    )
     return RolloutFunnel(
         build_id=build_id,
         package_name=version.package_name,
@@ -98,8 +104,9 @@ async def funnel(
             failed=installs["failed"],
             verified=installs["verified"],
         ),
-        devices_reporting_version=reporting["devices"],
-        devices_reporting_as_of=reporting["as_of"],
-        median_download_to_install_seconds=installs["median"],
+        devices_reporting_version=snapshot["devices_reporting"],
+        devices_reporting_as_of=snapshot["as_of"],
+        median_download_to_install_seconds=snapshot["median"],
+        median_as_of=snapshot["as_of"],
         from_expiring_events=list(EXPIRING),
     )

@@ -13,7 +13,10 @@ import asyncpg
 
 from service.admin import create_operator
 from service.api.credentials import token_hash
-from service.rollout import verification
+from service.db import locks
+from service.ingest import statements
+from service.ingest.rows import DownloadRow
+from service.rollout import counts, verification
 from tests.conftest import Api
 
 
@@ -144,6 +147,8 @@ async def test_a_heartbeat_reporting_the_version_name_verifies_the_install(api: 
     conn = await asyncpg.connect(api.db_url)
     try:
         result = await verification.run(conn, timedelta(minutes=15))
+        # Then the funnel's snapshot, as the same maintenance round does.
+        assert (await counts.run(conn, timedelta(days=7))).error is None
     finally:
         await conn.close()
     # (The app's own first round may have got there first: the state is what counts.)
@@ -167,6 +172,10 @@ async def test_funnel_counts_equal_brute_force_counts(api: Api) -> None:
     rng = random.Random(13)
     devices = [f"phone-{i}" for i in range(30)]
     conn = await asyncpg.connect(api.db_url)
+    # Hold the maintenance lock (after the app's first round, if it is running): the app's own
+    # rounds skip, so nothing verifies or snapshots behind the test's back; the test runs the
+    # funnel's maintenance step itself.
+    await conn.execute("SELECT pg_advisory_lock($1)", locks.MAINTENANCE)
     try:
         await conn.executemany(
             "INSERT INTO devices (id, token_hash) VALUES ($1, $2)",
@@ -184,10 +193,17 @@ async def test_funnel_counts_equal_brute_force_counts(api: Api) -> None:
                         rng.choice(["started", "completed", "failed", "cancelled"]),
                     )
                 )
-        await conn.executemany(
-            "INSERT INTO apk_download_events (ts, build_id, device_id, outcome) VALUES ($1, $2, $3, $4)",
-            [e for e in events if e[0] > now - timedelta(days=7)],  # what retention would keep
-        )
+        # Stored by the writer's own statement, which also counts them per build and hour.
+        await statements.prepare_connection(conn)
+        async with conn.transaction():
+            await statements.merge_downloads(
+                conn,
+                [
+                    DownloadRow(i, ts, b, d, None, outcome, None)
+                    for i, (ts, b, d, outcome) in enumerate(events)
+                    if ts > now - timedelta(days=7)  # what retention would keep
+                ],
+            )
         version_id = await conn.fetchval("SELECT id FROM apk_versions WHERE build_id = 'build-42'")
         chosen = {d: rng.choice(["installing", "installed", "failed", None]) for d in devices}
         await conn.executemany(
@@ -213,18 +229,20 @@ async def test_funnel_counts_equal_brute_force_counts(api: Api) -> None:
         await conn.execute(
             "UPDATE apk_installations SET verified = true WHERE device_id = ANY($1::text[])", devices[::3]
         )
+        # The maintenance step that snapshots the reporting devices and the median.
+        assert (await counts.run(conn, timedelta(days=7))).error is None
         installs = [
             (r["device_id"], r["status"], r["installed_at"], r["verified"])
             for r in await conn.fetch(
                 "SELECT device_id, status, installed_at, verified FROM apk_installations"
             )
         ]
+        r = await api.client.get("/v1/apk-versions/build-42/rollout", headers=api.op())
+        assert r.status == 200
+        funnel = await r.json()
     finally:
         await conn.close()
 
-    r = await api.client.get("/v1/apk-versions/build-42/rollout", headers=api.op())
-    assert r.status == 200
-    funnel = await r.json()
     since = datetime.fromisoformat(funnel["downloads"]["since"])
     mine = [e for e in stored if e["build_id"] == "build-42" and e["ts"] >= since]
     for outcome in ("started", "completed", "failed", "cancelled"):
@@ -247,3 +265,61 @@ async def test_funnel_counts_equal_brute_force_counts(api: Api) -> None:
     assert abs(funnel["median_download_to_install_seconds"] - statistics.median(delays)) < 1e-3
     assert funnel["from_expiring_events"] == ["downloads"]
     assert datetime.fromisoformat(funnel["downloads"]["since"]) < datetime.now(UTC)
+
+
+async def test_installation_counts_follow_reports_verification_and_device_deletion(api: Api) -> None:
+    await register(api, build(42))
+    await register(api, build(41))
+    tokens = {f"phone-{i}": await api.enroll(f"phone-{i}") for i in range(8)}
+    rng = random.Random(7)
+    for token in tokens.values():
+        moves = ("installing", rng.choice(["installed", "failed"]), rng.choice(["installing", "installed"]))
+        for status in moves:
+            await report(api, token, build_id=rng.choice(["build-42", "build-41"]), status=status)
+    conn = await asyncpg.connect(api.db_url)
+    try:
+        await conn.executemany(
+            "INSERT INTO device_app_versions (device_id, app_version, reported_at)"
+            " VALUES ($1, '1.42.0', now())",
+            [(d,) for d in list(tokens)[:4]],
+        )
+        await verification.verify_installations(conn)
+        await conn.execute("DELETE FROM devices WHERE id = ANY($1::text[])", ["phone-0", "phone-5"])
+        brute = {
+            r["build_id"]: r
+            for r in await conn.fetch(
+                "SELECT v.build_id,"
+                " count(*) FILTER (WHERE i.status = 'installing') AS installing,"
+                " count(*) FILTER (WHERE i.status = 'installed') AS installed,"
+                " count(*) FILTER (WHERE i.status = 'failed') AS failed,"
+                " count(*) FILTER (WHERE i.verified) AS verified"
+                " FROM apk_versions v LEFT JOIN apk_installations i ON i.apk_version_id = v.id"
+                " GROUP BY v.build_id"
+            )
+        }
+    finally:
+        await conn.close()
+    assert brute["build-42"]["verified"] > 0, "the data must exercise verification"
+    for build_id, expected in brute.items():
+        r = await api.client.get(f"/v1/apk-versions/{build_id}/rollout", headers=api.op())
+        assert (await r.json())["installations"] == {k: expected[k] for k in STATUS_COUNTS}
+
+
+STATUS_COUNTS = ("installing", "installed", "failed", "verified")
+
+
+async def test_download_count_hours_older_than_the_window_and_a_chunk_are_pruned(api: Api) -> None:
+    conn = await asyncpg.connect(api.db_url)
+    try:
+        hour = await conn.fetchval(f"SELECT {counts.hour_of('now()')}")
+        ages = [timedelta(hours=h) for h in (0, 24 * 7, 24 * 8 - 2, 24 * 8 + 2, 24 * 30)]
+        await conn.executemany(
+            "INSERT INTO apk_download_counts (build_id, bucket_start, outcome, events)"
+            " VALUES ('b', $1, 'started', 1)",
+            [(hour - age,) for age in ages],
+        )
+        assert await counts.prune_download_counts(conn, timedelta(days=7)) == 2
+        kept = {r[0] for r in await conn.fetch("SELECT bucket_start FROM apk_download_counts")}
+    finally:
+        await conn.close()
+    assert kept == {hour - age for age in ages[:3]}

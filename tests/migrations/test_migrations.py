@@ -17,9 +17,9 @@ from service.migrations.commands import Migrator
 from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-EARLIER = "e8b24c6a1f93"
-PREVIOUS = "f2c7a9d41e58"
-HEAD = "d5a91f3c7b20"
+EARLIER = "f2c7a9d41e58"
+PREVIOUS = "d5a91f3c7b20"
+HEAD = "a9d3e5f7b1c2"
 
 
 async def user_tables(url: str) -> set[str]:
@@ -143,6 +143,50 @@ async def test_check_names_the_pending_revision_when_one_behind(empty_db: str, m
     assert code == 1
     assert HEAD in out and "pending" in out
     assert PREVIOUS not in out and EARLIER not in out and BASELINE not in out
+
+
+async def test_upgrade_to_head_counts_the_rollout_rows_already_stored(empty_db: str, mode: str) -> None:
+    await migrate(empty_db, mode, PREVIOUS)  # type: ignore[arg-type]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute(
+            "INSERT INTO devices (id, token_hash) SELECT 'd' || i, md5(i::text) FROM generate_series(1, 40) i"
+        )
+        await conn.execute(
+            "INSERT INTO apk_versions (package_name, version_code, version_name, build_id)"
+            " VALUES ('p', 1, '1.0', 'b1'), ('p', 2, '2.0', 'b2')"
+        )
+        if mode == "postgres":
+            await conn.execute(
+                "SELECT telemetry_ensure_partitions('apk_download_events', interval '1 day',"
+                " now() - interval '3 days', now())"
+            )
+        await conn.execute(
+            "INSERT INTO apk_download_events (ts, build_id, device_id, outcome)"
+            " SELECT now() - make_interval(mins => i * 37), 'b' || (1 + i % 2), 'd' || (1 + i % 40),"
+            " (ARRAY['started', 'completed', 'failed'])[1 + i % 3] FROM generate_series(1, 200) i"
+        )
+        await conn.execute(
+            "INSERT INTO apk_installations (device_id, apk_version_id, status, verified)"
+            " SELECT 'd' || i, v.id, (ARRAY['installing', 'installed', 'failed'])[1 + i % 3], i % 4 = 0"
+            " FROM generate_series(1, 40) i, apk_versions v WHERE i % 2 = 0 OR v.build_id = 'b1'"
+        )
+    finally:
+        await conn.close()
+    await migrate(empty_db, mode)  # type: ignore[arg-type]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        downloads = "SELECT build_id, outcome, count(*) FROM apk_download_events GROUP BY 1, 2"
+        counted = "SELECT build_id, outcome, sum(events) FROM apk_download_counts GROUP BY 1, 2"
+        assert set(map(tuple, await conn.fetch(downloads))) == set(map(tuple, await conn.fetch(counted)))
+        installs = "SELECT apk_version_id, status, verified, count(*) FROM apk_installations GROUP BY 1, 2, 3"
+        counted = (
+            "SELECT apk_version_id, status, verified, sum(installations) FROM apk_installation_counts"
+            " GROUP BY 1, 2, 3"
+        )
+        assert set(map(tuple, await conn.fetch(installs))) == set(map(tuple, await conn.fetch(counted)))
+    finally:
+        await conn.close()
 
 
 def _telemetry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
