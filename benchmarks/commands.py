@@ -42,19 +42,16 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 
-from benchmarks.database import EmbeddedCluster, connect
+from benchmarks.database import EmbeddedCluster, connect, each_mode, in_process_service, migrated_database
 from service.admin import create_operator
 from service.api.state import SERVICES
-from service.app import create_app, create_pool
+from service.app import create_pool
 from service.commands.expiry import expire_commands
 from service.ingest.rows import AckResult, AckRow, DispatchRow
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
-from service.migrations.commands import Migrator
 from service.rollout import counts
-from service.serve import head_revisions
 from service.settings import Settings, StorageMode
 
 TARGET = "bench-build-10"
@@ -264,16 +261,10 @@ async def timed_gets(
 
 
 async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse.Namespace) -> dict[str, Any]:
-    url = await cluster.fresh_database(f"commands_{mode}")
+    url = await migrated_database(cluster, f"commands_{mode}", mode)
     settings = Settings(database_url=url, storage_mode=mode)
-    migrator = Migrator(settings=settings, database_url=url, mode=mode)
-    await asyncio.to_thread(migrator.upgrade, "head")
     result: dict[str, Any] = {"mode": mode}
     async with connect(url) as conn:
-        if mode == "timescale":
-            await conn.execute(
-                "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
-            )
         result["prefill_s"] = await prefill(conn, mode, args)
         result["commands"] = await conn.fetchval("SELECT count(*) FROM commands")
         result["downloads"] = await conn.fetchval("SELECT count(*) FROM apk_download_events")
@@ -294,23 +285,15 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
         result[f"writer_acks_{ms:g}ms"] = await writer_acks(
             url, settings, args, timedelta(milliseconds=ms), prefix=f"ack{ms:g}ms"
         )
-    pool = await create_pool(url, settings)
-    app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    maintenance = app[SERVICES].maintenance
-    assert maintenance is not None
-    for _ in range(600):  # its first round (runs at start) is not part of any measurement
-        if maintenance.last_health is not None:
-            break
-        await asyncio.sleep(0.2)
-    base = f"http://127.0.0.1:{port}"
     op = {"Authorization": f"Bearer {token}"}
     rng = random.Random(3)
-    try:
+    async with in_process_service(url, mode) as (base, app):
+        maintenance = app[SERVICES].maintenance
+        assert maintenance is not None
+        for _ in range(600):  # its first round (runs at start) is not part of any measurement
+            if maintenance.last_health is not None:
+                break
+            await asyncio.sleep(0.2)
         connector = aiohttp.TCPConnector(limit=args.ack_clients)
         async with aiohttp.ClientSession(connector=connector) as session:
             result["http_acks"] = await http_acks(session, base, args)
@@ -329,21 +312,11 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
             result["funnel"] = funnel
             await timed_gets(session, [rollout] * 3)
             result["rollout_ms"] = summary(await timed_gets(session, [rollout] * args.rollouts))
-    finally:
-        await runner.cleanup()
-        await pool.close()
     return result
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cluster = EmbeddedCluster()
-    try:
-        modes: list[StorageMode] = ["postgres", "timescale"] if cluster.timescale_available else ["postgres"]
-        if args.mode:
-            modes = [args.mode]
-        return [await bench_mode(cluster, m, args) for m in modes]
-    finally:
-        cluster.close()
+    return await each_mode(lambda cluster, mode: bench_mode(cluster, mode, args), args.mode or "auto")
 
 
 def main() -> None:

@@ -8,18 +8,26 @@ size, no checkpoint storms during the pre-fill) but keeps durability settings at
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncpg
 
 from service.db import storage_mode
 from service.db.embedded import EmbeddedPostgres
 from service.db.urls import asyncpg_dsn
+from service.settings import Settings, StorageMode
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+T = TypeVar("T")
 
 SERVER_OPTIONS = {
     "shared_buffers": "2GB",
@@ -91,6 +99,62 @@ class EmbeddedCluster:
             self.cluster.stop()
         if not self.keep:
             shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+async def migrated_database(cluster: EmbeddedCluster, name: str, mode: StorageMode) -> str:
+    """A fresh database `name` migrated to head in `mode`; its URL. In timescale mode every job
+    is unscheduled, so what a benchmark measures is its own work, not the scheduler's."""
+    from service.migrations.commands import Migrator
+
+    url = await cluster.fresh_database(name)
+    migrator = Migrator(settings=Settings(database_url=url, storage_mode=mode), database_url=url, mode=mode)
+    await asyncio.to_thread(migrator.upgrade, "head")
+    if mode == "timescale":
+        async with connect(url) as conn:
+            await conn.execute(
+                "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
+            )
+    return url
+
+
+@contextlib.asynccontextmanager
+async def in_process_service(url: str, mode: StorageMode) -> AsyncIterator[tuple[str, web.Application]]:
+    """The service on a free localhost port in this process, over `url` (migrated): its base
+    URL and app, shut down (writer drained, pool closed) on the way out."""
+    from aiohttp import web
+
+    from service.app import create_app, create_pool
+    from service.migrations.commands import Migrator
+    from service.serve import head_revisions
+
+    settings = Settings(database_url=url, storage_mode=mode)
+    heads = head_revisions(Migrator(settings=settings, database_url=url, mode=mode))
+    pool = await create_pool(url, settings)
+    runner = web.AppRunner(create_app(settings, pool, storage_mode=mode, head_revisions=heads))
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        yield f"http://127.0.0.1:{port}", runner.app
+    finally:
+        await runner.cleanup()
+        await pool.close()
+
+
+async def each_mode(
+    bench: Callable[[EmbeddedCluster, StorageMode], Awaitable[T]], wanted: str = "auto"
+) -> list[T]:
+    """`bench` once per storage mode the embedded cluster offers (`wanted`: "auto" or a
+    comma-separated list), in one throwaway cluster."""
+    cluster = EmbeddedCluster()
+    try:
+        available: list[StorageMode] = (
+            ["postgres", "timescale"] if cluster.timescale_available else ["postgres"]
+        )
+        return [await bench(cluster, m) for m in available if wanted == "auto" or m in wanted.split(",")]
+    finally:
+        cluster.close()
 
 
 async def server_versions(url: str) -> dict[str, str | None]:

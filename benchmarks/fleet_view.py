@@ -23,26 +23,21 @@ import asyncio
 import json
 import statistics
 import time
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 
-from benchmarks.database import EmbeddedCluster
+from benchmarks.database import EmbeddedCluster, each_mode, in_process_service, migrated_database
 from benchmarks.report import Bound
 from service.admin import create_operator
-from service.app import create_app, create_pool
 from service.fleet.presence import count_by_presence, record_went_offline, run_pass
 from service.fleet.summary import fleet_summary
 from service.ingest import statements
 from service.ingest.rows import HeartbeatRow
-from service.migrations.commands import Migrator
-from service.serve import head_revisions
-from service.settings import PresencePolicy, Settings, StorageMode
+from service.settings import PresencePolicy, StorageMode
 
 _DEVICES = """
 INSERT INTO devices (id, token_hash, enrolled_at, credential_revoked_at)
@@ -176,10 +171,7 @@ async def flush_ab(conn: asyncpg.Connection, ids: list[str], reps: int) -> dict[
 
 
 async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse.Namespace) -> dict[str, Any]:
-    url = await cluster.fresh_database(f"fleet_{mode}")
-    settings = Settings(database_url=url, storage_mode=mode)
-    migrator = Migrator(settings=settings, database_url=url, mode=mode)
-    await asyncio.to_thread(migrator.upgrade, "head")
+    url = await migrated_database(cluster, f"fleet_{mode}", mode)
     result: dict[str, Any] = {"mode": mode}
     conn = await asyncpg.connect(url)
     await conn.execute("SET jit = off")  # as on the service's own connections
@@ -206,17 +198,8 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
         token = await create_operator(conn, "bench")
     finally:
         await conn.close()
-    settings = replace(settings, database_url=url)
-    pool = await create_pool(url, settings)
-    app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token}"}
-    try:
+    async with in_process_service(url, mode) as (base, _):
         async with aiohttp.ClientSession() as session:
             summary_url = f"{base}/v1/fleet/summary"
             async with session.get(summary_url, headers=headers) as r:
@@ -244,9 +227,6 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
             deep_ms = await timed_gets(session, deep_url, args.list_requests, headers)
             online_url = f"{base}/v1/devices?presence=online&limit=100"
             online_ms = await timed_gets(session, online_url, args.list_requests, headers)
-    finally:
-        await runner.cleanup()
-        await pool.close()
     result["summary_ms"] = {
         "p50": statistics.median(summary_ms),
         "p95": p95(summary_ms),
@@ -292,15 +272,7 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cluster = EmbeddedCluster()
-    try:
-        available: list[StorageMode] = (
-            ["postgres", "timescale"] if cluster.timescale_available else ["postgres"]
-        )
-        modes = [m for m in available if args.modes == "auto" or m in args.modes.split(",")]
-        return [await bench_mode(cluster, m, args) for m in modes]
-    finally:
-        cluster.close()
+    return await each_mode(lambda cluster, mode: bench_mode(cluster, mode, args), args.modes)
 
 
 def main() -> int:

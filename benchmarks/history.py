@@ -18,22 +18,17 @@ import argparse
 import asyncio
 import statistics
 import time
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
 import asyncpg
-from aiohttp import web
 
-from benchmarks.database import EmbeddedCluster, connect
+from benchmarks.database import EmbeddedCluster, connect, each_mode, in_process_service, migrated_database
 from service.admin import create_operator
-from service.app import create_app, create_pool
 from service.db.rollups import FLEET_DAILY, HOURLY
-from service.migrations.commands import Migrator
 from service.retention.recent_days import refresh_recent_days
 from service.retention.rollups import read_mechanism, refresh_tables
-from service.serve import head_revisions
-from service.settings import Settings, StorageMode
+from service.settings import StorageMode
 
 _MAT = """
 SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name),
@@ -212,16 +207,9 @@ async def raw_heartbeats(
 
 
 async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse.Namespace) -> dict[str, Any]:
-    url = await cluster.fresh_database(f"history_{mode}")
-    settings = Settings(database_url=url, storage_mode=mode)
-    migrator = Migrator(settings=settings, database_url=url, mode=mode)
-    await asyncio.to_thread(migrator.upgrade, "head")
+    url = await migrated_database(cluster, f"history_{mode}", mode)
     result: dict[str, Any] = {"mode": mode}
     async with connect(url) as conn:
-        if mode == "timescale":
-            await conn.execute(
-                "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
-            )
         result["raw"] = await raw_heartbeats(conn, mode, args.raw_devices, args.raw_hours, args.raw_interval)
         await conn.execute("TRUNCATE device_heartbeats_hourly" if mode == "postgres" else "SELECT 1")
         if mode == "timescale":
@@ -241,50 +229,32 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
             " ON CONFLICT DO NOTHING",
             [(d,) for d in devices],
         )
-    settings = replace(settings, database_url=url)
-    pool = await create_pool(url, settings)
-    app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    base = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {token}"}
-    try:
-        async with aiohttp.ClientSession() as session:
-            device_urls = [f"{base}/v1/devices/{d}/history?bucket=1h" for d in devices]
-            now = time.time()
-            frm = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 30 * 86400))
-            device_urls = [u + f"&from={frm}" for u in device_urls]
-            await timed_gets(session, device_urls[:10], headers)  # warm-up
-            async with session.get(device_urls[0], headers=headers) as r:
-                # The pre-filled hours are really read (30 days or all of them).
-                assert len((await r.json())["buckets"]) >= 24 * min(30, args.days) - 1
-            dev_ms = await timed_gets(session, device_urls, headers)
-            frm90 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 90 * 86400))
-            fleet_url = f"{base}/v1/fleet/history?bucket=1d&from={frm90}"
-            await timed_gets(session, [fleet_url] * 3, headers)
-            async with session.get(fleet_url, headers=headers) as r:
-                # Every pre-filled day, yesterday and today from the recent days, is there.
-                days = (await r.json())["buckets"]
-                assert len(days) >= min(90, args.days) and days[-1]["devices_seen"] == args.devices, days[-3:]
-            fleet_ms = await timed_gets(session, [fleet_url] * args.fleet_requests, headers)
-    finally:
-        await runner.cleanup()
-        await pool.close()
+    async with in_process_service(url, mode) as (base, _), aiohttp.ClientSession() as session:
+        device_urls = [f"{base}/v1/devices/{d}/history?bucket=1h" for d in devices]
+        now = time.time()
+        frm = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 30 * 86400))
+        device_urls = [u + f"&from={frm}" for u in device_urls]
+        await timed_gets(session, device_urls[:10], headers)  # warm-up
+        async with session.get(device_urls[0], headers=headers) as r:
+            # The pre-filled hours are really read (30 days or all of them).
+            assert len((await r.json())["buckets"]) >= 24 * min(30, args.days) - 1
+        dev_ms = await timed_gets(session, device_urls, headers)
+        frm90 = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 90 * 86400))
+        fleet_url = f"{base}/v1/fleet/history?bucket=1d&from={frm90}"
+        await timed_gets(session, [fleet_url] * 3, headers)
+        async with session.get(fleet_url, headers=headers) as r:
+            # Every pre-filled day, yesterday and today from the recent days, is there.
+            days = (await r.json())["buckets"]
+            assert len(days) >= min(90, args.days) and days[-1]["devices_seen"] == args.devices, days[-3:]
+        fleet_ms = await timed_gets(session, [fleet_url] * args.fleet_requests, headers)
     result["device_30d_1h_ms"] = {"p50": statistics.median(dev_ms), "p95": p95(dev_ms), "n": len(dev_ms)}
     result["fleet_90d_1d_ms"] = {"p50": statistics.median(fleet_ms), "p95": p95(fleet_ms), "n": len(fleet_ms)}
     return result
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cluster = EmbeddedCluster()
-    try:
-        modes: list[StorageMode] = ["postgres", "timescale"] if cluster.timescale_available else ["postgres"]
-        return [await bench_mode(cluster, m, args) for m in modes]
-    finally:
-        cluster.close()
+    return await each_mode(lambda cluster, mode: bench_mode(cluster, mode, args))
 
 
 def main() -> None:

@@ -20,27 +20,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from benchmarks.baselines import ingest_like_rows, writer_sql
-from benchmarks.database import EmbeddedCluster, connect
+from benchmarks.database import EmbeddedCluster, connect, each_mode, migrated_database
 from benchmarks.fleet import BucketCursor
 from service.db.rollups import drop_rollups
-from service.migrations.commands import Migrator
 from service.retention.rollups import read_mechanism
-from service.settings import Settings, StorageMode
+from service.settings import StorageMode
 
 
 async def _database(cluster: EmbeddedCluster, mode: StorageMode, name: str, rollups: bool) -> str:
-    url = await cluster.fresh_database(name)
-    migrator = Migrator(settings=Settings(database_url=url, storage_mode=mode), database_url=url, mode=mode)
-    await asyncio.to_thread(migrator.upgrade, "head")
-    async with connect(url) as conn:
-        if mode == "timescale":
-            await conn.execute(
-                "SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs"
-            )
-        if not rollups:
-            mechanism = await read_mechanism(conn)
+    url = await migrated_database(cluster, name, mode)
+    if not rollups:
+        async with connect(url) as conn:
             statements: list[str] = []
-            drop_rollups(statements.append, mechanism)
+            drop_rollups(statements.append, await read_mechanism(conn))
             for sql in statements:
                 await conn.execute(sql)
     return url
@@ -64,12 +56,7 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    cluster = EmbeddedCluster()
-    try:
-        modes: list[StorageMode] = ["postgres", "timescale"] if cluster.timescale_available else ["postgres"]
-        return [await bench_mode(cluster, m, args) for m in modes]
-    finally:
-        cluster.close()
+    return await each_mode(lambda cluster, mode: bench_mode(cluster, mode, args))
 
 
 def main() -> None:
