@@ -28,7 +28,6 @@ from aiohttp.test_utils import TestClient
 from aiohttp.test_utils import TestServer as HttpTestServer
 
 from service.admin import create_operator
-from service.api.state import SERVICES
 from service.app import create_app, create_pool
 from service.db.embedded import EmbeddedPostgres
 from service.migrations.commands import Migrator
@@ -266,16 +265,6 @@ class Api:
         r = await self.client.post("/v1/enroll", json={"enrollment_token": token, "device_id": device_id})
         assert r.status == 201, await r.text()
         return (await r.json())["device_token"]
-
-    async def first_maintenance_round(self) -> None:
-        """Wait (up to a minute) until the service's first maintenance round, started with the
-        app, is over: for tests whose data a round would change (install verification)."""
-        maintenance = self.app[SERVICES].maintenance
-        for _ in range(1200):
-            if maintenance.last_health is not None:
-                return
-            await asyncio.sleep(0.05)
-        raise AssertionError("no maintenance round finished within a minute")
 
     async def count(self, sql: str, *args: Any) -> int:
         conn = await asyncpg.connect(self.db_url)
