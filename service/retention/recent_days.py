@@ -25,12 +25,13 @@ Guarantees:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import asyncpg
 
 from service.db import locks
 from service.db.rollups import DAILY_SELECT, FLEET_DAILY, HOURLY, ORIGIN, RECENT_DAYS, RollupMechanism
+from service.ingest.rows import bucket_start
 from service.retention.rollups import watermark
 
 _STATE = f"SELECT max(covered_until), min(computed_at) FROM {RECENT_DAYS}"
@@ -57,11 +58,6 @@ class RecentDays:
     skipped: bool
 
 
-def _day(t: datetime) -> datetime:
-    origin = datetime(2000, 1, 1, tzinfo=t.tzinfo)
-    return origin + ((t - origin) // timedelta(days=1)) * timedelta(days=1)
-
-
 async def refresh_recent_days(conn: asyncpg.Connection, mechanism: RollupMechanism) -> RecentDays:
     """Recompute `fleet_daily_recent` from the hourly rollup when its watermark moved."""
     async with conn.transaction():
@@ -71,7 +67,11 @@ async def refresh_recent_days(conn: asyncpg.Connection, mechanism: RollupMechani
         if hourly is None:
             await conn.execute(f"DELETE FROM {RECENT_DAYS}")
             return RecentDays(None, None, 0, skipped=False)
-        lo = daily if daily is not None else _day(hourly - FLEET_DAILY.start_offset)
+        lo = (
+            daily
+            if daily is not None
+            else bucket_start(hourly - FLEET_DAILY.start_offset, int(FLEET_DAILY.bucket.total_seconds()))
+        )
         covered, computed_at = await conn.fetchrow(_STATE)
         now: datetime = await conn.fetchval("SELECT now()")
         if covered == hourly and computed_at is not None and now - computed_at < HOURLY.schedule:
