@@ -41,21 +41,21 @@ from service.settings import Settings
 
 Variant = Callable[[asyncpg.Connection, Sequence[HeartbeatRow], int], Awaitable[int]]
 
-DISTINCT_ON = """
-WITH staged AS (
-    SELECT *, date_bin(make_interval(secs => $1), ts, timestamptz 'epoch') AS bucket_start
-    FROM stage_heartbeats
-), candidate AS (
-    SELECT DISTINCT ON (device_id, bucket_start) * FROM staged ORDER BY device_id, bucket_start, ord
-), inserted AS (
-    INSERT INTO device_heartbeats
-        (device_id, bucket_start, ts, status, battery_pct, app_version, network, extra)
-    SELECT device_id, bucket_start, ts, status, battery_pct, app_version, network, extra
-    FROM candidate
-    ON CONFLICT (device_id, bucket_start) DO NOTHING
-    RETURNING device_id, bucket_start
+# The service's own statement (the variant the others are measured against).
+DISTINCT_ON = statements.MERGE_HEARTBEATS
+
+# A lever tried and not kept: the flush's candidates (one per device and bucket, deduplicated
+# in Python) as parallel arrays in one round trip, stored unless the bucket already holds one.
+# Returns the key of every stored row.
+INSERT_HEARTBEATS = """
+INSERT INTO device_heartbeats
+    (device_id, bucket_start, ts, status, battery_pct, app_version, network, extra)
+SELECT * FROM unnest(
+    $1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::smallint[], $6::text[],
+    $7::text[], $8::jsonb[]
 )
-SELECT c.ord FROM candidate c JOIN inserted i USING (device_id, bucket_start)
+ON CONFLICT (device_id, bucket_start) DO NOTHING
+RETURNING device_id, bucket_start
 """
 
 STAGE_DDL = """
@@ -102,7 +102,7 @@ async def unnest(conn: asyncpg.Connection, rows: Sequence[HeartbeatRow], bucket:
     first = _candidates(rows, bucket)
     picked = [rows[i] for i in first.values()]
     stored = await conn.fetch(
-        statements.INSERT_HEARTBEATS,
+        INSERT_HEARTBEATS,
         [r.device_id for r in picked],
         [key[1] for key in first],
         [r.ts for r in picked],

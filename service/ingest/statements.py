@@ -208,20 +208,6 @@ WITH clock AS (
 SELECT (SELECT count(*) FROM updated) AS devices, (SELECT count(*) FROM transitions) AS events
 """
 
-# The heartbeat candidates of a flush (one per device and bucket, deduplicated by the caller),
-# as parallel arrays in one round trip: stored unless the bucket already holds one (from an
-# earlier flush or another instance). Returns the key of every stored row.
-INSERT_HEARTBEATS = """
-INSERT INTO device_heartbeats
-    (device_id, bucket_start, ts, status, battery_pct, app_version, network, extra)
-SELECT * FROM unnest(
-    $1::text[], $2::timestamptz[], $3::timestamptz[], $4::text[], $5::smallint[], $6::text[],
-    $7::text[], $8::jsonb[]
-)
-ON CONFLICT (device_id, bucket_start) DO NOTHING
-RETURNING device_id, bucket_start
-"""
-
 # Claims each new request_id in fcm_dispatch_keys (waiting, under the primary key, for any
 # concurrent writer of the same key to commit or roll back) and inserts a dispatch only for the
 # keys this statement claimed.
