@@ -206,10 +206,14 @@ def _half_share_pct(r: ModeResult, _: dict[str, Any]) -> float | None:
 
 def _half_note(r: ModeResult, _: dict[str, Any]) -> str:
     phase = r.phases.get("half")
-    return (
-        f"achieved {_half_rate(r) or 0:,.0f} req/s = {_half_share_pct(r, _) or 0:.0f}% of the ceiling; "
-        f"{phase.run.late if phase else 0} requests sent > 5 ms late"
-    )
+    share = _half_share_pct(r, _) or 0
+    achieved = f"achieved {_half_rate(r) or 0:,.0f} req/s = {share:.0f}% of the ceiling; "
+    if phase is not None and phase.run.extra.get("generator") == "wrk":
+        return achieved + (
+            f"paced wrk, {phase.run.connections} connections, mean think time "
+            f"{phase.run.extra.get('wrk_mean_think_ms', 0):.0f} ms"
+        )
+    return achieved + f"{phase.run.late if phase else 0} requests sent > 5 ms late"
 
 
 def _batched_over(baseline: str) -> Figure:

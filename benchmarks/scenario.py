@@ -6,7 +6,7 @@ Phases (each bounded in time or requests):
   saturation   service heartbeats, closed loop, C connections            → service req/s
 (these two with wrk when it is installed, else the Python generator)
   fleet        N devices at their interval + dispatch/download/operator  → write p95 (target)
-  half         service heartbeats, open loop at 50% of the ceiling       → goal: p95 ≤ 25 ms
+  half         service heartbeats offered at 50% of the ceiling (paced wrk) → goal: p95 ≤ 25 ms
   batched      batches of heartbeats, closed loop                        → ingest rows/s
   lookups      GET /v1/dispatches/{request_id}, closed loop              → lookup p95
   last100      GET /v1/devices/{id}/heartbeats?limit=100, closed loop    → query p95
@@ -18,6 +18,7 @@ then raw COPY and per-row INSERT into the same table, cleanup against DELETE, an
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Callable
@@ -416,18 +417,7 @@ class ModeRun:
             workers=p.connections,
             traffic=self._fleet_traffic(),
         )
-        ceiling_rps = self.result.phases["ceiling"].summaries["heartbeat"].rate
-        await self._phase(
-            "half",
-            f"heartbeats at 50% of ceiling ({ceiling_rps / 2:.0f} req/s)",
-            open_loop,
-            server_pid=pid,
-            seconds=p.half_ceiling_seconds,
-            base_url=base_url,
-            rate=max(ceiling_rps / 2, 1.0),
-            workers=p.connections,
-            traffic=self._heartbeat_in_gap,
-        )
+        await self._half_ceiling(base_url, pid)
         await self._batched(base_url, pid)
         await self._queries(base_url, pid)
         await self._overload(base_url, pid)
@@ -437,6 +427,40 @@ class ModeRun:
         # the cleanup phase measures.
         await self._workers_phase()
         self._cpu_budget()
+
+    async def _half_ceiling(self, base_url: str, pid: int) -> None:
+        """Single heartbeats offered at half the HTTP ceiling: paced wrk when installed (the
+        Python generator cannot offer half of a wrk-measured ceiling), with enough connections
+        that each one's mean think time is at least 40 ms; else the Python open loop."""
+        p = self.profile
+        rate = max(self.result.phases["ceiling"].summaries["heartbeat"].rate / 2, 1.0)
+        label = f"heartbeats at 50% of ceiling ({rate:.0f} req/s)"
+        if self.wrk is None:
+            await self._phase(
+                "half",
+                label,
+                open_loop,
+                server_pid=pid,
+                seconds=p.half_ceiling_seconds,
+                base_url=base_url,
+                rate=rate,
+                workers=p.connections,
+                traffic=self._heartbeat_in_gap,
+            )
+            return
+        driver, kwargs = self._single_heartbeats(base_url, p.half_ceiling_seconds)
+        fleet = self.result.phases["fleet"].summaries.get("heartbeat")
+        kwargs["workers"] = max(p.connections, math.ceil(rate * 0.04))
+        await self._phase(
+            "half",
+            label,
+            driver,
+            server_pid=pid,
+            seconds=p.half_ceiling_seconds,
+            rate=rate,
+            expected_latency_s=(fleet.p50_ms or 0.0) / 1000 if fleet else 0.0,
+            **kwargs,
+        )
 
     async def _workers_phase(self) -> None:
         """Saturation again, against a second service started with `--workers 2` on the same

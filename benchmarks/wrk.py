@@ -9,6 +9,10 @@ handler is saturated, so its ceiling was a lower bound.
   fresh bucket of one of the enrolled devices) and returns a `load.Run` whose summary holds
   wrk's own figures (requests, non-2xx answers, socket errors, p50/p95/p99/max latency) and
   whose `extra["generator_cpu_s"]` is wrk's CPU time (user + system, from its rusage).
+  With `rate=R` it offers about R req/s instead: each connection waits a random (exponential)
+  think time after each answer, of mean `workers / R` seconds less the expected latency. That
+  is a paced closed loop, not a strictly open one: when the server slows down, the offered
+  rate drops with it, so the report gives the rate achieved next to the one asked for.
 """
 
 from __future__ import annotations
@@ -82,11 +86,11 @@ def _parse(stdout: str) -> dict[str, int]:
     raise RuntimeError(f"wrk printed no result:\n{stdout[-2000:]}")
 
 
-def _run_wrk(argv: list[str]) -> tuple[str, str, float, float]:
+def _run_wrk(argv: list[str], env: dict[str, str]) -> tuple[str, str, float, float]:
     """wrk's stdout, stderr, wall seconds and CPU seconds (its own rusage)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
@@ -107,8 +111,16 @@ async def closed_loop(
     tick: Tick | None = None,
     before_clock: Callable[[], None] | None = None,
     kind: str = "heartbeat",
+    rate: float | None = None,
+    expected_latency_s: float = 0.0,
 ) -> Run:
-    """`workers` connections over `THREADS` wrk threads, back to back for `seconds`."""
+    """`workers` connections over `THREADS` wrk threads for `seconds`: back to back, or paced to
+    offer about `rate` req/s (see the module docstring)."""
+    env = dict(os.environ)
+    mean_delay_ms = 0.0
+    if rate is not None:
+        mean_delay_ms = max(1000 * (workers / rate - expected_latency_s), 1.0)
+        env["WRK_MEAN_DELAY_MS"] = f"{mean_delay_ms:.3f}"
     with tempfile.NamedTemporaryFile("w", suffix=".devices", delete=False) as f:
         f.write("\n".join(d.line() for d in devices) + "\n")
         devices_file = f.name
@@ -129,7 +141,7 @@ async def closed_loop(
         ]
         if before_clock is not None:
             before_clock()
-        task = asyncio.ensure_future(asyncio.to_thread(_run_wrk, argv))
+        task = asyncio.ensure_future(asyncio.to_thread(_run_wrk, argv, env))
         t0 = time.perf_counter()
         while not task.done():
             if tick is not None:
@@ -146,7 +158,7 @@ async def closed_loop(
         statuses["non-2xx"] = figures["status"]
     for k, n in errors.items():
         statuses[f"socket {k} error"] = n
-    run = Run(Recorder(), connections=workers)
+    run = Run(Recorder(), offered_rate=rate, connections=workers)
     run.elapsed = elapsed
     run.extra.update(
         generator="wrk",
@@ -155,6 +167,8 @@ async def closed_loop(
         wrk_threads=THREADS,
         wrk_errors=errors,
     )
+    if rate is not None:
+        run.extra["wrk_mean_think_ms"] = round(mean_delay_ms, 3)
     if stderr.strip():
         print(stderr.strip()[-500:], file=sys.stderr)
     run.fixed[kind] = Summary(

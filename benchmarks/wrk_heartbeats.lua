@@ -6,6 +6,18 @@
 -- device is start_epoch + 10 * ((first + k) % limit) + offset (seconds since the epoch, UTC).
 -- Thread t (1-based) sends for devices t, t + T, t + 2T, …, so each device's bucket counter
 -- lives in one thread. done() prints one JSON line starting with "WRK_RESULT ".
+--
+-- Paced: with WRK_MEAN_DELAY_MS=D in the environment, each connection waits an exponentially
+-- distributed time of mean D ms after each answer before its next request (C connections offer
+-- about C * 1000 / (D + latency) req/s, Poisson-like rather than in lock step). wrk measures
+-- latency from the moment a request is written, so the wait is not part of it. The function
+-- must exist from the top level for wrk to use it, hence the environment, not init()'s args.
+local mean_delay_ms = tonumber(os.getenv("WRK_MEAN_DELAY_MS") or "0")
+if mean_delay_ms > 0 then
+  function delay()
+    return math.floor(-math.log(1 - math.random()) * mean_delay_ms + 0.5)
+  end
+end
 
 local thread_count = 0
 
@@ -32,6 +44,7 @@ function init(args)
     }
   end
   idx = tid
+  math.randomseed(tid * 7919)
 end
 
 function request()
