@@ -120,7 +120,9 @@ async def _serve(
     try:
         mode = await storage_mode.detect(pool, settings.storage_mode)
         app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=30, read_bufsize=settings.read_buffer_bytes
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
         await site.start()

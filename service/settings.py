@@ -82,7 +82,9 @@ class Settings:
     # since the first row of the batch arrived, whichever comes first.
     batch_window: timedelta = timedelta(milliseconds=5)
     batch_max_rows: int = 5000
-    queue_max_rows: int = 50_000
+    # The queue's rows are held as Python objects (about 0.3-0.5 KB each, measured): this bounds
+    # the service's memory under overload as much as it bounds the wait (benchmarks/RESULTS.md).
+    queue_max_rows: int = 20_000
     retry_after_seconds: int = 1
     flush_retry_attempts: int = 5
     # Database calls waiting this long with none finishing mean the database is stalled: /v1/
@@ -95,6 +97,10 @@ class Settings:
     max_clock_skew: timedelta = timedelta(minutes=5)
     max_batch_heartbeats: int = 500
     max_body_bytes: int = 1024 * 1024
+    # How much of a request body aiohttp reads ahead per connection (it pauses reading at twice
+    # this; the rest waits in the kernel's socket buffer): the memory 500 connections that all
+    # post at once cost before their handlers run (benchmarks/RESULTS.md, "Memory").
+    read_buffer_bytes: int = 16 * 1024
     retention: RetentionWindows = field(default_factory=RetentionWindows)
     partition_lookahead: timedelta = timedelta(days=1)
     maintenance_interval: timedelta = timedelta(minutes=5)
@@ -248,6 +254,7 @@ class Settings:
             max_clock_skew=as_seconds("TELEMETRY_MAX_CLOCK_SKEW_SECONDS", d.max_clock_skew),
             max_batch_heartbeats=as_int("TELEMETRY_MAX_BATCH_HEARTBEATS", d.max_batch_heartbeats, 1),
             max_body_bytes=as_int("TELEMETRY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
+            read_buffer_bytes=as_int("TELEMETRY_READ_BUFFER_BYTES", d.read_buffer_bytes, 1024),
             retention=retention,
             partition_lookahead=as_seconds(
                 "TELEMETRY_PARTITION_LOOKAHEAD_SECONDS", d.partition_lookahead, positive=True

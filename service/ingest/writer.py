@@ -123,7 +123,7 @@ class GroupCommitWriter:
     metrics: Metrics
     batch_window: timedelta = timedelta(milliseconds=5)
     batch_max_rows: int = 5000
-    queue_max_rows: int = 50_000
+    queue_max_rows: int = 20_000
     bucket_seconds: int = 10
     retry_attempts: int = 5
     retry_base_delay: float = 0.05
