@@ -73,13 +73,14 @@ async def list_device_dispatches(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     limit = query_limit(request)
     async with svc.pool.acquire() as conn:
-        await ensure_device_exists(conn, device_id)
         rows = await conn.fetch(
             "SELECT id, request_id, device_id, action, payload, sent_at, status FROM fcm_dispatches"
             " WHERE device_id = $1 ORDER BY sent_at DESC LIMIT $2",
             device_id,
             limit,
         )
+        if not rows:  # dispatches exist only for enrolled devices: one round trip if any
+            await ensure_device_exists(conn, device_id)
     return json_response(
         DispatchList(device_id=device_id, dispatches=[_dispatch(DispatchRecord.from_row(r)) for r in rows])
     )

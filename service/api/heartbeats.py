@@ -55,13 +55,14 @@ async def list_heartbeats(request: web.Request) -> web.Response:
     device_id = request.match_info["device_id"]
     limit = query_limit(request)
     async with svc.pool.acquire() as conn:
-        await ensure_device_exists(conn, device_id)
         rows = await conn.fetch(
             "SELECT ts, bucket_start, received_at, status, battery_pct, app_version, network, extra"
             " FROM device_heartbeats WHERE device_id = $1 ORDER BY ts DESC LIMIT $2",
             device_id,
             limit,
         )
+        if not rows:  # rows are only ever written for an enrolled device: one round trip if any
+            await ensure_device_exists(conn, device_id)
     return json_response(
         HeartbeatList(device_id=device_id, heartbeats=[StoredHeartbeat(**dict(r)) for r in rows])
     )
