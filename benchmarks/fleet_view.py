@@ -172,7 +172,7 @@ async def flush_ab(conn: asyncpg.Connection, ids: list[str], reps: int) -> dict[
 
 async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse.Namespace) -> dict[str, Any]:
     url = await migrated_database(cluster, f"fleet_{mode}", mode)
-    result: dict[str, Any] = {"mode": mode}
+    result: dict[str, Any] = {"mode": mode, "devices": args.devices}
     conn = await asyncpg.connect(url)
     await conn.execute("SET jit = off")  # as on the service's own connections
     try:

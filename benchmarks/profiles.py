@@ -45,6 +45,10 @@ class Profile:
     prefill_interval: float
     prefill_expired_hours: float
     prefill_dispatches_per_device: int
+    # Fleet view (benchmarks/fleet_view.py, in its own database of the same cluster): devices
+    # with presence pre-filled, and how many of them reach their deadline at once. 0: skipped.
+    fleet_view_devices: int = 0
+    fleet_view_expiring: int = 0
 
     def with_overrides(self, overrides: dict[str, Any]) -> Profile:
         known = {f.name for f in fields(self)}
@@ -78,6 +82,8 @@ QUICK = Profile(
     prefill_interval=600.0,
     prefill_expired_hours=6.0,
     prefill_dispatches_per_device=5,
+    fleet_view_devices=10_000,
+    fleet_view_expiring=5_000,
 )
 
 FULL = Profile(
@@ -104,6 +110,8 @@ FULL = Profile(
     prefill_interval=180.0,
     prefill_expired_hours=6.0,
     prefill_dispatches_per_device=20,
+    fleet_view_devices=100_000,
+    fleet_view_expiring=10_000,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (QUICK, FULL)}

@@ -371,7 +371,60 @@ GOALS: tuple[Target, ...] = (
         valid=_overload_queue_full,
         note=_overload_note,
     ),
+    Target(
+        "fleet summary p95 (GET /v1/fleet/summary)",
+        lambda r, p: _fleet_view(r, "summary_ms", "p95"),
+        Bound("<=", 50, "ms"),
+        note=lambda r, p: (
+            f"{_fleet_view(r, 'devices') or 0:,} devices with presence; one snapshot (at most 5 s old) "
+            f"costs p95 {_fleet_view(r, 'summary_compute_ms', 'p95') or 0:.1f} ms to compute"
+        ),
+    ),
+    Target(
+        "offline list p95 (GET /v1/devices?presence=offline&limit=100)",
+        lambda r, p: _fleet_view(r, "offline_ms", "p95"),
+        Bound("<=", 10, "ms"),
+        note=lambda r, p: (
+            f"{_fleet_view(r, 'devices') or 0:,} devices; a page after "
+            f"{_fleet_view(r, 'deep_after') or 0:,} offline ones: p95 "
+            f"{_fleet_view(r, 'offline_deep_ms', 'p95') or 0:.1f} ms"
+        ),
+    ),
+    Target(
+        "maintenance pass recording went_offline for devices expiring at once",
+        lambda r, p: _fleet_view(r, "went_offline_s", "max"),
+        Bound("<=", 1, "s"),
+        note=lambda r, p: (
+            f"{_fleet_view(r, 'expiring') or 0:,} devices, worst of 3 passes; with the presence "
+            f"counts for the gauges: {_fleet_view(r, 'pass_with_counts_s', 'max') or 0:.2f} s"
+        ),
+    ),
 )
+
+
+def _presence_ratios(r: ModeResult) -> list[Ratio]:
+    """The writer's flush with and without the presence update (fleet-view benchmark)."""
+    out = []
+    for shape, label in (("backlog", "10 devices x 500 rows"), ("fleet", "5,000 devices x 1 row")):
+        ms = _fleet_view(r, "flush_ms", shape)
+        if ms:
+            out.append(
+                Ratio(
+                    f"writer flush with ÷ without the presence update, {label} (median ms)",
+                    r.mode,
+                    _div(ms["with"], ms["without"]),
+                    f"{ms['with']:.1f} vs {ms['without']:.1f} ms, alternated on one connection",
+                )
+            )
+    return out
+
+
+def _fleet_view(r: ModeResult, key: str, sub: str | None = None) -> Any:
+    """A figure of the fleet-view benchmark (None when it did not run)."""
+    if r.fleet_view is None:
+        return None
+    value = r.fleet_view.get(key)
+    return value.get(sub) if sub is not None and isinstance(value, dict) else value
 
 
 def ratios(r: ModeResult) -> list[Ratio]:
@@ -429,6 +482,7 @@ def ratios(r: ModeResult) -> list[Ratio]:
             else f"{c.delete_job_seconds or 0:.2f} s vs {c.cleanup_seconds:.3f} s "
             f"(in-place DELETE alone, rolled back: {c.delete_seconds or 0:.2f} s)",
         ),
+        *_presence_ratios(r),
     ]
 
 

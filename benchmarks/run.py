@@ -30,6 +30,7 @@ import psutil
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from benchmarks import fleet_view
 from benchmarks.database import EmbeddedCluster, server_versions
 from benchmarks.plot import plot
 from benchmarks.profiles import PROFILES, Profile
@@ -186,6 +187,8 @@ async def run(args: argparse.Namespace, profile: Profile, console: Console) -> R
                 results.append(await runner.run())
             if cluster is not None and not args.keep_data:
                 await cluster.drop_database(f"bench_{mode}")
+            if cluster is not None and profile.fleet_view_devices > 0:
+                results[-1].fleet_view = await fleet_view_of(cluster, mode, profile, console)
     finally:
         if cluster is not None:
             cluster.close()
@@ -205,6 +208,26 @@ async def run(args: argparse.Namespace, profile: Profile, console: Console) -> R
             )
     command = "python benchmarks/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     return Report(profile.as_dict(), command.strip(), machine, results, time.perf_counter() - started, notes)
+
+
+async def fleet_view_of(
+    cluster: EmbeddedCluster, mode: str, profile: Profile, console: Console
+) -> dict[str, Any]:
+    """The fleet-view figures (`benchmarks/fleet_view.py`) at the profile's fleet size, in a
+    database of their own on the same cluster (dropped afterwards)."""
+    sizes = argparse.Namespace(
+        devices=profile.fleet_view_devices,
+        expiring=profile.fleet_view_expiring,
+        passes=3,
+        compute_samples=30,
+        flush_reps=20,
+        summary_requests=profile.query_requests // 5,
+        list_requests=profile.query_requests // 2,
+    )
+    console.log(f"{mode}: fleet view at {sizes.devices:,} devices")
+    figures = await fleet_view.bench_mode(cluster, mode, sizes)  # type: ignore[arg-type]
+    await cluster.drop_database(f"fleet_{mode}")
+    return figures
 
 
 def write_outputs(report: Report, args: argparse.Namespace, console: Console) -> None:

@@ -103,6 +103,7 @@ class ModeResult:
     cleanup: CleanupResult | None = None
     memory: dict[str, Any] = field(default_factory=dict)
     cpu_budget: dict[str, Any] = field(default_factory=dict)
+    fleet_view: dict[str, Any] | None = None
     heartbeat_rows: int = 0
     service_exit_code: int | None = None
     wall_seconds: float = 0.0
@@ -126,6 +127,7 @@ class ModeResult:
             "cleanup": None if self.cleanup is None else self.cleanup.as_dict(),
             "memory": self.memory,
             "cpu_budget": self.cpu_budget,
+            "fleet_view": self.fleet_view,
             "service_exit_code": self.service_exit_code,
             "wall_seconds": round(self.wall_seconds, 1),
             "query_plans": self.plans,
