@@ -160,19 +160,21 @@ def _fleet_note(kind: str) -> Callable[[ModeResult, dict[str, Any]], str]:
     return note
 
 
-def _sql_note(key: str, wording: str = "the SQL alone: ") -> Callable[[ModeResult, dict[str, Any]], str]:
+def _sql_note(
+    key: str, phase: str, wording: str = "the SQL alone: "
+) -> Callable[[ModeResult, dict[str, Any]], str]:
     def note(r: ModeResult, _: dict[str, Any]) -> str:
         sql = r.sql.get(key)
         if sql is None or sql.p95_ms is None:
             return ""
-        return f"over HTTP; {wording}p95 {sql.p95_ms:.3f} ms"
+        return f"over HTTP ({_generator(r, phase)}); {wording}p95 {sql.p95_ms:.3f} ms"
 
     return note
 
 
 def _last100_goal_note(r: ModeResult, p: dict[str, Any]) -> str:
     sql = r.sql.get("last100_sql")
-    return f"{r.heartbeat_rows:,} rows in the table; over HTTP" + (
+    return f"{r.heartbeat_rows:,} rows in the table; over HTTP ({_generator(r, 'last100')})" + (
         f"; SQL alone p95 {sql.p95_ms:.3f} ms" if sql and sql.p95_ms is not None else ""
     )
 
@@ -290,14 +292,14 @@ TARGETS: tuple[Target, ...] = (
         _p95("lookups", "dispatch_lookup"),
         Bound("<", 5, "ms"),
         valid=_clean("lookups", "dispatch_lookup"),
-        note=_sql_note("dispatch_lookup_sql"),
+        note=_sql_note("dispatch_lookup_sql", "lookups"),
     ),
     Target(
         "last-100 heartbeats p95 (GET …/heartbeats?limit=100)",
         _p95("last100", "last100"),
         Bound("<", 100, "ms"),
         valid=_clean("last100", "last100"),
-        note=_sql_note("last100_sql"),
+        note=_sql_note("last100_sql", "last100"),
     ),
     Target(
         "cleanup of the expired part of the 2-day window",
@@ -348,7 +350,7 @@ GOALS: tuple[Target, ...] = (
         "dispatch lookup p95",
         _p95("lookups", "dispatch_lookup"),
         Bound("<=", 1, "ms"),
-        note=_sql_note("dispatch_lookup_sql", wording="SQL alone "),
+        note=_sql_note("dispatch_lookup_sql", "lookups", wording="SQL alone "),
     ),
     Target(
         "last-100 p95 on >= 10 M heartbeat rows",

@@ -10,6 +10,7 @@ Phases (each bounded in time or requests):
   batched      batches of heartbeats, closed loop                        → ingest rows/s
   lookups      GET /v1/dispatches/{request_id}, closed loop              → lookup p95
   last100      GET /v1/devices/{id}/heartbeats?limit=100, closed loop    → query p95
+(these two also with wrk when it is installed)
   overload     every connection posts a maximal batch                    → RSS, queue full
 then raw COPY and per-row INSERT into the same table, cleanup against DELETE, and
   workers2     saturation against `serve --workers 2` (a second service) → req/s per worker count
@@ -596,39 +597,52 @@ class ModeRun:
         self.log(f"batched ingest: {self.result.batched.rows_per_s:,.0f} rows/s stored")
 
     async def _queries(self, base_url: str, pid: int) -> None:
+        """Dispatch lookups and last-100 reads, each alone on `query_connections` connections:
+        with wrk when installed (for `query_requests / 500` s, at least 2 s), else the Python
+        client for `query_requests` requests."""
         p = self.profile
         prefilled = [d for d in self.devices[: p.prefill_devices]]
         ids = list(self.request_ids)
         rng = random.Random(4)
-        await self._phase(
-            "lookups",
-            "dispatch lookups",
-            closed_loop,
-            server_pid=pid,
-            seconds=120.0,
-            base_url=base_url,
-            workers=p.query_connections,
-            max_requests=p.query_requests,
-            traffic=lambda k: Request(
-                "dispatch_lookup", "GET", f"/v1/dispatches/{rng.choice(ids)}", self.operator
-            ),
-        )
-        await self._phase(
-            "last100",
-            "last-100 heartbeats",
-            closed_loop,
-            server_pid=pid,
-            seconds=120.0,
-            base_url=base_url,
-            workers=p.query_connections,
-            max_requests=p.query_requests,
-            traffic=lambda k: Request(
+        phases = (
+            ("lookups", "dispatch lookups", "dispatch_lookup", [f"/v1/dispatches/{i}" for i in ids]),
+            (
                 "last100",
-                "GET",
-                f"/v1/devices/{rng.choice(prefilled).device_id}/heartbeats?limit=100",
-                self.operator,
+                "last-100 heartbeats",
+                "last100",
+                [f"/v1/devices/{d.device_id}/heartbeats?limit=100" for d in prefilled],
             ),
         )
+        for name, label, kind, paths in phases:
+            if self.wrk is not None:
+                seconds = max(2.0, p.query_requests / 500)
+                await self._phase(
+                    name,
+                    label,
+                    wrk_driver.gets,
+                    server_pid=pid,
+                    seconds=seconds,
+                    base_url=base_url,
+                    wrk=self.wrk,
+                    paths=paths,
+                    headers=self.operator,
+                    workers=p.query_connections,
+                    kind=kind,
+                )
+                continue
+            await self._phase(
+                name,
+                label,
+                closed_loop,
+                server_pid=pid,
+                seconds=120.0,
+                base_url=base_url,
+                workers=p.query_connections,
+                max_requests=p.query_requests,
+                traffic=lambda k, kind=kind, paths=paths: Request(
+                    kind, "GET", rng.choice(paths), self.operator
+                ),
+            )
         self.result.sql, samples = await queries.time_queries(
             self.dsn, ids, [d.device_id for d in prefilled], p.sql_samples
         )

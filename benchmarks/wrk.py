@@ -13,6 +13,9 @@ handler is saturated, so its ceiling was a lower bound.
   think time after each answer, of mean `workers / R` seconds less the expected latency. That
   is a paced closed loop, not a strictly open one: when the server slows down, the offered
   rate drops with it, so the report gives the rate achieved next to the one asked for.
+* `gets(...)` runs wrk with `wrk_gets.lua`: operator reads (dispatch lookups, last-100) back to
+  back, each to a path drawn at random, so that their latency is the service's and not that of
+  a Python client's event loop.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from benchmarks.latency import Recorder, Summary
 from benchmarks.load import Run, Tick
 
 SCRIPT = Path(__file__).resolve().parent / "wrk_heartbeats.lua"
+GETS_SCRIPT = Path(__file__).resolve().parent / "wrk_gets.lua"
 THREADS = 2
 
 
@@ -121,23 +125,86 @@ async def closed_loop(
     if rate is not None:
         mean_delay_ms = max(1000 * (workers / rate - expected_latency_s), 1.0)
         env["WRK_MEAN_DELAY_MS"] = f"{mean_delay_ms:.3f}"
-    with tempfile.NamedTemporaryFile("w", suffix=".devices", delete=False) as f:
-        f.write("\n".join(d.line() for d in devices) + "\n")
-        devices_file = f.name
+    run = await _execute(
+        wrk,
+        SCRIPT,
+        f"{base_url}/v1/heartbeats",
+        [d.line() for d in devices],
+        seconds=seconds,
+        workers=workers,
+        env=env,
+        tick=tick,
+        before_clock=before_clock,
+        kind=kind,
+    )
+    run.offered_rate = rate
+    if rate is not None:
+        run.extra["wrk_mean_think_ms"] = round(mean_delay_ms, 3)
+    return run
+
+
+async def gets(
+    base_url: str,
+    *,
+    wrk: str,
+    paths: Sequence[str],
+    headers: dict[str, str],
+    seconds: float,
+    workers: int,
+    kind: str,
+    tick: Tick | None = None,
+    before_clock: Callable[[], None] | None = None,
+) -> Run:
+    """GET requests back to back on `workers` connections for `seconds`, each to a path drawn at
+    random from `paths`, with `headers` (`wrk_gets.lua`)."""
+    lines = [f"{name}: {value}" for name, value in headers.items()] + [""] + list(paths)
+    return await _execute(
+        wrk,
+        GETS_SCRIPT,
+        base_url,
+        lines,
+        seconds=seconds,
+        workers=workers,
+        env=dict(os.environ),
+        tick=tick,
+        before_clock=before_clock,
+        kind=kind,
+    )
+
+
+async def _execute(
+    wrk: str,
+    script: Path,
+    url: str,
+    lines: Sequence[str],
+    *,
+    seconds: float,
+    workers: int,
+    env: dict[str, str],
+    tick: Tick | None,
+    before_clock: Callable[[], None] | None,
+    kind: str,
+) -> Run:
+    """Run wrk with `script`, whose input file (its first argument) holds `lines`; the figures
+    its done() prints become a `Run` with one summary, `kind`."""
+    with tempfile.NamedTemporaryFile("w", suffix=".wrk-input", delete=False) as f:
+        f.write("\n".join(lines) + "\n")
+        input_file = f.name
     try:
+        threads = min(THREADS, workers)  # one connection: one thread
         argv = [
             wrk,
-            f"-t{THREADS}",
-            f"-c{max(workers, THREADS)}",
+            f"-t{threads}",
+            f"-c{max(workers, threads)}",
             f"-d{max(round(seconds), 1)}s",
             "--timeout",
             "60s",
             "-s",
-            str(SCRIPT),
-            f"{base_url}/v1/heartbeats",
+            str(script),
+            url,
             "--",
-            devices_file,
-            str(THREADS),
+            input_file,
+            str(threads),
         ]
         if before_clock is not None:
             before_clock()
@@ -149,7 +216,7 @@ async def closed_loop(
             await asyncio.wait({task}, timeout=0.25)
         stdout, stderr, wall, cpu = task.result()
     finally:
-        os.unlink(devices_file)
+        os.unlink(input_file)
     figures = _parse(stdout)
     elapsed = figures["duration_us"] / 1e6
     errors = {k: figures[k] for k in ("connect", "read", "write", "timeout") if figures[k]}
@@ -158,17 +225,15 @@ async def closed_loop(
         statuses["non-2xx"] = figures["status"]
     for k, n in errors.items():
         statuses[f"socket {k} error"] = n
-    run = Run(Recorder(), offered_rate=rate, connections=workers)
+    run = Run(Recorder(), connections=workers)
     run.elapsed = elapsed
     run.extra.update(
         generator="wrk",
         generator_cpu_s=round(cpu, 3),
         generator_wall_s=round(wall, 3),
-        wrk_threads=THREADS,
+        wrk_threads=threads,
         wrk_errors=errors,
     )
-    if rate is not None:
-        run.extra["wrk_mean_think_ms"] = round(mean_delay_ms, 3)
     if stderr.strip():
         print(stderr.strip()[-500:], file=sys.stderr)
     run.fixed[kind] = Summary(
