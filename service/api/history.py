@@ -36,6 +36,7 @@ from service.db.rollups import (
     BUILT_MECHANISM_SQL,
     FLEET_DAILY,
     HOURLY,
+    HOURLY_READ_COLUMNS,
     ORIGIN,
     RECENT_DAYS,
     STATUSES,
@@ -52,11 +53,12 @@ _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 # Per device and hour: materialized hours before the watermark ($4), raw rows after it. The
-# two never share an hour (the watermark is hour-aligned).
+# two never share an hour (the watermark is hour-aligned). The rollup's part is an index-only
+# scan: the hourly rollup's (device_id, hour) index INCLUDEs exactly HOURLY_READ_COLUMNS. The raw
+# part's columns follow the same order.
 _HOURS = f"""
 WITH hours AS (
-    SELECT hour, heartbeats, battery_min, battery_max, battery_sum,
-           {", ".join(f"status_{s}" for s in _STATUS_KEYS)}, last_app_version, first_ts, last_ts
+    SELECT hour, {", ".join(HOURLY_READ_COLUMNS)}
     FROM {HOURLY.name}
     WHERE device_id = $1 AND hour >= $2::timestamptz
       AND hour < least($3::timestamptz, coalesce($4::timestamptz, '-infinity'))

@@ -33,6 +33,7 @@ from sqlalchemy import (
     Integer,
     Interval,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Text,
@@ -41,6 +42,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from service.db.rollups import HOURLY_READ_COLUMNS
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -499,11 +502,17 @@ class RetentionPolicy(Base):
 
 
 class DeviceHeartbeatHourly(Base):
-    __tablename__ = "device_heartbeats_hourly"
-    __table_args__ = {"info": {"rollup": True}}
+    """The primary key INCLUDEs every column the device-history read selects, so the read is an
+    index-only scan (`service.db.rollups.HOURLY_READ_COLUMNS`)."""
 
-    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    __tablename__ = "device_heartbeats_hourly"
+    __table_args__ = (
+        PrimaryKeyConstraint("device_id", "hour", postgresql_include=list(HOURLY_READ_COLUMNS)),
+        {"info": {"rollup": True}},
+    )
+
+    device_id: Mapped[str] = mapped_column(String(128))
+    hour: Mapped[datetime]
     heartbeats: Mapped[int] = mapped_column(BigInteger)
     battery_min: Mapped[int | None] = mapped_column(SmallInteger)
     battery_avg: Mapped[float | None] = mapped_column(Double)

@@ -20,6 +20,14 @@ Two mechanisms build them (`RollupMechanism`):
   `rollup_watermarks` by the service's maintenance task (`service.retention.rollups`), their
   partitions dropped by their own windows.
 
+The device-history read (`service.api.history`) is served by an index-only scan in both: the
+hourly rollup's one `(device_id, hour)` index carries every column the read selects
+(`HOURLY_READ_COLUMNS`) in its `INCLUDE` list, so 30 days of a device's hours cost about 30
+index pages instead of 720 heap pages read at random. In the table mechanism that index is the
+primary key itself; on a continuous aggregate it is `HOURLY_COVERING_INDEX` on the
+materialization hypertable (and each of its chunks), which replaces TimescaleDB's group index
+`(device_id, hour DESC)`. `cover_hourly` brings a build made before it to that shape.
+
 The guard: raw data is never dropped before it is rolled up. Every rollup re-reads its source
 at most `reach` back from now (`start_offset + source chunk interval + schedule`); the source's
 window must be at least that long (`GuardError` otherwise). In the table mechanism a source
@@ -158,13 +166,84 @@ def hourly_select(last_app_version: str) -> str:
     return HOURLY_SELECT.format(last_app_version=last_app_version)
 
 
+# --- the device-history read's covering index ------------------------------------------------
+
+# Every column the device-history read selects from the hourly rollup besides its key
+# (`service.api.history` builds its SELECT list from this tuple: the two cannot drift apart).
+HOURLY_READ_COLUMNS: tuple[str, ...] = (
+    "heartbeats",
+    "battery_min",
+    "battery_max",
+    "battery_sum",
+    *(f"status_{s}" for s in (*STATUSES, "other")),
+    "last_app_version",
+    "first_ts",
+    "last_ts",
+)
+HOURLY_COVERING_INDEX = f"ix_{HOURLY.name}_covering"
+_INCLUDE = f"INCLUDE ({', '.join(HOURLY_READ_COLUMNS)})"
+_HOURLY_PK = f"CONSTRAINT pk_{HOURLY.name} PRIMARY KEY (device_id, hour)"
+# On a continuous aggregate, CREATE INDEX is redirected to its materialization hypertable (and
+# cascades to every chunk, present and future); the index lives in that hypertable's schema.
+_CAGG_COVERING = (
+    f"CREATE INDEX IF NOT EXISTS {HOURLY_COVERING_INDEX} ON {HOURLY.name} (device_id, hour) {_INCLUDE}"
+)
+_MAT_INDEXES = f"""
+SELECT i.indexrelid::regclass AS ix FROM pg_index i
+JOIN pg_class x ON x.oid = i.indexrelid
+JOIN timescaledb_information.continuous_aggregates c
+  ON i.indrelid = format('%I.%I', c.materialization_hypertable_schema,
+                         c.materialization_hypertable_name)::regclass
+WHERE c.view_schema = current_schema() AND c.view_name = '{HOURLY.name}'"""
+
+
+def _drop_mat_indexes(where: str) -> str:
+    """Drop the hourly aggregate's materialization indexes matching `where` (over pg_index `i`
+    and the index's pg_class `x`)."""
+    return f"""
+DO $$
+DECLARE ix regclass;
+BEGIN
+    FOR ix IN {_MAT_INDEXES} AND {where} LOOP
+        EXECUTE format('DROP INDEX %s', ix);
+    END LOOP;
+END $$"""
+
+
+# TimescaleDB's group index, which the covering index makes redundant (same leading key).
+_DROP_GROUP_INDEX = _drop_mat_indexes("pg_get_indexdef(i.indexrelid) LIKE '%(device_id, hour DESC)'")
+
+
+def cover_hourly(execute: Execute, mechanism: RollupMechanism) -> None:
+    """Give a build made before the covering index its shape (a no-op on a continuous aggregate
+    `create_rollups` built; the table's primary key is rebuilt either way). While the index is
+    built, the aggregate's refresh waits (CREATE INDEX takes a SHARE lock); the table's
+    ALTER TABLE also holds reads back (ACCESS EXCLUSIVE)."""
+    if mechanism == "continuous_aggregate":
+        execute(_DROP_GROUP_INDEX)
+        execute(_CAGG_COVERING)
+    else:
+        execute(f"ALTER TABLE {HOURLY.name} DROP CONSTRAINT pk_{HOURLY.name}, ADD {_HOURLY_PK} {_INCLUDE}")
+
+
+def uncover_hourly(execute: Execute, mechanism: RollupMechanism) -> None:
+    """Undo `cover_hourly`: the plain primary key, or TimescaleDB's group index back."""
+    if mechanism == "continuous_aggregate":
+        execute(_drop_mat_indexes(f"x.relname = '{HOURLY_COVERING_INDEX}'"))
+        # The name TimescaleDB gives its group index (<materialization hypertable>_device_id_hour_idx).
+        execute(f"CREATE INDEX ON {HOURLY.name} (device_id, hour DESC)")
+    else:
+        execute(f"ALTER TABLE {HOURLY.name} DROP CONSTRAINT pk_{HOURLY.name}, ADD {_HOURLY_PK}")
+
+
 # --- continuous aggregates -------------------------------------------------------------------
 
 
 def _cagg_statements(windows: dict[str, timedelta]) -> list[str]:
     hourly = f"""
 CREATE MATERIALIZED VIEW {HOURLY.name}
-WITH (timescaledb.continuous, timescaledb.materialized_only = true) AS
+WITH (timescaledb.continuous, timescaledb.materialized_only = true,
+      timescaledb.create_group_indexes = false) AS
 SELECT device_id, time_bucket({interval_literal(HOURLY.bucket)}, bucket_start) AS hour,
 {hourly_select("last(app_version, ts)")}
 FROM {HOURLY.source}
@@ -180,11 +259,12 @@ FROM {FLEET_DAILY.source}
 GROUP BY time_bucket({interval_literal(FLEET_DAILY.bucket)}, hour)
 WITH NO DATA
 """
-    out = [hourly, daily]
+    # The hourly one's group index (device_id, hour DESC) is replaced by the covering index.
+    out = [hourly, _CAGG_COVERING, daily]
     for r in ROLLUPS:
         out += [
-            # The materialization hypertable's chunks: the rollup's own retention steps. (Its
-            # indexes, (device_id, hour DESC) and (day DESC), are TimescaleDB's group indexes.)
+            # The materialization hypertable's chunks: the rollup's own retention steps. (Their
+            # time indexes, (hour DESC) and (day DESC), are TimescaleDB's.)
             "SELECT set_chunk_time_interval(format('%I.%I', materialization_hypertable_schema, "
             f"materialization_hypertable_name)::regclass, {interval_literal(r.interval)}) "
             f"FROM timescaledb_information.continuous_aggregates WHERE view_name = '{r.name}'",
@@ -216,7 +296,7 @@ CREATE TABLE {HOURLY.name} (
     last_app_version varchar(64),
     first_ts timestamptz,
     last_ts timestamptz,
-    CONSTRAINT pk_{HOURLY.name} PRIMARY KEY (device_id, hour)
+    {_HOURLY_PK} {_INCLUDE}
 ) PARTITION BY RANGE (hour)
 """,
         f"""

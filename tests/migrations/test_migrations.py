@@ -12,14 +12,19 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from service.db.rollups import HOURLY_READ_COLUMNS
 from service.db.time_series import TIME_SERIES_TABLES
 from service.migrations.commands import Migrator
 from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
+from tests.db.hourly_indexes import device_indexes
 
 BASELINE = "7ac6ecbe4e31"
-EARLIER = "f2c7a9d41e58"
-PREVIOUS = "d5a91f3c7b20"
-HEAD = "a9d3e5f7b1c2"
+EARLIER = "d5a91f3c7b20"
+PREVIOUS = "a9d3e5f7b1c2"
+HEAD = "b7c1e4d9f2a6"
+# The revision before the rollout funnel's counts (a9d3e5f7b1c2), which fill themselves from the
+# rows already stored.
+BEFORE_FUNNEL_COUNTS = "d5a91f3c7b20"
 
 
 async def user_tables(url: str) -> set[str]:
@@ -146,7 +151,7 @@ async def test_check_names_the_pending_revision_when_one_behind(empty_db: str, m
 
 
 async def test_upgrade_to_head_counts_the_rollout_rows_already_stored(empty_db: str, mode: str) -> None:
-    await migrate(empty_db, mode, PREVIOUS)  # type: ignore[arg-type]
+    await migrate(empty_db, mode, BEFORE_FUNNEL_COUNTS)  # type: ignore[arg-type]
     conn = await asyncpg.connect(empty_db)
     try:
         await conn.execute(
@@ -187,6 +192,29 @@ async def test_upgrade_to_head_counts_the_rollout_rows_already_stored(empty_db: 
         assert set(map(tuple, await conn.fetch(installs))) == set(map(tuple, await conn.fetch(counted)))
     finally:
         await conn.close()
+
+
+async def test_downgrade_and_upgrade_move_the_hourly_rollup_between_its_old_index_and_the_covering_one(
+    empty_db: str, mode: str
+) -> None:
+    await migrate(empty_db, mode)  # type: ignore[arg-type]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        (covering,) = await device_indexes(conn, mode)
+        assert covering.key == ("device_id", "hour") and covering.included == HOURLY_READ_COLUMNS
+
+        await asyncio.to_thread(migrator_for(empty_db, mode).downgrade, PREVIOUS)  # type: ignore[arg-type]
+        (old,) = await device_indexes(conn, mode)
+        assert old.key == ("device_id", "hour") and old.included == ()
+        # The primary key (table), or TimescaleDB's own group index back under its own name.
+        assert old.primary_key if mode == "postgres" else old.name.endswith("_device_id_hour_idx")
+
+        await migrate(empty_db, mode)  # type: ignore[arg-type]
+        assert await device_indexes(conn, mode) == [covering]
+    finally:
+        await conn.close()
+    code, out = await check(empty_db, mode)
+    assert code == 0, out
 
 
 def _telemetry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
