@@ -162,7 +162,7 @@ async def flush_ab(conn: asyncpg.Connection, ids: list[str], reps: int) -> dict[
                 async with conn.transaction():
                     await statements.merge_heartbeats(conn, rows, 10)
                     if variant == "with":
-                        await statements.update_presence(conn, 10, policy)
+                        await statements.update_presence(conn, rows, 10, policy)
                 samples.setdefault(shape, {}).setdefault(variant, []).append((time.perf_counter() - t) * 1000)
     return {
         shape: {variant: statistics.median(ms) for variant, ms in by_variant.items()}

@@ -87,7 +87,7 @@ def heartbeats(
         stored = await statements.merge_heartbeats(conn, rows, bucket_seconds)
         if presence is not None:
             await statements.update_presence(
-                conn, bucket_seconds, presence, None if clock is None else clock()
+                conn, rows, bucket_seconds, presence, None if clock is None else clock()
             )
         return stored
 

@@ -118,7 +118,8 @@ SELECT c.ord FROM candidate c JOIN inserted i USING (device_id, bucket_start)
 # `last_seen_at` moves to the flush's time ($7, default now()), never back. Only heartbeats newer
 # (device time) than the newest one already seen move `last_*` and teach the interval, so a late
 # or back-filled heartbeat changes history, not presence. The mean of the consecutive gaps
-# between distinct times telescopes to span / count, so no window function is needed; each gap
+# between distinct times telescopes to span / count, so only the count and the span are needed
+# (from the one sort that also finds each device's newest heartbeat); each gap
 # is capped at 4x the learned interval (an outage teaches a little, a slower cadence is learned
 # over a few beats). Transitions are recorded beside: `went_offline` at the passed deadline if
 # the maintenance pass has not recorded it yet, then `came_online` with the gap (also when a
@@ -132,21 +133,27 @@ WITH clock AS (
     SELECT device_id, last_seen_at, last_ts, last_app_version, learned_interval_seconds, gaps_seen,
            expected_interval_seconds, offline_after, offline_since
     FROM device_presence
-    WHERE device_id IN (SELECT device_id FROM stage_heartbeats)
+    WHERE device_id = ANY($8::text[])
     ORDER BY device_id
     FOR UPDATE
 ), fresh AS (
-    SELECT s.device_id, s.ord, s.ts, s.status, s.battery_pct, s.app_version, s.network
+    SELECT s.device_id, s.ts, s.status, s.battery_pct, s.app_version, s.network,
+           lead(s.ord) OVER w IS NULL AS newest,
+           dense_rank() OVER (PARTITION BY s.device_id ORDER BY s.ts) AS distinct_ts,
+           first_value(s.ts) OVER w AS first_ts
     FROM stage_heartbeats s JOIN old o USING (device_id)
     WHERE o.last_ts IS NULL OR s.ts > o.last_ts
+    WINDOW w AS (PARTITION BY s.device_id ORDER BY s.ts, s.ord)
 ), newest AS (
-    SELECT DISTINCT ON (device_id) * FROM fresh ORDER BY device_id, ts DESC, ord DESC
+    -- Per device, its newest fresh heartbeat (the last staged of equal times), which also
+    -- carries the count of distinct fresh times and the oldest one: one sort for all three.
+    SELECT device_id, ts, status, battery_pct, app_version, network, distinct_ts, first_ts
+    FROM fresh WHERE newest
 ), gaps AS (
-    SELECT f.device_id,
-           count(DISTINCT f.ts) - CASE WHEN o.last_ts IS NULL THEN 1 ELSE 0 END AS n,
-           extract(epoch FROM max(f.ts) - coalesce(o.last_ts, min(f.ts)))::float8 AS span
-    FROM fresh f JOIN old o USING (device_id)
-    GROUP BY f.device_id, o.last_ts
+    SELECT w.device_id,
+           w.distinct_ts - CASE WHEN o.last_ts IS NULL THEN 1 ELSE 0 END AS n,
+           extract(epoch FROM w.ts - coalesce(o.last_ts, w.first_ts))::float8 AS span
+    FROM newest w JOIN old o USING (device_id)
 ), learned AS (
     SELECT o.device_id, o.gaps_seen + coalesce(g.n, 0) AS gaps_seen,
            CASE WHEN coalesce(g.n, 0) = 0 THEN o.learned_interval_seconds
@@ -346,12 +353,15 @@ async def merge_heartbeats(
 
 async def update_presence(
     conn: asyncpg.Connection,
+    rows: Sequence[HeartbeatRow],
     bucket_seconds: int,
     policy: PresencePolicy,
     now: datetime | None = None,
 ) -> None:
-    """After `merge_heartbeats` in the same transaction: the presence of every device staged
-    in it (see UPDATE_PRESENCE). `now` stands for the database's clock in tests."""
+    """After `merge_heartbeats(rows)` in the same transaction: the presence of every device
+    staged in it (see UPDATE_PRESENCE). The devices are also passed as an array, so that their
+    presence rows are found by primary key whatever the planner guesses of the staging table
+    (it has no statistics). `now` stands for the database's clock in tests."""
     await conn.execute(
         UPDATE_PRESENCE,
         float(bucket_seconds),
@@ -361,6 +371,7 @@ async def update_presence(
         policy.min_gaps,
         policy.learning_rate,
         now,
+        sorted({row.device_id for row in rows}),
     )
 
 
