@@ -109,7 +109,7 @@ FULL = Profile(
     prefill_devices=10_000,
     prefill_interval=180.0,
     prefill_expired_hours=6.0,
-    prefill_dispatches_per_device=20,
+    prefill_dispatches_per_device=100,  # 1 M dispatches: the lookup goal's table size
     fleet_view_devices=100_000,
     fleet_view_expiring=10_000,
 )
