@@ -9,7 +9,7 @@ from collections import Counter
 
 from benchmarks.database import connect
 from benchmarks.latency import Summary, summarize
-from service.ingest.statements import EXISTING_DISPATCHES
+from service.ingest.statements import DISPATCH_BY_KEY, DISPATCH_KEY, dispatch_by_request_id
 
 # The statement `GET /v1/devices/{device_id}/heartbeats` runs (service/api/heartbeats.py).
 LAST_100 = (
@@ -26,12 +26,11 @@ async def time_queries(
     async with connect(dsn) as conn:
         lookups: list[float] = []
         last100: list[float] = []
-        lookup = await conn.prepare(EXISTING_DISPATCHES)
         recent = await conn.prepare(LAST_100)
         for _ in range(samples):
             rid = rng.choice(request_ids)
             t = time.perf_counter()
-            await lookup.fetch([rid])
+            await dispatch_by_request_id(conn, rid)  # the lookup endpoint's two statements
             lookups.append(time.perf_counter() - t)
             dev = rng.choice(device_ids)
             t = time.perf_counter()
@@ -52,8 +51,10 @@ async def explain(dsn: str, request_id: str, device: str) -> dict[str, str]:
     """EXPLAIN ANALYZE of both statements, for the report's notes."""
     async with connect(dsn) as conn:
         plans = {}
+        key = await conn.fetchrow(DISPATCH_KEY, request_id)
         for name, sql, args in (
-            ("dispatch_lookup", EXISTING_DISPATCHES, ([request_id],)),
+            ("dispatch_key", DISPATCH_KEY, (request_id,)),
+            ("dispatch_lookup", DISPATCH_BY_KEY, (key["dispatch_id"], request_id, key["sent_at"])),
             ("last100", LAST_100, (device, 100)),
         ):
             rows = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}", *args)

@@ -15,7 +15,7 @@ from service.api.schemas import Dispatch, DispatchList, DispatchRequest
 from service.api.state import services
 from service.api.validation import decode, query_limit
 from service.ingest.rows import DispatchRecord, DispatchRow
-from service.ingest.statements import EXISTING_DISPATCHES
+from service.ingest.statements import dispatch_by_request_id
 
 
 def _dispatch(record: DispatchRecord) -> Dispatch:
@@ -61,10 +61,11 @@ async def create_dispatch(request: web.Request) -> web.Response:
 async def get_dispatch(request: web.Request) -> web.Response:
     await require_operator(request)
     request_id = request.match_info["request_id"]
-    rows = await services(request).pool.fetch(EXISTING_DISPATCHES, [request_id])
-    if not rows:
+    async with services(request).pool.acquire() as conn:
+        record = await dispatch_by_request_id(conn, request_id)
+    if record is None:
         raise not_found(f"no dispatch with request_id {request_id!r}", field="request_id")
-    return json_response(_dispatch(DispatchRecord.from_row(rows[0])))
+    return json_response(_dispatch(record))
 
 
 async def list_device_dispatches(request: web.Request) -> web.Response:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from tests.conftest import Api
 
 
@@ -72,6 +74,30 @@ async def test_same_dispatch_request_id_twice_gives_201_then_200_with_same_dispa
     conflicting = await api.client.post("/v1/dispatches", json={**req, "action": "wipe"}, headers=api.op())
     assert conflicting.status == 409
     assert (await conflicting.json())["error"]["field"] == "request_id"
+
+
+async def test_a_dispatch_whose_row_retention_dropped_is_looked_up_as_expired(api: Api) -> None:
+    await api.enroll("phone-5")
+    req = {"request_id": "cmd-old", "device_id": "phone-5", "action": "ping", "payload": {"a": 1}}
+    created = await (await api.client.post("/v1/dispatches", json=req, headers=api.op())).json()
+    conn = await asyncpg.connect(api.db_url)
+    try:  # what dropping the dispatch's chunk does; its idempotency key lives longer
+        await conn.execute("DELETE FROM fcm_dispatches WHERE request_id = 'cmd-old'")
+    finally:
+        await conn.close()
+    looked_up = await api.client.get("/v1/dispatches/cmd-old", headers=api.op())
+    assert looked_up.status == 200
+    body = await looked_up.json()
+    assert (body["id"], body["request_id"], body["sent_at"], body["status"]) == (
+        created["id"],
+        "cmd-old",
+        created["sent_at"],
+        "expired",
+    )
+    assert body["device_id"] is None and body["action"] is None
+    missing = await api.client.get("/v1/dispatches/cmd-never", headers=api.op())
+    assert missing.status == 404
+    assert (await missing.json())["error"]["field"] == "request_id"
 
 
 async def test_fifty_concurrent_dispatches_with_one_request_id_make_one_row(api: Api) -> None:
