@@ -13,9 +13,7 @@ from service.api.responses import json_response
 from service.api.schemas import HeartbeatList, HeartbeatResult, HeartbeatsResponse, StoredHeartbeat
 from service.api.state import services
 from service.api.validation import check_timestamp, heartbeats_of, query_limit
-from service.ingest.rows import EPOCH, HeartbeatRow, bucket_start
-
-__all__ = ["EPOCH", "bucket_start", "list_heartbeats", "post_heartbeats"]
+from service.ingest.rows import HeartbeatRow, bucket_start
 
 
 async def post_heartbeats(request: web.Request) -> web.Response:

@@ -76,19 +76,18 @@ class RowMerge(Generic[RowT, ResultT]):
 
 def heartbeats(
     bucket_seconds: int,
-    presence: PresencePolicy | None = None,
+    presence: PresencePolicy,
     clock: Callable[[], datetime] | None = None,
 ) -> Merge[HeartbeatRow, bool]:
     """Stored (True) or absorbed by the device's `bucket_seconds` bucket (False), per row; and,
-    in the same transaction, the presence of the devices that sent them (`presence`; None: not
-    kept). `clock` stands for the database's clock (tests)."""
+    in the same transaction, the presence of the devices that sent them. `clock` stands for the
+    database's clock (tests)."""
 
     async def merge_rows(conn: asyncpg.Connection, rows: Sequence[HeartbeatRow]) -> list[bool]:
         stored = await statements.merge_heartbeats(conn, rows, bucket_seconds)
-        if presence is not None:
-            await statements.update_presence(
-                conn, rows, bucket_seconds, presence, None if clock is None else clock()
-            )
+        await statements.update_presence(
+            conn, rows, bucket_seconds, presence, None if clock is None else clock()
+        )
         return stored
 
     return RowMerge("heartbeats", "device_heartbeats", merge_rows, sum)

@@ -394,7 +394,7 @@ async def update_presence(
         policy.min_gaps,
         policy.learning_rate,
         now,
-        sorted({row.device_id for row in rows}),
+        list({row.device_id for row in rows}),  # `old` locks them in device_id order itself
     )
 
 
