@@ -44,6 +44,7 @@ import aiohttp
 import asyncpg
 
 from benchmarks.database import EmbeddedCluster, connect, each_mode, in_process_service, migrated_database
+from benchmarks.latency import p95
 from service.admin import create_operator
 from service.api.state import SERVICES
 from service.app import create_pool
@@ -56,9 +57,6 @@ from service.settings import Settings, StorageMode
 
 TARGET = "bench-build-10"
 
-
-def p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20)[-1]
 
 
 def summary(ms: list[float]) -> dict[str, float]:

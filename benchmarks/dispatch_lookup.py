@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import statistics
 import time
 
 import asyncpg
 
 from benchmarks.database import EmbeddedCluster, each_mode, migrated_database
+from benchmarks.latency import p95
 from service.ingest.statements import DISPATCH_BY_KEY, DISPATCH_KEY, EXISTING_DISPATCHES
 from service.settings import StorageMode
 
@@ -35,11 +37,6 @@ _PREFILL = (
     "VACUUM ANALYZE fcm_dispatch_keys",
     "VACUUM ANALYZE fcm_dispatches",
 )
-
-
-def percentile_ms(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[max(int(len(ordered) * q) - 1, 0)] * 1000
 
 
 async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse.Namespace) -> str:
@@ -67,8 +64,8 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     finally:
         await conn.close()
     one, two = one[500:], two[500:]
-    joined_ms = f"p50 {percentile_ms(one, 0.5):.3f} / p95 {percentile_ms(one, 0.95):.3f} ms"
-    two_step_ms = f"p50 {percentile_ms(two, 0.5):.3f} / p95 {percentile_ms(two, 0.95):.3f} ms"
+    joined_ms = f"p50 {1000 * statistics.median(one):.3f} / p95 {1000 * p95(one):.3f} ms"
+    two_step_ms = f"p50 {1000 * statistics.median(two):.3f} / p95 {1000 * p95(two):.3f} ms"
     return (
         f"{mode}: key joined to dispatch {joined_ms}; key then row {two_step_ms}"
         f" ({args.dispatches:,} dispatches, {len(one)} samples each)"

@@ -31,6 +31,7 @@ import aiohttp
 import asyncpg
 
 from benchmarks.database import EmbeddedCluster, each_mode, in_process_service, migrated_database
+from benchmarks.latency import p95
 from benchmarks.report import Bound
 from service.admin import create_operator
 from service.fleet.presence import count_by_presence, record_went_offline, run_pass
@@ -84,9 +85,6 @@ TARGETS: tuple[tuple[str, Bound, Any], ...] = (
     ),
 )
 
-
-def p95(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=20)[-1]
 
 
 async def timed_gets(

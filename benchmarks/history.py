@@ -25,6 +25,7 @@ import aiohttp
 import asyncpg
 
 from benchmarks.database import EmbeddedCluster, connect, each_mode, in_process_service, migrated_database
+from benchmarks.latency import p95
 from service.admin import create_operator
 from service.db.rollups import FLEET_DAILY, HOURLY
 from service.retention.recent_days import refresh_recent_days
@@ -142,9 +143,6 @@ async def timed_gets(session: aiohttp.ClientSession, urls: list[str], headers: d
         out.append((time.perf_counter() - started) * 1000)
     return out
 
-
-def p95(values: list[float]) -> float:
-    return statistics.quantiles(values, n=20)[-1]
 
 
 async def raw_heartbeats(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -87,6 +88,11 @@ def summarize(latencies: list[float], statuses: Counter[str], elapsed: float) ->
         max_ms=top,
         rate=count / elapsed if elapsed > 0 else 0.0,
     )
+
+
+def p95(values: list[float]) -> float:
+    """The 95th percentile of `values`, in their unit (the feature benchmarks' one definition)."""
+    return statistics.quantiles(values, n=20)[-1]
 
 
 def percentile_curve(samples_ms: list[float], points: list[float]) -> list[float]:

@@ -253,8 +253,8 @@ WHERE k.request_id = ANY($1::text[])
 # One dispatch by request_id, for the lookup endpoint: the key first, then the dispatch row with
 # its `sent_at` as a parameter, so that only its own partition or chunk is opened (in the join
 # above `sent_at` comes from the key row, and every partition's scan is set up before run-time
-# pruning picks one). Two round trips, and still faster: p95 0.33 vs 0.52 ms at 1 M dispatches
-# in postgres mode, 0.43 vs 0.50 ms in timescale mode (`python -m benchmarks.dispatch_lookup`).
+# pruning picks one). Two round trips, and still faster: p95 0.32 vs 0.51 ms at 1 M dispatches
+# in postgres mode, 0.37 vs 0.47 ms in timescale mode (`python -m benchmarks.dispatch_lookup`).
 DISPATCH_KEY = "SELECT dispatch_id, sent_at FROM fcm_dispatch_keys WHERE request_id = $1"
 DISPATCH_BY_KEY = """
 SELECT $1::bigint AS id, $2::text AS request_id, d.device_id, d.action, d.payload,
