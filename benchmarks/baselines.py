@@ -5,7 +5,7 @@ table, the same row shape and the same time distribution as the batched-ingest p
   conflict handling), in batches the size of the writer's largest flush: the database ceiling.
 * per-row `INSERT … ON CONFLICT DO NOTHING`, one statement and one transaction per heartbeat,
   over a pool as large as the service's: the guides' approach.
-* the service's own flush SQL without the service (`service.ingest.statements.merge_heartbeats`:
+* the service's own flush SQL without the service (`service.ingest.heartbeats.merge_heartbeats`:
   binary COPY into the staging table, then the set-based merge, one transaction per batch), to
   tell the cost of the SQL from the cost of HTTP, validation and the writer around it.
 
@@ -27,8 +27,9 @@ import asyncpg
 from benchmarks.database import connect_many
 from benchmarks.fleet import BucketCursor, heartbeat_record
 from benchmarks.prefill import HEARTBEAT_COLUMNS
-from service.ingest.rows import HeartbeatRow
-from service.ingest.statements import merge_heartbeats, prepare_connection, set_json_codecs
+from service.app import ROW_STAGES
+from service.ingest.connection import prepare_connection, set_json_codecs
+from service.ingest.heartbeats import HeartbeatRow, merge_heartbeats
 
 PER_ROW_INSERT = """
 INSERT INTO device_heartbeats (device_id, bucket_start, ts, status, battery_pct, app_version, network, extra)
@@ -138,7 +139,7 @@ async def writer_sql(
     stored = 0
     async with connect_many(dsn, connections) as conns:
         for conn in conns:
-            await prepare_connection(conn)
+            await prepare_connection(conn, ROW_STAGES)
         chunks = iter(staged)
 
         async def worker(conn: asyncpg.Connection) -> None:

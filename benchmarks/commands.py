@@ -16,7 +16,7 @@ would have counted them; the installation counts by the table's triggers.
 
 Measured:
 * acks through the writer: `acks` fresh commands dispatched through the writer, then acked
-  `delivered` by `ack-clients` concurrent callers of `GroupCommitWriter.submit_acks`, one ack
+  `delivered` by `ack-clients` concurrent callers of `GroupCommitWriter.submit`, one ack
   per call, as the handler does: throughput and per-call latency (the writer's own settings:
   5 ms batch window, 2 flushers); then fresh acks again with each `--ack-windows-ms` window
   (the flush size / latency trade-off). The first acks are then acked `executed` over HTTP
@@ -43,20 +43,21 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from benchmarks.database import EmbeddedCluster, connect, each_mode, in_process_service, migrated_database
+from benchmarks import standalone
+from benchmarks.database import EmbeddedCluster, connect, in_process_service, migrated_database
 from benchmarks.latency import p95
 from service.admin import create_operator
 from service.api.state import SERVICES
-from service.app import create_pool
+from service.app import create_pool, row_merges
+from service.commands.acks import AckResult, AckRow
+from service.commands.dispatches import DispatchRow
 from service.commands.expiry import expire_commands
-from service.ingest.rows import AckResult, AckRow, DispatchRow
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
 from service.rollout import counts
 from service.settings import Settings, StorageMode
 
 TARGET = "bench-build-10"
-
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -170,13 +171,13 @@ async def writer_acks(
     with the writer's batch window from `settings` unless `window` is given."""
     pool = await create_pool(url, settings)
     metrics = Metrics()
-    writer = GroupCommitWriter(pool, metrics, batch_window=window or settings.batch_window)
+    writer = GroupCommitWriter(pool, metrics, row_merges(), batch_window=window or settings.batch_window)
     await writer.start()
     now = datetime.now(UTC)
     ids = [f"{prefix}-{i}" for i in range(args.acks)]
     try:
         for lo in range(0, len(ids), 1000):
-            await writer.submit_dispatches(
+            await writer.submit(
                 [
                     DispatchRow(rid, f"dev-{1 + i % args.devices}", "lock", None, now, None)
                     for i, rid in enumerate(ids[lo : lo + 1000], start=lo)
@@ -191,7 +192,7 @@ async def writer_acks(
             while queue:
                 i, rid = queue.pop()
                 started = time.perf_counter()
-                (outcome,) = await writer.submit_acks(
+                (outcome,) = await writer.submit(
                     [AckRow(rid, f"dev-{1 + i % args.devices}", "delivered", None, None, None)]
                 )
                 latencies.append((time.perf_counter() - started) * 1000)
@@ -313,14 +314,8 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     return result
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    return await each_mode(lambda cluster, mode: bench_mode(cluster, mode, args), args.mode or "auto")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = standalone.parser(__doc__)
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--commands", type=int, default=1_000_000)
     parser.add_argument("--downloads", type=int, default=1_000_000)
@@ -328,7 +323,6 @@ def main() -> None:
     parser.add_argument("--ack-clients", type=int, default=100)
     parser.add_argument("--pulls", type=int, default=500)
     parser.add_argument("--rollouts", type=int, default=50)
-    parser.add_argument("--mode", choices=["postgres", "timescale"], default=None)
     parser.add_argument(
         "--ack-windows-ms",
         type=float,
@@ -337,13 +331,11 @@ def main() -> None:
         help="acks through the writer again with these batch windows (ms), after the default one",
     )
     args = parser.parse_args()
-    results = asyncio.run(main_async(args))
+    results = standalone.run(args, bench_mode)
     print(
         f"{args.devices} devices, {args.commands} commands, {args.downloads} download events;"
         f" {args.acks} acks by {args.ack_clients} concurrent callers\n"
     )
-    print("| measure | " + " | ".join(r["mode"] for r in results) + " |")
-    print("|---|" + "---|" * len(results))
     rows = [
         ("pre-fill, s", lambda r: f"{r['prefill_s']:.0f}"),
         ("commands stored / download events stored", lambda r: f"{r['commands']:,} / {r['downloads']:,}"),
@@ -380,8 +372,7 @@ def main() -> None:
             lambda r: f"{r['snapshot_first_ms']:.0f} / {r['snapshot_again_ms']:.0f}",
         ),
     ]
-    for label, cell in rows:
-        print(f"| {label} | " + " | ".join(cell(r) for r in results) + " |")
+    standalone.print_table(results, [standalone.Row(label, cell) for label, cell in rows])
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class EmbeddedCluster:
 async def migrated_database(cluster: EmbeddedCluster, name: str, mode: StorageMode) -> str:
     """A fresh database `name` migrated to head in `mode`; its URL. In timescale mode every job
     is unscheduled, so what a benchmark measures is its own work, not the scheduler's."""
-    from service.migrations.commands import Migrator
+    from service.migrations.migrator import Migrator
 
     url = await cluster.fresh_database(name)
     migrator = Migrator(settings=Settings(database_url=url, storage_mode=mode), database_url=url, mode=mode)
@@ -124,7 +124,7 @@ async def in_process_service(url: str, mode: StorageMode) -> AsyncIterator[tuple
     from aiohttp import web
 
     from service.app import create_app, create_pool
-    from service.migrations.commands import Migrator
+    from service.migrations.migrator import Migrator
     from service.serve import head_revisions
 
     settings = Settings(database_url=url, storage_mode=mode)

@@ -23,7 +23,7 @@ import asyncpg
 
 from benchmarks.database import EmbeddedCluster, each_mode, migrated_database
 from benchmarks.latency import p95
-from service.ingest.statements import DISPATCH_BY_KEY, DISPATCH_KEY, EXISTING_DISPATCHES
+from service.commands.dispatches import DISPATCH_BY_KEY, DISPATCH_KEY, EXISTING_DISPATCHES
 from service.settings import StorageMode
 
 _PREFILL = (

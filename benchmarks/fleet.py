@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from service.ingest.rows import bucket_start
+from service.db.buckets import bucket_start
 
 BUCKET = timedelta(seconds=10)
 GAP = timedelta(hours=3)

@@ -19,25 +19,24 @@ Every figure printed is measured; the batched-ingest cost of the presence update
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import statistics
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 
-from benchmarks.database import EmbeddedCluster, each_mode, in_process_service, migrated_database
+from benchmarks import standalone
+from benchmarks.database import EmbeddedCluster, in_process_service, migrated_database
 from benchmarks.latency import p95
 from benchmarks.report import Bound
 from service.admin import create_operator
-from service.fleet.presence import count_by_presence, record_went_offline, run_pass
+from service.app import ROW_STAGES
+from service.fleet.presence import count_by_presence, record_went_offline, run_pass, update_presence
 from service.fleet.summary import fleet_summary
-from service.ingest import statements
-from service.ingest.rows import HeartbeatRow
+from service.ingest.connection import prepare_connection
+from service.ingest.heartbeats import HeartbeatRow, merge_heartbeats
 from service.settings import PresencePolicy, StorageMode
 
 _DEVICES = """
@@ -70,7 +69,7 @@ FROM (
 """
 
 
-# The issue's targets, as rows (`benchmarks.report.Bound`: the text and the check from one limit).
+# The issues' targets, as rows (`benchmarks.report.Bound`: the text and the check from one limit).
 TARGETS: tuple[tuple[str, Bound, Any], ...] = (
     ("GET /v1/fleet/summary p95", Bound("<=", 50, "ms"), lambda r: r["summary_ms"]["p95"]),
     (
@@ -78,13 +77,23 @@ TARGETS: tuple[tuple[str, Bound, Any], ...] = (
         Bound("<=", 10, "ms"),
         lambda r: r["offline_ms"]["p95"],
     ),
-    (
-        "went_offline pass, 10,000 deadlines at once (max)",
-        Bound("<=", 1, "s"),
-        lambda r: r["went_offline_s"]["max"],
-    ),
 )
+# The went_offline pass: 10,000 deadlines at once in at most 1 s (issue 12), a fleet outage of
+# 100,000 in at most 5 s (issue 23, events included); larger counts are held to the latter rate.
+PASS_BOUNDS = ((10_000, 1.0), (100_000, 5.0))
 
+
+def targets(expiring: int) -> tuple[tuple[str, Bound, Any], ...]:
+    """TARGETS and the pass's bound for `expiring` deadlines at once."""
+    limit = next((s for n, s in PASS_BOUNDS if expiring <= n), 5.0 * expiring / 100_000)
+    return (
+        *TARGETS,
+        (
+            f"went_offline pass, {expiring:,} deadlines at once (max)",
+            Bound("<=", limit, "s"),
+            lambda r: r["went_offline_s"]["max"],
+        ),
+    )
 
 
 async def timed_gets(
@@ -117,9 +126,7 @@ async def expiring_pass(conn: asyncpg.Connection, ids: list[str], full: bool) ->
     else:
         recorded, _ = await record_went_offline(conn, now)
     seconds = time.perf_counter() - started
-    await conn.execute(
-        "DELETE FROM device_events WHERE event_type = 'went_offline' AND device_id = ANY($1)", ids
-    )
+    await conn.execute("DELETE FROM events WHERE type = 'device.went_offline' AND device_id = ANY($1)", ids)
     await conn.execute(
         "UPDATE device_presence SET offline_since = NULL, last_seen_at = now(),"
         " offline_after = now() + interval '3 hours' WHERE device_id = ANY($1)",
@@ -133,7 +140,7 @@ async def flush_ab(conn: asyncpg.Connection, ids: list[str], reps: int) -> dict[
     the presence statement, alternated on one connection so that load drifts hit both alike.
     Shapes: `backlog` (10 devices x 500 rows, as the batched-ingest phase sends) and `fleet`
     (5,000 devices x 1 row). Returns median ms per shape and variant."""
-    await statements.prepare_connection(conn)
+    await prepare_connection(conn, ROW_STAGES)
     policy = PresencePolicy()
     # Newer than every pre-filled heartbeat (so each row moves presence forward, as live traffic
     # does) and inside the partitions made ahead; a device or bucket is never written twice.
@@ -158,9 +165,9 @@ async def flush_ab(conn: asyncpg.Connection, ids: list[str], reps: int) -> dict[
                     rows = [HeartbeatRow(d, ts, "ok", 50, "3.1", "wifi", None) for d in chunk]
                 t = time.perf_counter()
                 async with conn.transaction():
-                    await statements.merge_heartbeats(conn, rows, 10)
+                    await merge_heartbeats(conn, rows, 10)
                     if variant == "with":
-                        await statements.update_presence(conn, rows, 10, policy)
+                        await update_presence(conn, rows, 10, policy)
                 samples.setdefault(shape, {}).setdefault(variant, []).append((time.perf_counter() - t) * 1000)
     return {
         shape: {variant: statistics.median(ms) for variant, ms in by_variant.items()}
@@ -269,14 +276,8 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     return result
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    return await each_mode(lambda cluster, mode: bench_mode(cluster, mode, args), args.modes)
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = standalone.parser(__doc__)
     parser.add_argument("--devices", type=int, default=100_000)
     parser.add_argument("--expiring", type=int, default=10_000)
     parser.add_argument("--passes", type=int, default=3)
@@ -284,16 +285,10 @@ def main() -> int:
     parser.add_argument("--flush-reps", type=int, default=20)
     parser.add_argument("--summary-requests", type=int, default=200)
     parser.add_argument("--list-requests", type=int, default=500)
-    parser.add_argument("--modes", default="auto", help="comma-separated: postgres, timescale")
-    parser.add_argument("--json", type=Path, help="write the figures as JSON to this path")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
-    results = asyncio.run(main_async(args))
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    results = standalone.run(args, bench_mode)
     print(f"{args.devices} devices with presence; {args.expiring} deadlines passing at once\n")
-    print("| measure | target | " + " | ".join(r["mode"] for r in results) + " |")
-    print("|---|---|" + "---|" * len(results))
     rows = [
         ("pre-fill (devices + presence + VACUUM ANALYZE), s", "", lambda r: f"{r['prefill_s']:.1f}"),
         (
@@ -353,19 +348,8 @@ def main() -> int:
             lambda r: "{median:.3f} / {max:.3f}".format(**r["pass_with_counts_s"]),
         ),
     ]
-    for label, target, fmt in rows:
-        print(f"| {label} | {target} | " + " | ".join(fmt(r) for r in results) + " |")
-    print("\n| target | bound | " + " | ".join(r["mode"] for r in results) + " |")
-    print("|---|---|" + "---|" * len(results))
-    missed = 0
-    for name, bound, figure in TARGETS:
-        cells = []
-        for r in results:
-            value = figure(r)
-            met = bound.holds(value)
-            missed += not met
-            cells.append(f"{value:.3g} {bound.unit} {'met' if met else 'MISSED'}")
-        print(f"| {name} | {bound.text()} | " + " | ".join(cells) + " |")
+    standalone.print_table(results, [standalone.Row(label, cell, target) for label, target, cell in rows])
+    missed = standalone.print_targets(results, targets(args.expiring))
     return 1 if args.check and missed else 0
 
 

@@ -16,7 +16,6 @@ timed, then (timescale) every chunk compressed. Prints a Markdown table; every f
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from typing import Any
@@ -24,7 +23,8 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from benchmarks.database import EmbeddedCluster, connect, each_mode, in_process_service, migrated_database
+from benchmarks import standalone
+from benchmarks.database import EmbeddedCluster, connect, in_process_service, migrated_database
 from benchmarks.latency import p95
 from service.admin import create_operator
 from service.db.rollups import FLEET_DAILY, HOURLY
@@ -144,7 +144,6 @@ async def timed_gets(session: aiohttp.ClientSession, urls: list[str], headers: d
     return out
 
 
-
 async def raw_heartbeats(
     conn: asyncpg.Connection, mode: StorageMode, devices: int, hours: int, interval: int = 10
 ) -> dict[str, Any]:
@@ -254,14 +253,8 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     return result
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    return await each_mode(lambda cluster, mode: bench_mode(cluster, mode, args))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = standalone.parser(__doc__)
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--raw-devices", type=int, default=1_000)
@@ -273,11 +266,9 @@ def main() -> None:
     parser.add_argument("--fleet-requests", type=int, default=50)
     parser.add_argument("--raw-only", action="store_true", help="only the raw-row figures")
     args = parser.parse_args()
-    results = asyncio.run(main_async(args))
+    results = standalone.run(args, bench_mode)
     print(f"devices {args.devices} x {args.days} days of hourly rollups; raw {args.raw_devices} devices x")
     print(f"{args.raw_hours} h every {args.raw_interval} s\n")
-    print("| measure | " + " | ".join(r["mode"] for r in results) + " |")
-    print("|---|" + "---|" * len(results))
     rows = (
         []
         if args.raw_only
@@ -310,8 +301,7 @@ def main() -> None:
         ),
         ("refresh, s per hour of raw data", lambda r: f"{r['raw']['refresh_s_per_hour']:.2f}"),
     ]
-    for label, fmt in rows:
-        print(f"| {label} | " + " | ".join(fmt(r) for r in results) + " |")
+    standalone.print_table(results, [standalone.Row(label, cell) for label, cell in rows])
 
 
 if __name__ == "__main__":

@@ -146,6 +146,19 @@ async def _ticker(tick: Tick | None, seconds: float, stop: asyncio.Event) -> Non
     tick(seconds)
 
 
+async def _timed_workers(workers: list[Any], seconds: float, tick: Tick | None) -> float:
+    """Runs the workers (bounded, as `_bounded`) with the progress ticker; the seconds they took."""
+    stop = asyncio.Event()
+    ticker = asyncio.ensure_future(_ticker(tick, seconds, stop))
+    t0 = time.perf_counter()
+    try:
+        await _bounded(workers, seconds)
+    finally:
+        stop.set()
+        await ticker
+    return time.perf_counter() - t0
+
+
 async def open_loop(
     base_url: str,
     *,
@@ -187,15 +200,7 @@ async def open_loop(
                     lags.append(-delay)
                 await sender.send(traffic(k))
 
-        stop = asyncio.Event()
-        ticker = asyncio.ensure_future(_ticker(tick, seconds, stop))
-        t0 = time.perf_counter()
-        try:
-            await _bounded([worker() for _ in range(workers)], seconds)
-        finally:
-            stop.set()
-            await ticker
-        run.elapsed = time.perf_counter() - t0
+        run.elapsed = await _timed_workers([worker() for _ in range(workers)], seconds, tick)
     late = [lag for lag in lags if lag > 0.005]
     run.late = len(late)
     run.extra["not_sent"] = max(int(rate * seconds) - sent, 0)
@@ -229,13 +234,5 @@ async def closed_loop(
                     return
                 await sender.send(traffic(k))
 
-        stop = asyncio.Event()
-        ticker = asyncio.ensure_future(_ticker(tick, seconds, stop))
-        t0 = time.perf_counter()
-        try:
-            await _bounded([worker() for _ in range(workers)], seconds)
-        finally:
-            stop.set()
-            await ticker
-        run.elapsed = time.perf_counter() - t0
+        run.elapsed = await _timed_workers([worker() for _ in range(workers)], seconds, tick)
     return run

@@ -8,7 +8,7 @@ backends' CPU-µs per row (their own /proc counters) and the WAL bytes per row
     .venv/bin/python -m benchmarks.merge_levers --modes postgres,timescale --rounds 3
 
 Variants:
-* `service`: `service.ingest.statements.merge_heartbeats` as it is in this tree;
+* `service`: `service.ingest.heartbeats.merge_heartbeats` as it is in this tree;
 * `distinct_on`: COPY into the staging table, then `DISTINCT ON (device_id, bucket_start)` over it
   and every candidate joined back to the inserted keys (the merge before issue 15);
 * `stage_dedup`: dedupe (device, bucket) in Python, COPY the candidates into staging, plain
@@ -33,16 +33,19 @@ import asyncpg
 import psutil
 
 from benchmarks.database import EmbeddedCluster
+from service.app import ROW_STAGES
+from service.db.buckets import bucket_start
 from service.db.urls import asyncpg_dsn
-from service.ingest import statements
-from service.ingest.rows import HeartbeatRow, bucket_start
-from service.migrations.commands import Migrator
+from service.ingest import heartbeats
+from service.ingest.connection import prepare_connection
+from service.ingest.heartbeats import HeartbeatRow
+from service.migrations.migrator import Migrator
 from service.settings import Settings
 
 Variant = Callable[[asyncpg.Connection, Sequence[HeartbeatRow], int], Awaitable[int]]
 
 # The service's own statement (the variant the others are measured against).
-DISTINCT_ON = statements.MERGE_HEARTBEATS
+DISTINCT_ON = heartbeats.MERGE_HEARTBEATS
 
 # A lever tried and not kept: the flush's candidates (one per device and bucket, deduplicated
 # in Python) as parallel arrays in one round trip, stored unless the bucket already holds one.
@@ -74,13 +77,11 @@ COLUMNS = ("device_id", "bucket_start", "ts", "status", "battery_pct", "app_vers
 
 
 async def service_merge(conn: asyncpg.Connection, rows: Sequence[HeartbeatRow], bucket: int) -> int:
-    return sum(await statements.merge_heartbeats(conn, rows, bucket))
+    return sum(await heartbeats.merge_heartbeats(conn, rows, bucket))
 
 
 async def distinct_on(conn: asyncpg.Connection, rows: Sequence[HeartbeatRow], bucket: int) -> int:
-    await conn.copy_records_to_table(
-        "stage_heartbeats", records=statements.numbered(rows), columns=statements.HEARTBEAT_COLUMNS
-    )
+    await heartbeats.STAGE.copy(conn, rows)
     return len(await conn.fetch(DISTINCT_ON, float(bucket)))
 
 
@@ -162,9 +163,7 @@ async def unnest_conflict(conn: asyncpg.Connection, rows: Sequence[HeartbeatRow]
 
 
 async def stage_conflict(conn: asyncpg.Connection, rows: Sequence[HeartbeatRow], bucket: int) -> int:
-    await conn.copy_records_to_table(
-        "stage_heartbeats", records=statements.numbered(rows), columns=statements.HEARTBEAT_COLUMNS
-    )
+    await heartbeats.STAGE.copy(conn, rows)
     return _stored_count(rows, await conn.fetch(STAGE_CONFLICT, float(bucket)))
 
 
@@ -237,7 +236,7 @@ async def run_mode(
     dsn = asyncpg_dsn(url)
     conns = [await asyncpg.connect(dsn) for _ in range(2)]
     for conn in conns:
-        await statements.prepare_connection(conn)
+        await prepare_connection(conn, ROW_STAGES)
         await conn.execute(STAGE_DDL)
     pids = [conn.get_server_pid() for conn in conns]
     names = [n.strip() for n in args.variants.split(",")]

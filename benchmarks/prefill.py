@@ -24,7 +24,7 @@ import asyncpg
 
 from benchmarks.database import connect
 from benchmarks.fleet import Timeline, heartbeat_record
-from service.ingest.statements import set_json_codecs
+from service.ingest.connection import set_json_codecs
 
 HEARTBEAT_COLUMNS = (
     "device_id",

@@ -88,8 +88,21 @@ async def main_async(args: argparse.Namespace) -> None:
             if args.flame:
                 args.flame.parent.mkdir(parents=True, exist_ok=True)
                 spy_proc = subprocess.Popen(  # noqa: ASYNC220 (runs beside the load, not awaited)
-                    [spy, "record", "-p", str(svc.pid), "-d", str(int(args.seconds)), "-r", "200",
-                     "-f", "raw", "-o", str(args.flame), "--nonblocking"],
+                    [
+                        spy,
+                        "record",
+                        "-p",
+                        str(svc.pid),
+                        "-d",
+                        str(int(args.seconds)),
+                        "-r",
+                        "200",
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(args.flame),
+                        "--nonblocking",
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )

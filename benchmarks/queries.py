@@ -9,7 +9,7 @@ from collections import Counter
 
 from benchmarks.database import connect
 from benchmarks.latency import Summary, summarize
-from service.ingest.statements import DISPATCH_BY_KEY, DISPATCH_KEY, dispatch_by_request_id
+from service.commands.dispatches import DISPATCH_BY_KEY, DISPATCH_KEY, dispatch_by_request_id
 
 # The statement `GET /v1/devices/{device_id}/heartbeats` runs (service/api/heartbeats.py).
 LAST_100 = (

@@ -14,6 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import reference
 from benchmarks.scenario import FLEET_BATCH_ROWS, ModeResult
 
 HALF_TOLERANCE = 0.98  # an open-loop phase's last requests finish after its schedule ends
@@ -248,26 +249,21 @@ def _budget_note(r: ModeResult) -> str:
     )
 
 
-# The service's CPU per single heartbeat ÷ the trivial handler's per request, per profile and
-# mode, as measured on the commit that set it (see RESULTS.md). A ratio of CPU times on one
-# machine in one run: it does not move with the machine's speed, but it does with the profile
-# (500 connections cost both processes more per request than 100). The quick figures were taken
-# under load (other sessions' suites on the same 2 cores) and vary by about 10% between runs;
-# the full ones on a quiet machine.
-CPU_REFERENCE: dict[tuple[str, str], tuple[float, str]] = {
-    ("quick", "postgres"): (2.65, "quick profile, 2026-11-24, under load"),
-    ("quick", "timescale"): (3.06, "quick profile, 2026-11-24, under load"),
-    ("full", "postgres"): (3.83, "full profile, 2026-11-24, quiet machine"),
-    ("full", "timescale"): (3.57, "full profile, 2026-11-24, quiet machine"),
-}
+# The service's CPU per single heartbeat ÷ the trivial handler's per request, as a run recorded
+# it (`benchmarks/reference.py`, per profile and mode: 500 connections cost both processes more
+# per request than 100). A ratio of CPU times on one machine in one run: it does not move with the
+# machine's speed, but other work on the machine moves it by about 10%, so the file says the load.
+CPU_REFERENCES = reference.load()
 
 
-def _cpu_reference(r: ModeResult, p: dict[str, Any]) -> tuple[float | None, str]:
-    return CPU_REFERENCE.get((str(p.get("name")), r.mode), (None, "no reference for this profile"))
+def _cpu_reference(r: ModeResult, p: dict[str, Any]) -> reference.Reference | None:
+    return CPU_REFERENCES.get((str(p.get("name")), r.mode))
 
 
-def _cpu_reference_note(value: float | None, source: str) -> str:
-    return source if value is None else f"reference {value:g}x ({source})"
+def _cpu_reference_note(ref: reference.Reference | None) -> str:
+    if ref is None:
+        return "no reference for this profile (benchmarks/reference.py records one)"
+    return ref.note()
 
 
 def _cleanup_speedup(r: ModeResult, _: dict[str, Any]) -> float | None:
@@ -355,9 +351,12 @@ GOALS: tuple[Target, ...] = (
     ),
     Target(
         "that CPU ratio vs its recorded reference (a request-path change > 10% shows here)",
-        lambda r, p: _div(r.cpu_budget.get("single_over_trivial"), _cpu_reference(r, p)[0]),
+        lambda r, p: _div(
+            r.cpu_budget.get("single_over_trivial"),
+            None if (ref := _cpu_reference(r, p)) is None else ref.single_over_trivial,
+        ),
         Bound("<=", 1.1, "x"),
-        note=lambda r, p: _cpu_reference_note(*_cpu_reference(r, p)),
+        note=lambda r, p: _cpu_reference_note(_cpu_reference(r, p)),
     ),
     Target("batched ingest vs per-row INSERT", _batched_over("per_row_insert"), Bound(">=", 20, "x")),
     Target(

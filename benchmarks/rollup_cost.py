@@ -6,7 +6,7 @@ Two databases per storage mode, both migrated to head; in one the rollups are dr
 (`service.db.rollups.drop_rollups`). A continuous aggregate adds TimescaleDB's invalidation
 trigger to every insert into `device_heartbeats`; a rollup table adds nothing to the write path
 (the maintenance task refreshes it), so postgres mode shows the noise of the measurement. The
-flush SQL (`service.ingest.statements.merge_heartbeats`, two connections as the writer runs
+flush SQL (`service.ingest.heartbeats.merge_heartbeats`, two connections as the writer runs
 them) stores fresh rows into each database in turn, A B A B …, so both see the same machine
 load; the ratio of the medians is the cost. Prints a Markdown table; every figure is measured.
 """
@@ -14,13 +14,13 @@ load; the ratio of the medians is the cost. Prints a Markdown table; every figur
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from benchmarks import standalone
 from benchmarks.baselines import ingest_like_rows, writer_sql
-from benchmarks.database import EmbeddedCluster, connect, each_mode, migrated_database
+from benchmarks.database import EmbeddedCluster, connect, migrated_database
 from benchmarks.fleet import BucketCursor
 from service.db.rollups import drop_rollups
 from service.retention.rollups import read_mechanism
@@ -55,19 +55,13 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
     return {"mode": mode, "runs": runs, "with": with_, "without": without, "ratio": with_ / without}
 
 
-async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
-    return await each_mode(lambda cluster, mode: bench_mode(cluster, mode, args))
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = standalone.parser(__doc__)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
     args = parser.parse_args()
-    results = asyncio.run(main_async(args))
+    results = standalone.run(args, bench_mode)
     print(f"writer flush SQL, {args.rows} rows per run in batches of {args.batch}, {args.rounds} runs each\n")
     print("| mode | with rollups, rows/s (median) | without, rows/s (median) | ratio | runs with / without |")
     print("|---|---|---|---|---|")

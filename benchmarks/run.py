@@ -113,6 +113,8 @@ def machine_info() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        # Other work on the machine moves CPU ratios: the reference a run records says its load.
+        "load_average": round(os.getloadavg()[0], 1),
     }
 
 

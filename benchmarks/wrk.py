@@ -100,8 +100,11 @@ def _run_wrk(argv: list[str], env: dict[str, str]) -> tuple[str, str, float, flo
         wall = time.perf_counter() - t0
         out.seek(0)
         err.seek(0)
-        return out.read().decode(errors="replace"), err.read().decode(errors="replace"), wall, (
-            usage.ru_utime + usage.ru_stime
+        return (
+            out.read().decode(errors="replace"),
+            err.read().decode(errors="replace"),
+            wall,
+            (usage.ru_utime + usage.ru_stime),
         )
 
 

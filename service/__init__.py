@@ -1,0 +1,34 @@
+"""Device telemetry backend.
+
+Layers, top to bottom (`LAYERS`): a module imports only from its own package or module and
+from layers below its own, never from a layer above or from another package of its own layer,
+and no modules import each other in a circle (tests/test_layers.py checks both over every
+import, those inside functions included):
+
+1. `__main__`; 2. `cli`; 3. `serve`, `admin`; 4. `cli_errors`, the CLI's one error path;
+5. `app`, the wiring; 6. `console`, the operator's screens over the API's own parts; 7. `api`;
+8. `migrations`; 9. `retention`, whose maintenance round runs the domain packages' steps;
+10. the domain packages `fleet`, `commands`, `rollout`, `push`, `webhooks`, `enrollment_tokens`,
+each owning its types, statements, state machine and status enum; 11. `events`, the log they
+write to, and `audit`, the operators' log of who did what; 12. `ingest`, the group-commit
+writer and the merge interface the domain packages' row kinds implement; 13. `db`; 14. `tokens`,
+`metrics`, `event_loop`; 15. `settings`.
+"""
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("__main__",),
+    ("cli",),
+    ("serve", "admin"),
+    ("cli_errors",),
+    ("app",),
+    ("console",),
+    ("api",),
+    ("migrations",),
+    ("retention",),
+    ("fleet", "commands", "rollout", "push", "webhooks", "enrollment_tokens"),
+    ("events", "audit"),
+    ("ingest",),
+    ("db",),
+    ("tokens", "metrics", "event_loop"),
+    ("settings",),
+)

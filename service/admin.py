@@ -5,24 +5,30 @@ writes; `ci`: `POST /v1/apk-versions` only, for a build pipeline); their API tok
 `sessions` rows (only the hash is stored) that may expire.
 `revoke-operator` disables the operator and revokes every token; `rotate-operator` revokes every
 token and issues a new one. Running services see either change within their auth cache TTL.
+Both also end the operator's console sessions (`sessions` rows of kind 'console', not cached:
+at once). `set-password` gives an operator a console password (argon2id) and ends its console
+sessions, so a leaked password stops working everywhere once it is changed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import re
 import sys
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 import msgspec
 
-from service.api.credentials import OPERATOR_PREFIX, ROLES, Role, new_token, token_hash
+from service.api.credentials import OPERATOR_PREFIX, ROLES, Role, list_operators, new_token, token_hash
 from service.api.schemas import EnrollmentTokenRequest
+from service.audit.log import AuditAction, cli_actor, record
+from service.console.passwords import check_strength, hash_password
 from service.db.urls import asyncpg_dsn
+from service.db.windows import parse_window
 from service.enrollment_tokens import create_enrollment_token
-from service.retention.windows import parse_window
 from service.settings import Settings
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
@@ -63,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rotate.add_argument(
         "--expires-in", default=None, help="new token's lifetime (default: the previous token's)"
     )
+    pw = verbs.add_parser(
+        "set-password",
+        help="set an operator's console password (prompted on a terminal, else one line of stdin)",
+    )
+    pw.add_argument("name")
     tok = verbs.add_parser("create-enrollment-token", help="mint an enrollment token")
     tok.add_argument("--expires-in", default="1d", help="e.g. 1d, 12h (default 1d)")
     tok.add_argument("--max-uses", type=int, default=1)
@@ -126,7 +137,8 @@ async def rotate_operator(conn: asyncpg.Connection, name: str, *, expires_in: ti
             raise ValueError(f"operator {name!r} is revoked; create a new operator instead")
         if expires_in is None:
             expires_in = await conn.fetchval(
-                "SELECT expires_at - created_at FROM sessions WHERE user_id = $1 ORDER BY id DESC LIMIT 1",
+                "SELECT expires_at - created_at FROM sessions WHERE user_id = $1 AND kind = 'api'"
+                " ORDER BY id DESC LIMIT 1",
                 user["id"],
             )
         await conn.execute(
@@ -142,33 +154,36 @@ async def rotate_operator(conn: asyncpg.Connection, name: str, *, expires_in: ti
     return token
 
 
-async def list_operators(conn: asyncpg.Connection) -> list[tuple[str, str, str, int, str, str]]:
-    """Rows of (name, role, status, active tokens, expires, last used), by name."""
-    rows = await conn.fetch(
-        """
-        SELECT u.username, u.role, u.disabled_at,
-               count(s.id) AS tokens, max(s.expires_at) AS expires,
-               bool_or(s.id IS NOT NULL AND s.expires_at IS NULL) AS never_expires,
-               (SELECT max(last_used_at) FROM sessions WHERE user_id = u.id) AS last_used
-        FROM users u
-        LEFT JOIN sessions s ON s.user_id = u.id AND s.revoked_at IS NULL
-             AND (s.expires_at IS NULL OR s.expires_at > now())
-        GROUP BY u.id ORDER BY u.username
-        """
-    )
+async def set_password(conn: asyncpg.Connection, name: str, password: str) -> int:
+    """Store `password`'s argon2id hash for operator `name` and end its console sessions;
+    returns how many were live. A disabled operator cannot be given one."""
+    hashed = hash_password(password)
+    async with conn.transaction():
+        user_id = await conn.fetchval(
+            "UPDATE users SET password_hash = $2 WHERE username = $1 AND disabled_at IS NULL RETURNING id",
+            name,
+            hashed,
+        )
+        if user_id is None:
+            raise ValueError(f"no active operator {name!r}")
+        status = await conn.execute(
+            "UPDATE sessions SET revoked_at = now()"
+            " WHERE user_id = $1 AND kind = 'console' AND revoked_at IS NULL",
+            user_id,
+        )
+    return int(status.split()[-1])
 
-    def when(value: datetime | None) -> str:
-        return value.isoformat(timespec="seconds") if value is not None else "-"
 
-    listed = []
-    for r in rows:
-        if r["disabled_at"] is not None:
-            status = "revoked"
-        else:
-            status = "active" if r["tokens"] else "expired"
-        expires = "never" if r["never_expires"] else when(r["expires"])
-        listed.append((r["username"], r["role"], status, int(r["tokens"]), expires, when(r["last_used"])))
-    return listed
+def read_password() -> str:
+    """Twice at a terminal (without echo), else the first line of stdin (its newline cut)."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("new console password: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the two passwords differ; nothing was changed")
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    check_strength(password)
+    return password
 
 
 def _print_table(rows: list[tuple[str, str, str, int, str, str]]) -> None:
@@ -186,18 +201,26 @@ def _check_name(name: str) -> None:
 
 async def _run(args: argparse.Namespace, url: str) -> int:
     conn = await asyncpg.connect(asyncpg_dsn(url))
+    # Every write verb's audit row commits with its write (`service.audit`).
+    who = cli_actor()
     try:
         if args.verb == "create-operator":
             _check_name(args.name)
-            token = await create_operator(
-                conn, args.name, role=args.role, expires_in=parse_lifetime(args.expires_in)
-            )
+            async with conn.transaction():
+                token = await create_operator(
+                    conn, args.name, role=args.role, expires_in=parse_lifetime(args.expires_in)
+                )
+                details = {"role": args.role, "expires_in": args.expires_in}
+                await record(conn, who, AuditAction.OPERATOR_CREATE, f"operator:{args.name}", details)
             print(f"operator {args.name!r} ({args.role}) created; API token (shown once):", file=sys.stderr)
             print(token)
         elif args.verb == "list-operators":
             _print_table(await list_operators(conn))
         elif args.verb == "revoke-operator":
-            revoked = await revoke_operator(conn, args.name)
+            async with conn.transaction():
+                revoked = await revoke_operator(conn, args.name)
+                details = {"tokens_revoked": revoked}
+                await record(conn, who, AuditAction.OPERATOR_REVOKE, f"operator:{args.name}", details)
             print(
                 f"operator {args.name!r} revoked ({revoked} active token(s)); running services refuse"
                 " it within their auth cache TTL",
@@ -205,13 +228,26 @@ async def _run(args: argparse.Namespace, url: str) -> int:
             )
         elif args.verb == "rotate-operator":
             lifetime = parse_lifetime(args.expires_in) if args.expires_in is not None else None
-            token = await rotate_operator(conn, args.name, expires_in=lifetime)
+            async with conn.transaction():
+                token = await rotate_operator(conn, args.name, expires_in=lifetime)
+                await record(conn, who, AuditAction.OPERATOR_ROTATE, f"operator:{args.name}")
             print(
                 f"operator {args.name!r}: old tokens revoked (refused within the auth cache TTL);"
                 " new API token (shown once):",
                 file=sys.stderr,
             )
             print(token)
+        elif args.verb == "set-password":
+            _check_name(args.name)
+            password = read_password()
+            async with conn.transaction():
+                ended = await set_password(conn, args.name, password)
+                details = {"console_sessions_ended": ended}
+                await record(conn, who, AuditAction.OPERATOR_SET_PASSWORD, f"operator:{args.name}", details)
+            print(
+                f"operator {args.name!r}: console password set ({ended} console session(s) ended)",
+                file=sys.stderr,
+            )
         elif args.verb == "create-enrollment-token":
             if args.max_uses < 1:
                 raise ValueError("--max-uses must be at least 1")
@@ -231,11 +267,15 @@ async def _run(args: argparse.Namespace, url: str) -> int:
                 )
             except msgspec.ValidationError as exc:
                 raise ValueError(f"invalid enrollment token: {exc}") from None
-            created = await create_enrollment_token(conn, created_by=None, spec=spec)
-            bound = f", bound to device {created.device_id!r}" if created.device_id else ""
+            async with conn.transaction():
+                created = await create_enrollment_token(conn, created_by=None, spec=spec)
+                details = {"device_id": spec.device_id, "max_uses": spec.max_uses, "scope": spec.scope}
+                target = f"enrollment_token:{created.id}"
+                await record(conn, who, AuditAction.ENROLLMENT_TOKEN_CREATE, target, details)
+            bound = f", bound to device {spec.device_id!r}" if spec.device_id else ""
             print(
                 f"enrollment token {created.id} (expires {created.expires_at.isoformat()}, "
-                f"{created.max_uses} use(s){bound}); shown once:",
+                f"{spec.max_uses} use(s){bound}); shown once:",
                 file=sys.stderr,
             )
             print(created.token)

@@ -2,26 +2,69 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import asyncpg
 from aiohttp import web
 
 from service.api.auth import guarded
+from service.api.bodies import BodyBudget
 from service.api.credentials import Authenticator
+from service.api.dispatches import PUSH_WORKER
 from service.api.middleware import MIDDLEWARES
 from service.api.openapi_doc import OPENAPI, build_openapi
 from service.api.routes import ENDPOINTS
 from service.api.state import SERVICES, Services
 from service.api.throttle import FailureThrottle
+from service.api.webhooks import WEBHOOKS
+from service.commands import acks, dispatches
+from service.console.routes import mount as mount_console
 from service.db.urls import asyncpg_dsn
 from service.db.watchdog import DatabaseWatchdog
-from service.ingest.statements import prepare_connection
+from service.events.hub import EventHub
+from service.fleet import presence
+from service.ingest import heartbeats
+from service.ingest.connection import prepare_connection
+from service.ingest.merges import Merge
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
-from service.retention.maintenance import PartitionMaintenance
-from service.settings import Settings, StorageMode
+from service.push.fcm import configured_sender
+from service.push.worker import PushWorker
+from service.retention.in_force import WindowsInForce
+from service.retention.maintenance import Maintenance
+from service.rollout import downloads
+from service.settings import PresencePolicy, Settings, StorageMode
+from service.webhooks.worker import WebhookWorker
+
+log = logging.getLogger(__name__)
+
+
+def row_merges(
+    bucket_seconds: int = 10,
+    presence_policy: PresencePolicy | None = None,
+    presence_clock: Callable[[], datetime] | None = None,
+    push_ttl: timedelta | None = None,
+) -> tuple[Merge[Any, Any], ...]:
+    """Every kind of row the writer stores, in the order each transaction takes them (acks
+    last: a dispatch and an ack of it in one flush find the command already inserted).
+    Heartbeats update their devices' presence in the same transaction. `presence_clock` stands
+    for the database's clock (tests). With `push_ttl` (FCM configured: the command TTL) a new
+    command's push is queued by its dispatch's own statement."""
+    policy = presence_policy or PresencePolicy()
+    return (
+        heartbeats.merge(bucket_seconds, then=(presence.updater(bucket_seconds, policy, presence_clock),)),
+        dispatches.merge(push_ttl),
+        downloads.MERGE,
+        acks.MERGE,
+    )
+
+
+# The staging table of every kind of row: each connection of the pool has them all.
+ROW_STAGES = tuple(merge.stage for merge in row_merges())
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
@@ -56,7 +99,8 @@ async def create_pool(database_url: str, settings: Settings) -> asyncpg.Pool:
         asyncpg_dsn(database_url),
         min_size=2,
         max_size=settings.pool_size,
-        init=prepare_connection,
+        # Every connection gets the staging table of every kind of row (`row_merges`).
+        init=functools.partial(prepare_connection, stages=ROW_STAGES),
         reset=keep_session,
         # A stalled server must not hold a flush forever: the writer retries, then fails it.
         command_timeout=10,
@@ -77,22 +121,40 @@ def create_app(
     metrics = metrics or Metrics()
     # Flushes and credential lookups report how long the database keeps them waiting.
     watchdog = DatabaseWatchdog(stall_after=settings.stall_after.total_seconds())
+    # What the alert rules compare against (deploy/prometheus/alerts.yml): the queue's limit,
+    # and the watchdog's verdict as of each scrape, which needs no request to be seen.
+    metrics.queue_limit_rows.set(settings.queue_max_rows)
+    metrics.database_stalled.set_function(lambda: 1.0 if watchdog.stalled else 0.0)
     writer = GroupCommitWriter(
         pool,
         metrics,
+        row_merges(
+            settings.heartbeat_bucket_seconds,
+            settings.presence,
+            push_ttl=settings.command_ttl if settings.fcm_credentials_file is not None else None,
+        ),
         batch_window=settings.batch_window,
         batch_max_rows=settings.batch_max_rows,
         queue_max_rows=settings.queue_max_rows,
-        bucket_seconds=settings.heartbeat_bucket_seconds,
         retry_attempts=settings.flush_retry_attempts,
         ack_timeout=settings.ack_timeout.total_seconds(),
         watchdog=watchdog,
-        presence=settings.presence,
     )
     # Partitions ahead and expired ones dropped (postgres mode), audit rows expired and failed
     # TimescaleDB jobs run in the foreground (both modes), retention health assessed: one
     # instance at a time, under an advisory lock.
-    maintenance = PartitionMaintenance(pool, settings, storage_mode, metrics)
+    maintenance = Maintenance(pool, settings, storage_mode, metrics)
+    # Timestamps are validated against the retention windows in force, re-read every few seconds.
+    windows = WindowsInForce(pool, settings.retention)
+    event_hub = EventHub(pool)
+    # Webhook fan-out, delivery and upkeep: every instance takes part, claiming through the database.
+    webhooks = WebhookWorker(pool, settings, metrics)
+    # FCM pushes: queued by the dispatches' statement, claimed and sent by every instance's
+    # worker. Without credentials the service is pull only, and says so once.
+    sender = configured_sender(settings)
+    pushes = PushWorker(pool, settings, sender, metrics) if sender is not None else None
+    if pushes is None:
+        log.info("push: FCM not configured (TELEMETRY_FCM_CREDENTIALS_FILE unset): devices pull only")
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
     app[SERVICES] = Services(
         settings=settings,
@@ -104,15 +166,29 @@ def create_app(
         storage_mode=storage_mode,
         head_revisions=head_revisions,
         watchdog=watchdog,
+        windows=windows,
+        event_hub=event_hub,
         maintenance=maintenance,
+        body_budget=BodyBudget(settings.body_budget_bytes),
     )
+    app[WEBHOOKS] = webhooks
+    if pushes is not None:
+        app[PUSH_WORKER] = pushes
     app[OPENAPI] = build_openapi(ENDPOINTS)
     for endpoint in ENDPOINTS:
-        app.router.add_route(endpoint.method, endpoint.path, guarded(endpoint.auth, endpoint.handler))
+        app.router.add_route(endpoint.method, endpoint.path, guarded(endpoint.auth, endpoint.route_handler()))
+    mount_console(app)  # /console/: the operator console, on the same services
 
     # Started with the app, in this order, and stopped in the reverse order once the app has
     # answered its in-flight requests: the writer last, after committing everything queued and
-    # before whoever owns the pool closes it.
-    for component in (writer, maintenance):
+    # before whoever owns the pool closes it; pushes and webhooks first (their sends end or are
+    # released).
+    for component in (writer, windows, maintenance, webhooks, *([pushes] if pushes else [])):
         app.cleanup_ctx.append(_running(component))
+
+    # Open event streams end at shutdown, before aiohttp waits for in-flight requests.
+    async def _end_streams(_: web.Application) -> None:
+        await event_hub.close()
+
+    app.on_shutdown.append(_end_streams)
     return app

@@ -16,35 +16,22 @@ The password itself never appears, even when a driver message would repeat it.
 from __future__ import annotations
 
 import errno
-import re
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import asyncpg
 
+from service.db.urls import mask_url, url_password
+
 USAGE = 2
 FAILURE = 1
-
-_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^/@:]*:)(?P<password>[^@/]*)@")
 
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
     code: int
     message: str
-
-
-def mask_url(url: str | None) -> str:
-    """`url` with its password replaced by `***` (works on URLs too malformed to parse)."""
-    if not url:
-        return "(no URL)"
-    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***@", url)
-
-
-def url_password(url: str | None) -> str | None:
-    match = _PASSWORD_IN_URL.search(url or "")
-    return match["password"] if match and match["password"] else None
 
 
 def causes(exc: BaseException) -> Iterator[BaseException]:
@@ -77,7 +64,7 @@ def _explain_one(exc: BaseException, db: str, url: str | None) -> Explanation | 
     from service.db.preflight import SchemaBehindError
     from service.db.storage_mode import StorageModeError
     from service.migrations.backup import BackupError
-    from service.migrations.commands import MigrationError
+    from service.migrations.migrator import MigrationError
     from service.retention.policies import SchemaNotReadyError
     from service.settings import SettingsError
 

@@ -34,7 +34,7 @@ from service import event_loop
 from service.cli_errors import explain
 from service.db import storage_mode
 from service.db.preflight import check_database, wait_for_database
-from service.migrations.commands import Migrator
+from service.migrations.migrator import Migrator
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ async def _serve(
     # Imported here: the whole HTTP layer, which the CLI's other groups do not need to load.
     from aiohttp import web
 
+    from service.api.connections import ServiceRunner, raise_open_file_limit
+    from service.api.state import SERVICES
     from service.app import create_app, create_pool
 
     if migrate:
@@ -120,8 +122,15 @@ async def _serve(
     try:
         mode = await storage_mode.detect(pool, settings.storage_mode)
         app = create_app(settings, pool, storage_mode=mode, head_revisions=head_revisions(migrator))
-        runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=30, read_bufsize=settings.read_buffer_bytes
+        soft, _ = raise_open_file_limit()
+        log.info("open-file limit: %d", soft)
+        runner = ServiceRunner(
+            app,
+            settings,
+            app[SERVICES].metrics,
+            access_log=None,
+            shutdown_timeout=30,
+            read_bufsize=settings.read_buffer_bytes,
         )
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)

@@ -7,8 +7,10 @@ value raises `SettingsError` naming the variable, so the CLI exits 2 with one li
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import timedelta
@@ -31,6 +33,44 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL")
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 
 
+FCM_CREDENTIALS_VARIABLE = "TELEMETRY_FCM_CREDENTIALS_FILE"
+# The fields of a service-account key the JWT bearer grant and the send URL need.
+SERVICE_ACCOUNT_FIELDS = ("project_id", "client_email", "private_key", "token_uri")
+_ACTION_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def service_account_info(path: Path) -> dict[str, str]:
+    """The service-account key in `path`, checked as google-auth will use it (readable, JSON,
+    `type` service_account, the fields FCM needs, a private key that parses), else
+    `SettingsError` naming TELEMETRY_FCM_CREDENTIALS_FILE. The message never quotes the key."""
+    name = FCM_CREDENTIALS_VARIABLE
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise SettingsError(f"{name}: cannot read {str(path)!r}: {reason}") from None
+    try:
+        info = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise SettingsError(f"{name}: {str(path)!r} is not a JSON document") from None
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise SettingsError(
+            f'{name}: {str(path)!r} is not a service-account key (its "type" must be "service_account";'
+            " create one in the Firebase console under Project settings > Service accounts)"
+        )
+    missing = [f for f in SERVICE_ACCOUNT_FIELDS if not isinstance(info.get(f), str) or not info[f]]
+    if missing:
+        raise SettingsError(f"{name}: {str(path)!r} lacks {', '.join(missing)}")
+    # google-auth is imported here, not at module level: only a configured push needs it.
+    from google.oauth2 import service_account
+
+    try:
+        service_account.Credentials.from_service_account_info(info)
+    except Exception:  # whatever the parser says may quote part of the key: name the field only
+        raise SettingsError(f"{name}: the private_key in {str(path)!r} is not a PEM RSA key") from None
+    return info
+
+
 @dataclass(frozen=True, slots=True)
 class RetentionWindows:
     """How long each time-series and audit table keeps its rows (the guides' defaults)."""
@@ -38,17 +78,39 @@ class RetentionWindows:
     device_heartbeats: timedelta = timedelta(days=2)
     fcm_dispatches: timedelta = timedelta(days=2)
     apk_download_events: timedelta = timedelta(days=7)
+    # The event log (webhook, feed and stream source; also the device history).
+    events: timedelta = timedelta(days=7)
     # Audit tables (plain tables expired by a batched DELETE), the guides' 90 days.
-    device_events: timedelta = timedelta(days=90)
     enrollment_events: timedelta = timedelta(days=90)
     # Commands outlive their 2-day dispatch rows (same expiry as the audit tables).
     commands: timedelta = timedelta(days=90)
+    # A command's push (FCM outbox row), kept as long as the command it belongs to.
+    command_pushes: timedelta = timedelta(days=90)
+    # Who did what (`service.audit`): the operators' own log, kept over a year.
+    operator_audit: timedelta = timedelta(days=400)
     # Rollups (continuous aggregates, or rollup tables kept by the maintenance task).
     device_heartbeats_hourly: timedelta = timedelta(days=90)
     fleet_daily: timedelta = timedelta(days=400)
 
     def as_dict(self) -> dict[str, timedelta]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# The variable that seeds each retained table's window when the migrations create the table
+# (`telemetry retention set` changes it later). One entry per field of `RetentionWindows`; the
+# registry of retained tables (`service.db.retained`) names each table's variable from here.
+RETENTION_VARIABLES: dict[str, str] = {
+    "device_heartbeats": "TELEMETRY_RETENTION_HEARTBEATS_SECONDS",
+    "fcm_dispatches": "TELEMETRY_RETENTION_DISPATCHES_SECONDS",
+    "apk_download_events": "TELEMETRY_RETENTION_DOWNLOADS_SECONDS",
+    "events": "TELEMETRY_RETENTION_EVENTS_SECONDS",
+    "enrollment_events": "TELEMETRY_RETENTION_ENROLLMENT_EVENTS_SECONDS",
+    "commands": "TELEMETRY_RETENTION_COMMANDS_SECONDS",
+    "command_pushes": "TELEMETRY_RETENTION_COMMAND_PUSHES_SECONDS",
+    "operator_audit": "TELEMETRY_RETENTION_OPERATOR_AUDIT_SECONDS",
+    "device_heartbeats_hourly": "TELEMETRY_RETENTION_HOURLY_SECONDS",
+    "fleet_daily": "TELEMETRY_RETENTION_FLEET_DAILY_SECONDS",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +163,20 @@ class Settings:
     # this; the rest waits in the kernel's socket buffer): the memory 500 connections that all
     # post at once cost before their handlers run (benchmarks/RESULTS.md, "Memory").
     read_buffer_bytes: int = 16 * 1024
+    # What an unauthenticated request may cost (`service.api.bodies`): `/v1/enroll` reads at most
+    # this many bytes, uncompressed; larger ones are 413 before a byte of the body is read.
+    enroll_max_body_bytes: int = 4096
+    # Body bytes all requests together may hold while they are read and decoded; past it a new
+    # upload is 503 before it is read, so many slow uploads cannot take the memory.
+    body_budget_bytes: int = 32 * 1024 * 1024
+    # HTTP connection limits (`service.api.connections`): a request's headers must be complete
+    # this long after its first byte, its body this long after its headers; a connection with
+    # no request in progress is closed after the idle timeout; one address holds at most this
+    # many connections (trusted proxies excepted).
+    http_header_timeout: timedelta = timedelta(seconds=10)
+    http_body_timeout: timedelta = timedelta(seconds=30)
+    http_idle_timeout: timedelta = timedelta(seconds=75)
+    max_connections_per_address: int = 256
     retention: RetentionWindows = field(default_factory=RetentionWindows)
     partition_lookahead: timedelta = timedelta(days=1)
     maintenance_interval: timedelta = timedelta(minutes=5)
@@ -116,6 +192,36 @@ class Settings:
     presence: PresencePolicy = field(default_factory=PresencePolicy)
     # `GET /v1/fleet/summary` serves a snapshot at most this old (zero: computed per request).
     fleet_summary_max_age: timedelta = timedelta(seconds=5)
+    # `GET /v1/events/stream`: a comment line after this much silence keeps proxies from
+    # closing the stream; the server ends a stream after `events_stream_max` (the client
+    # resumes with Last-Event-ID), so no connection is held for ever.
+    events_stream_keepalive: timedelta = timedelta(seconds=15)
+    events_stream_max: timedelta = timedelta(minutes=30)
+    # Webhooks (`service.webhooks`): a delivery is retried with backoff for this long, then
+    # dead; one attempt may take `webhook_timeout` (connecting at most `webhook_connect_timeout`
+    # of it); receivers on loopback, private, link-local or metadata addresses are refused
+    # unless allowed. At most `webhook_concurrency` requests to one subscription are in flight
+    # per instance. Delivered rows are kept `webhook_keep_delivered`, then deleted by the
+    # worker (dead ones as long as the event log keeps events, past their retry window).
+    webhook_retry: timedelta = timedelta(hours=24)
+    webhook_timeout: timedelta = timedelta(seconds=10)
+    webhook_connect_timeout: timedelta = timedelta(seconds=5)
+    webhook_allow_private: bool = False
+    webhook_concurrency: int = 8
+    webhook_keep_delivered: timedelta = timedelta(hours=24)
+    # Run the fan-out and delivery loops in this instance (off: this instance only serves the API).
+    webhook_worker: bool = True
+    # Push (`service.push`): without a credentials file the service is pull only. The endpoint
+    # (and the token URI, which otherwise comes from the file) are overridable for emulators and
+    # tests; urgent actions are sent with Android priority high.
+    fcm_credentials_file: Path | None = None
+    fcm_endpoint: str = "https://fcm.googleapis.com"
+    fcm_token_uri: str | None = None
+    fcm_urgent_actions: tuple[str, ...] = ("lock", "wipe")
+    fcm_timeout: timedelta = timedelta(seconds=10)
+    fcm_max_connections: int = 64
+    # Claim and send queued pushes in this instance (off: this instance only queues them).
+    push_worker: bool = True
     log_level: str = "INFO"
     # `serve`'s event loop: uvloop where installed (auto), or the standard library's.
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
@@ -185,6 +291,33 @@ class Settings:
                     ) from None
             return tuple(networks)
 
+        def as_http_url(name: str, default: str | None) -> str | None:
+            raw = get(name)
+            if raw is None:
+                return default
+            if not re.fullmatch(r"https?://[^\s/?#@]+(/[^\s?#]*)?", raw):
+                raise SettingsError(f"{name} must be an http(s) URL without query or user, got {raw!r}")
+            return raw.rstrip("/")
+
+        def as_actions(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            raw = env.get(name)
+            if raw is None:
+                return default
+            actions = tuple(a.strip() for a in raw.split(",") if a.strip())
+            for action in actions:
+                if not _ACTION_NAME.match(action):
+                    raise SettingsError(f"{name} must be comma-separated action names, got {action!r}")
+            return actions
+
+        fcm_file = get(FCM_CREDENTIALS_VARIABLE)
+        if fcm_file is not None:
+            service_account_info(Path(fcm_file))
+        if get("TELEMETRY_RETENTION_DEVICE_EVENTS_SECONDS") is not None:
+            # Refused rather than ignored: a deployment that set it would silently keep less.
+            raise SettingsError(
+                "TELEMETRY_RETENTION_DEVICE_EVENTS_SECONDS was replaced by"
+                " TELEMETRY_RETENTION_EVENTS_SECONDS: device events are part of the event log now"
+            )
         mode = get("TELEMETRY_STORAGE_MODE") or d.storage_mode
         if mode not in ("auto", "timescale", "postgres"):
             raise SettingsError(f"TELEMETRY_STORAGE_MODE must be auto, timescale or postgres, got {mode!r}")
@@ -199,28 +332,10 @@ class Settings:
                 f"TELEMETRY_EVENT_LOOP must be one of {', '.join(EVENT_LOOPS)}, got {event_loop!r}"
             )
         retention = RetentionWindows(
-            device_heartbeats=as_seconds(
-                "TELEMETRY_RETENTION_HEARTBEATS_SECONDS", d.retention.device_heartbeats, positive=True
-            ),
-            fcm_dispatches=as_seconds(
-                "TELEMETRY_RETENTION_DISPATCHES_SECONDS", d.retention.fcm_dispatches, positive=True
-            ),
-            apk_download_events=as_seconds(
-                "TELEMETRY_RETENTION_DOWNLOADS_SECONDS", d.retention.apk_download_events, positive=True
-            ),
-            device_events=as_seconds(
-                "TELEMETRY_RETENTION_DEVICE_EVENTS_SECONDS", d.retention.device_events, positive=True
-            ),
-            enrollment_events=as_seconds(
-                "TELEMETRY_RETENTION_ENROLLMENT_EVENTS_SECONDS", d.retention.enrollment_events, positive=True
-            ),
-            commands=as_seconds(
-                "TELEMETRY_RETENTION_COMMANDS_SECONDS", d.retention.commands, positive=True
-            ),
-            device_heartbeats_hourly=as_seconds(
-                "TELEMETRY_RETENTION_HOURLY_SECONDS", d.retention.device_heartbeats_hourly
-            ),
-            fleet_daily=as_seconds("TELEMETRY_RETENTION_FLEET_DAILY_SECONDS", d.retention.fleet_daily),
+            **{
+                table: as_seconds(variable, getattr(d.retention, table), positive=True)
+                for table, variable in RETENTION_VARIABLES.items()
+            }
         )
         presence = PresencePolicy(
             default_interval=as_seconds(
@@ -255,6 +370,22 @@ class Settings:
             max_batch_heartbeats=as_int("TELEMETRY_MAX_BATCH_HEARTBEATS", d.max_batch_heartbeats, 1),
             max_body_bytes=as_int("TELEMETRY_MAX_BODY_BYTES", d.max_body_bytes, 1024),
             read_buffer_bytes=as_int("TELEMETRY_READ_BUFFER_BYTES", d.read_buffer_bytes, 1024),
+            enroll_max_body_bytes=as_int(
+                "TELEMETRY_ENROLL_MAX_BODY_BYTES", d.enroll_max_body_bytes, 256, 1024 * 1024
+            ),
+            body_budget_bytes=as_int("TELEMETRY_BODY_BUDGET_BYTES", d.body_budget_bytes, 1024 * 1024),
+            http_header_timeout=as_seconds(
+                "TELEMETRY_HTTP_HEADER_TIMEOUT_SECONDS", d.http_header_timeout, positive=True
+            ),
+            http_body_timeout=as_seconds(
+                "TELEMETRY_HTTP_BODY_TIMEOUT_SECONDS", d.http_body_timeout, positive=True
+            ),
+            http_idle_timeout=as_seconds(
+                "TELEMETRY_HTTP_IDLE_TIMEOUT_SECONDS", d.http_idle_timeout, positive=True
+            ),
+            max_connections_per_address=as_int(
+                "TELEMETRY_MAX_CONNECTIONS_PER_ADDRESS", d.max_connections_per_address, 1
+            ),
             retention=retention,
             partition_lookahead=as_seconds(
                 "TELEMETRY_PARTITION_LOOKAHEAD_SECONDS", d.partition_lookahead, positive=True
@@ -270,6 +401,30 @@ class Settings:
             fleet_summary_max_age=as_seconds(
                 "TELEMETRY_FLEET_SUMMARY_MAX_AGE_SECONDS", d.fleet_summary_max_age
             ),
+            events_stream_keepalive=as_seconds(
+                "TELEMETRY_EVENTS_STREAM_KEEPALIVE_SECONDS", d.events_stream_keepalive, positive=True
+            ),
+            events_stream_max=as_seconds(
+                "TELEMETRY_EVENTS_STREAM_MAX_SECONDS", d.events_stream_max, positive=True
+            ),
+            webhook_retry=as_seconds("TELEMETRY_WEBHOOK_RETRY_SECONDS", d.webhook_retry, positive=True),
+            webhook_timeout=as_seconds("TELEMETRY_WEBHOOK_TIMEOUT_SECONDS", d.webhook_timeout, positive=True),
+            webhook_connect_timeout=as_seconds(
+                "TELEMETRY_WEBHOOK_CONNECT_TIMEOUT_SECONDS", d.webhook_connect_timeout, positive=True
+            ),
+            webhook_allow_private=as_bool("TELEMETRY_WEBHOOK_ALLOW_PRIVATE", d.webhook_allow_private),
+            webhook_concurrency=as_int("TELEMETRY_WEBHOOK_CONCURRENCY", d.webhook_concurrency, 1, 256),
+            webhook_keep_delivered=as_seconds(
+                "TELEMETRY_WEBHOOK_KEEP_DELIVERED_SECONDS", d.webhook_keep_delivered, positive=True
+            ),
+            webhook_worker=as_bool("TELEMETRY_WEBHOOK_WORKER", d.webhook_worker),
+            fcm_credentials_file=Path(fcm_file) if fcm_file is not None else None,
+            fcm_endpoint=as_http_url("TELEMETRY_FCM_ENDPOINT", d.fcm_endpoint) or d.fcm_endpoint,
+            fcm_token_uri=as_http_url("TELEMETRY_FCM_TOKEN_URI", d.fcm_token_uri),
+            fcm_urgent_actions=as_actions("TELEMETRY_FCM_URGENT_ACTIONS", d.fcm_urgent_actions),
+            fcm_timeout=as_seconds("TELEMETRY_FCM_TIMEOUT_SECONDS", d.fcm_timeout, positive=True),
+            fcm_max_connections=as_int("TELEMETRY_FCM_MAX_CONNECTIONS", d.fcm_max_connections, 1, 10_000),
+            push_worker=as_bool("TELEMETRY_PUSH_WORKER", d.push_worker),
             log_level=log_level,
             event_loop=event_loop,  # type: ignore[arg-type]
             trusted_proxies=as_networks("TELEMETRY_TRUSTED_PROXIES"),

@@ -12,7 +12,6 @@ import asyncio
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,8 @@ from alembic.script import ScriptDirectory
 
 from service.cli_errors import url_password
 from service.db.embedded import EmbeddedPostgres, free_port
-from tests.conftest import TestServer, create_database, migrate
+from tests.support.cli import child_env, run_telemetry
+from tests.support.cluster import TestServer, create_database, migrate
 
 PASSWORD = "Tr0ub4dor-and-3"
 PREVIOUS = "aadd574780ab"  # behind head
@@ -207,16 +207,7 @@ def failures(
 
 
 def _run(argv: list[str], extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_") and k != "DATABASE_URL"}
-    env |= {"TELEMETRY_DB_WAIT_SECONDS": "0", **extra}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *argv],
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        timeout=90,
-    )
+    return run_telemetry(argv, child_env(TELEMETRY_DB_WAIT_SECONDS="0", **extra), timeout=90)
 
 
 @pytest.mark.parametrize(

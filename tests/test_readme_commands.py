@@ -8,9 +8,7 @@ against a database at head with a `telemetry serve` on it (for `migrate deploy`)
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,8 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from tests.conftest import serving
+from tests.support.cli import child_env, run_bash
+from tests.support.serve_process import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAD = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini"))).get_current_head()
@@ -40,7 +39,7 @@ def fill(line: str, *, health_url: str) -> str:
 
 @pytest.fixture
 def server(db_url: str, mode: str) -> Iterator[tuple[int, dict[str, str]]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env = child_env()
     env |= {
         "DATABASE_URL": db_url,
         "TELEMETRY_STORAGE_MODE": mode,
@@ -65,15 +64,7 @@ def test_every_telemetry_line_in_readme_runs_as_typed(
     failed: list[str] = []
     for line in readme_commands():
         command = fill(line, health_url=f"http://127.0.0.1:{port}/health")
-        result = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", command],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=180,
-        )
+        result = run_bash(command, env, timeout=180, cwd=tmp_path)
         if result.returncode != 0:
             failed.append(f"{command}\n  exit {result.returncode}: {result.stderr.strip()}")
     assert not failed, "\n".join(failed)

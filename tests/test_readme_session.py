@@ -11,17 +11,17 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from service.db.embedded import EmbeddedPostgres, free_port
+from service.db.embedded import EmbeddedPostgres
+from tests.support.cli import run_bash
+from tests.support.serve_process import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,39 +48,17 @@ def data_dir() -> Iterator[Path]:
 def test_readme_curl_session_works_as_written(data_dir: Path) -> None:
     lines = readme_session()
     assert lines[0].startswith("./scripts/serve &")
-    port = free_port()
-    script = "\n".join(lines[1:]).replace("localhost:8080", f"localhost:{port}")
-    assert f"localhost:{port}/v1/heartbeats" in script
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {
         "TELEMETRY_DATA_DIR": str(data_dir),
         "PATH": f"{Path(sys.executable).parent}:{env['PATH']}",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    output: list[str] = []
+    server = ServeProcess(env, cwd=ROOT)
+    script = "\n".join(lines[1:]).replace("localhost:8080", f"localhost:{server.port}")
+    assert f"localhost:{server.port}/v1/heartbeats" in script
     try:
-        assert server.stdout is not None
-        deadline = time.monotonic() + 120
-        while not any("telemetry listening on" in line for line in output):
-            assert time.monotonic() < deadline, "".join(output)
-            line = server.stdout.readline()
-            assert line or server.poll() is None, "".join(output)
-            output.append(line)
-        session = subprocess.run(
-            ["bash", "-euo", "pipefail", "-c", script],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        server.wait_for_line("telemetry listening on", within=120)
+        session = run_bash(script, env, timeout=60, cwd=ROOT)
         assert session.returncode == 0, session.stderr
         # One JSON document per curl: heartbeat, read-back, the offline devices (none: phone-1
         # has just beaten) and the fleet summary, then the command and the rollout.
@@ -107,15 +85,10 @@ def test_readme_curl_session_works_as_written(data_dir: Path) -> None:
         assert build["build_id"] == "ci-1234" and installed["status"] == "installed"
         assert rollout["downloads"]["completed"] == 1 and rollout["installations"]["installed"] == 1
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            rest, _ = server.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            rest = ""
+        code = server.stop()
         EmbeddedPostgres(data_dir / "postgres").stop("immediate")
-    assert server.returncode == 0, "".join(output) + rest
-    assert "stopped" in rest
+    assert code == 0, server.output
+    assert "stopped" in server.output.split("telemetry listening on", 1)[1]
 
 
 @pytest.fixture(autouse=True)

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
 
 from service.settings import Settings, SettingsError
+from tests.support.cli import child_env, run_telemetry
 
 SECONDS = [
     "TELEMETRY_BATCH_WINDOW_SECONDS",
@@ -111,15 +109,9 @@ def test_sane_values_are_read_as_given() -> None:
     ],
 )
 def test_the_cli_exits_2_with_one_line_naming_the_variable(name: str, raw: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env = child_env()
     env[name] = raw
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "migrate", "heads"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_telemetry(["migrate", "heads"], env, timeout=60)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and name in lines[0], done.stderr
@@ -131,3 +123,12 @@ def test_an_unknown_event_loop_is_refused_and_a_known_one_kept() -> None:
         Settings.from_env({"TELEMETRY_EVENT_LOOP": "trio"})
     assert Settings.from_env({"TELEMETRY_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
     assert Settings.from_env({}).event_loop == "auto"
+
+
+def test_the_removed_device_events_window_is_refused_naming_its_replacement() -> None:
+    import pytest
+
+    from service.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="TELEMETRY_RETENTION_EVENTS_SECONDS"):
+        Settings.from_env({"TELEMETRY_RETENTION_DEVICE_EVENTS_SECONDS": "86400"})

@@ -8,11 +8,11 @@ Create Date: 2025-11-01 00:00:00+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from revision_ddl import time_series_v1 as ts
+from revision_ddl.inputs import partition_lookahead, retention_window, storage_mode
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from service.db import time_series as ts
-from service.migrations.environment import run_settings, storage_mode
 
 revision: str = "7ac6ecbe4e31"
 down_revision: str | Sequence[str] | None = None
@@ -21,6 +21,8 @@ depends_on: str | Sequence[str] | None = None
 
 TZ = sa.DateTime(timezone=True)
 NOW = sa.text("now()")
+# The time-series tables this revision creates.
+_TIME_SERIES = (ts.HEARTBEATS, ts.DISPATCHES, ts.DOWNLOADS)
 
 
 def _time_series(table: ts.TimeSeriesTable, *elements: sa.Column | sa.Constraint) -> None:
@@ -31,7 +33,6 @@ def _time_series(table: ts.TimeSeriesTable, *elements: sa.Column | sa.Constraint
 
 def upgrade() -> None:
     mode = storage_mode(op)
-    settings = run_settings(op)
     if mode == "timescale":
         ts.create_extension(op.execute)
     else:
@@ -179,9 +180,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", "ts", name="pk_apk_download_events"),
     )
 
-    for table in ts.TIME_SERIES_TABLES:
-        window = settings.retention.as_dict()[table.name]
-        ts.after_create(op.execute, mode, table, window, settings.partition_lookahead)
+    for table in _TIME_SERIES:
+        window = retention_window(op, table.name)
+        ts.after_create(op.execute, mode, table, window, partition_lookahead(op))
 
     # --- APK management ---
     op.create_table(
@@ -259,7 +260,7 @@ def downgrade() -> None:
     mode = storage_mode(op)
     for table in ("commands", "enrollment_events", "device_events", "apk_installations", "apk_versions"):
         op.drop_table(table)
-    for table in ts.TIME_SERIES_TABLES:
+    for table in _TIME_SERIES:
         ts.before_drop(op.execute, mode, table)
     op.drop_table("apk_download_events")
     op.execute("DROP SEQUENCE apk_download_events_id_seq")

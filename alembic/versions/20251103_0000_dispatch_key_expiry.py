@@ -7,9 +7,10 @@ Create Date: 2025-11-03 00:00:00+00:00
 
 from collections.abc import Sequence
 
+from revision_ddl import time_series_v1 as ts
+from revision_ddl.inputs import storage_mode
+
 from alembic import op
-from service.db import time_series as ts
-from service.migrations.environment import storage_mode
 
 revision: str = "aadd574780ab"
 down_revision: str | Sequence[str] | None = "a43a2b52588a"

@@ -8,11 +8,11 @@ Create Date: 2025-11-06 00:00:00+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from revision_ddl import rollups_v1 as rollups
+from revision_ddl import time_series_v1 as ts
+from revision_ddl.inputs import is_offline, partition_lookahead, retention_window, storage_mode
 
 from alembic import op
-from service.db import rollups
-from service.db import time_series as ts
-from service.migrations.environment import run_settings, storage_mode
 
 revision: str = "e31c9e0a6175"
 down_revision: str | Sequence[str] | None = "0c4e8a7d2f61"
@@ -22,7 +22,7 @@ depends_on: str | Sequence[str] | None = None
 
 def _mechanism() -> rollups.RollupMechanism:
     mode = storage_mode(op)
-    if mode != "timescale" or op.get_context().as_sql:
+    if mode != "timescale" or is_offline(op):
         # Offline SQL cannot ask the server: it assumes TimescaleDB's default (TSL) license.
         return rollups.mechanism_for(mode, None)
     license_ = op.get_bind().execute(sa.text(rollups.LICENSE_SQL)).scalar()
@@ -30,15 +30,14 @@ def _mechanism() -> rollups.RollupMechanism:
 
 
 def _built_mechanism() -> rollups.RollupMechanism:
-    if op.get_context().as_sql:
+    if is_offline(op):
         return rollups.mechanism_for(storage_mode(op), None)
     return op.get_bind().execute(sa.text(rollups.BUILT_MECHANISM_SQL)).scalar()
 
 
 def upgrade() -> None:
-    settings = run_settings(op)
-    windows = settings.retention.as_dict()
-    if not op.get_context().as_sql:
+    windows = {table: retention_window(op, table) for table in rollups.WINDOW_TABLES}
+    if not is_offline(op):
         # The raw window in force (`retention set` may have changed it since it was migrated).
         stored = (
             op.get_bind()
@@ -60,7 +59,7 @@ def upgrade() -> None:
     mechanism = _mechanism()
     if mechanism == "rollup_table" and storage_mode(op) == "timescale":
         ts.create_partition_functions(op.execute)  # an Apache build: no continuous aggregates
-    rollups.create_rollups(op.execute, mechanism, windows, settings.partition_lookahead)
+    rollups.create_rollups(op.execute, mechanism, windows, partition_lookahead(op))
 
 
 def downgrade() -> None:

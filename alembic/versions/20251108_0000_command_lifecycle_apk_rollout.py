@@ -11,11 +11,11 @@ Create Date: 2025-11-08 00:00:00+00:00
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from revision_ddl.inputs import retention_window
+from revision_ddl.time_series_v1 import interval_literal
 from sqlalchemy.dialects import postgresql
 
 from alembic import op
-from service.migrations.environment import run_settings
-from service.retention import audit
 
 revision: str = "e8b24c6a1f93"
 down_revision: str | Sequence[str] | None = "81159e67ec7f"
@@ -56,7 +56,12 @@ def upgrade() -> None:
         postgresql_where=sa.text("status IN ('pending', 'delivered')"),
     )
     op.create_index("ix_commands_created_at", "commands", ["created_at"])
-    op.execute(audit.store_window_sql(audit.COMMANDS, run_settings(op).retention.commands))
+    # The commands' window: a plain table's row (NULL partition_interval), expired by DELETE.
+    op.execute(
+        "INSERT INTO retention_policies (table_name, drop_after, partition_interval) "
+        f"VALUES ('commands', {interval_literal(retention_window(op, 'commands'))}, NULL) "
+        "ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, updated_at = now()"
+    )
 
     # --- APK installations: one row per (device, version), moving forward ---
     now = sa.text("now()")
@@ -110,13 +115,11 @@ def downgrade() -> None:
     op.drop_table("device_app_versions")
     op.drop_index("ix_apk_installations_unverified", table_name="apk_installations")
     op.drop_constraint("status_known", "apk_installations", type_="check")
-    op.drop_constraint(
-        "uq_apk_installations_device_id_apk_version_id", "apk_installations", type_="unique"
-    )
+    op.drop_constraint("uq_apk_installations_device_id_apk_version_id", "apk_installations", type_="unique")
     for column in ("download_completed_at", "verified", "error", "failed_at", "created_at"):
         op.drop_column("apk_installations", column)
 
-    op.execute(f"DELETE FROM retention_policies WHERE table_name = '{audit.COMMANDS.name}'")
+    op.execute("DELETE FROM retention_policies WHERE table_name = 'commands'")
     op.drop_index("ix_commands_created_at", table_name="commands")
     op.drop_index("ix_commands_open_created_at", table_name="commands")
     op.drop_index("ix_commands_pending_device_id_created_at", table_name="commands")

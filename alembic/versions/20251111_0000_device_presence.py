@@ -13,9 +13,9 @@ heartbeat after the upgrade on.
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from revision_ddl.inputs import presence_default_interval, presence_min_offline, presence_missed_beats
 
 from alembic import op
-from service.migrations.environment import run_settings
 
 revision: str = "d5a91f3c7b20"
 down_revision: str | Sequence[str] | None = "f2c7a9d41e58"
@@ -58,9 +58,8 @@ def upgrade() -> None:
         ["offline_since", "device_id"],
         postgresql_where=sa.text("offline_since IS NOT NULL"),
     )
-    presence = run_settings(op).presence
-    interval = presence.default_interval.total_seconds()
-    window = max(presence.missed_beats * interval, presence.min_offline.total_seconds())
+    interval = presence_default_interval(op).total_seconds()
+    window = max(presence_missed_beats(op) * interval, presence_min_offline(op).total_seconds())
     op.execute(
         f"""
         INSERT INTO device_presence (device_id, last_seen_at, last_ts, last_status, last_battery_pct,

@@ -5,22 +5,24 @@
   `(package_name, version_code)` is already taken by different content. The database's unique
   constraints decide, so concurrent registrations of one build agree.
 * `GET /v1/apk-versions?package_name=` (operator): builds, newest version first.
-* `POST /v1/apk-installations` (device): one row per (device, version), forward only:
-  installing → installed | failed, and failed → installing | installed (a retry). A repeated
-  status is 200 with nothing changed; a backward one (out of installed, or failed → failed after
-  installed...) is 409 with the current state. One `INSERT … ON CONFLICT DO UPDATE … WHERE`
-  statement holds the rule, so two reports racing cannot move a row backward.
+* `POST /v1/apk-installations` (device): the installation's state machine
+  (`service.rollout.installations`): 201 created, 200 moved forward or repeated (nothing
+  changed), 409 with the current state for a move it refuses.
 * `GET /v1/apk-versions/{build_id}/rollout` (operator): see `service.rollout.funnel`.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import asyncpg
 from aiohttp import web
 
 from service.api import request_id
+from service.api.audit import actor
 from service.api.auth import require_device, require_operator
 from service.api.errors import ApiError, not_found
+from service.api.parameters import ApkVersionsQuery, BuildIdPath
 from service.api.responses import json_response
 from service.api.schemas import (
     ApkInstallation,
@@ -30,11 +32,11 @@ from service.api.schemas import (
     ApkVersionRequest,
     ErrorDetail,
     InstallationConflict,
-    PackageFilter,
 )
 from service.api.state import services
-from service.api.validation import convert, decode, query_limit
-from service.rollout import funnel
+from service.api.validation import decode
+from service.audit.log import AuditAction, record
+from service.rollout import funnel, installations
 
 VERSION_COLUMNS = (
     "package_name, version_code, version_name, build_id, sha256, size_bytes, ci_commit_sha, ci_run_id"
@@ -51,47 +53,13 @@ SELECT {VERSION_COLUMNS}, created_at FROM apk_versions
 WHERE build_id = $3 OR (package_name = $1 AND version_code = $2)
 """
 
-# Allowed moves (old → new): installing → installed | failed; failed → installing | installed.
-_REPORT = """
-WITH version AS (SELECT id FROM apk_versions WHERE build_id = $2::text)
-INSERT INTO apk_installations AS i
-    (device_id, apk_version_id, status, error, installed_at, failed_at, created_at, updated_at,
-     download_completed_at)
-SELECT $1::text, version.id, $3::text, $4::text,
-       CASE WHEN $3::text = 'installed' THEN now() END, CASE WHEN $3::text = 'failed' THEN now() END,
-       now(), now(),
-       -- Installed: the download it came from, one probe of the (build, outcome, device) index.
-       CASE WHEN $3::text = 'installed' THEN (
-           SELECT max(ts) FROM apk_download_events
-           WHERE build_id = $2::text AND outcome = 'completed' AND device_id = $1::text AND ts <= now()
-       ) END
-FROM version
-ON CONFLICT (device_id, apk_version_id) DO UPDATE SET
-    status = EXCLUDED.status,
-    error = EXCLUDED.error,
-    installed_at = coalesce(EXCLUDED.installed_at, i.installed_at),
-    failed_at = coalesce(EXCLUDED.failed_at, i.failed_at),
-    download_completed_at = coalesce(EXCLUDED.download_completed_at, i.download_completed_at),
-    updated_at = now()
-WHERE (i.status = 'installing' AND EXCLUDED.status IN ('installed', 'failed'))
-   OR (i.status = 'failed' AND EXCLUDED.status IN ('installing', 'installed'))
-RETURNING i.status, i.verified, i.error, i.created_at, i.updated_at, i.installed_at, i.failed_at,
-          (xmax = 0) AS inserted
-"""
-
-_INSTALLATION = """
-SELECT i.status, i.verified, i.error, i.created_at, i.updated_at, i.installed_at, i.failed_at
-FROM apk_installations i JOIN apk_versions v ON v.id = i.apk_version_id
-WHERE i.device_id = $1 AND v.build_id = $2
-"""
-
 
 def _version(row: asyncpg.Record) -> ApkVersion:
     return ApkVersion(**dict(row))
 
 
 async def register_version(request: web.Request) -> web.Response:
-    await require_operator(request)
+    operator = await require_operator(request)
     body = await decode(request, ApkVersionRequest)
     values = (
         body.package_name,
@@ -103,13 +71,21 @@ async def register_version(request: web.Request) -> web.Response:
         body.ci_commit_sha,
         body.ci_run_id,
     )
+    who = actor(request, operator)
+    target = f"apk_version:{body.build_id}"
+    details = {"package_name": body.package_name, "version_code": body.version_code}
     async with services(request).pool.acquire() as conn:
-        row = await conn.fetchrow(_REGISTER, *values)
-        if row is not None:
-            return json_response(_version(row), status=201)
+        async with conn.transaction():
+            row = await conn.fetchrow(_REGISTER, *values)
+            if row is not None:
+                await record(
+                    conn, who, AuditAction.APK_VERSION_REGISTER, target, {**details, "created": True}
+                )
+                return json_response(_version(row), status=201)
         taken = await conn.fetch(_TAKEN, body.package_name, body.version_code, body.build_id)
-    if len(taken) == 1 and tuple(taken[0][name] for name in _names()) == values:
-        return json_response(_version(taken[0]), status=200)
+        if len(taken) == 1 and tuple(taken[0][name] for name in _names()) == values:
+            await record(conn, who, AuditAction.APK_VERSION_REGISTER, target, {**details, "created": False})
+            return json_response(_version(taken[0]), status=200)
     same_build = any(r["build_id"] == body.build_id for r in taken)
     raise ApiError(
         409,
@@ -125,20 +101,24 @@ def _names() -> list[str]:
     return [name.strip() for name in VERSION_COLUMNS.split(",")]
 
 
-async def list_versions(request: web.Request) -> web.Response:
-    await require_operator(request)
-    package = request.query.get("package_name")
-    if package is not None:
-        package = convert({"package_name": package}, PackageFilter).package_name
-    limit = query_limit(request)
-    rows = await services(request).pool.fetch(
+async def versions(
+    conn: asyncpg.Connection | asyncpg.Pool, package: str | None, limit: int
+) -> list[ApkVersion]:
+    """Registered builds, by package and newest version code first (the API's and the console's)."""
+    rows = await conn.fetch(
         f"SELECT {VERSION_COLUMNS}, created_at FROM apk_versions"
         " WHERE $1::text IS NULL OR package_name = $1"
         " ORDER BY package_name, version_code DESC LIMIT $2",
         package,
         limit,
     )
-    return json_response(ApkVersionList(versions=[_version(r) for r in rows]))
+    return [_version(r) for r in rows]
+
+
+async def list_versions(request: web.Request, params: ApkVersionsQuery) -> web.Response:
+    await require_operator(request)
+    found = await versions(services(request).pool, params.package_name, params.limit)
+    return json_response(ApkVersionList(versions=found))
 
 
 async def report_installation(request: web.Request) -> web.Response:
@@ -146,20 +126,19 @@ async def report_installation(request: web.Request) -> web.Response:
     device = await require_device(request)
     body = await decode(request, ApkInstallationReport)
     async with svc.pool.acquire() as conn:
-        row = await conn.fetchrow(_REPORT, device.device_id, body.build_id, body.status, body.error)
-        if row is not None:
-            installation = _installation(device.device_id, body.build_id, row, changed=True)
-            return json_response(installation, status=201 if row["inserted"] else 200)
-        current = await conn.fetchrow(_INSTALLATION, device.device_id, body.build_id)
-    if current is None:
+        outcome = await installations.report(conn, device.device_id, body.build_id, body.status, body.error)
+    if outcome is None:
         raise not_found(f"no APK build {body.build_id!r}", field="build_id")
-    installation = _installation(device.device_id, body.build_id, current, changed=False)
-    if current["status"] == body.status:
+    installation = _installation(device.device_id, body.build_id, outcome)
+    if outcome.changed:
+        return json_response(installation, status=201 if outcome.created else 200)
+    current = outcome.installation.status
+    if current == body.status:
         return json_response(installation)
     conflict = InstallationConflict(
         error=ErrorDetail(
             code="status_conflict",
-            message=f"the installation is {current['status']!r}; a report cannot move it to {body.status!r}",
+            message=f"the installation is {current!r}; a report cannot move it to {body.status!r}",
             field="status",
             request_id=request_id.of(request),
         ),
@@ -168,25 +147,15 @@ async def report_installation(request: web.Request) -> web.Response:
     return json_response(conflict, status=409)
 
 
-def _installation(device_id: str, build_id: str, row: asyncpg.Record, *, changed: bool) -> ApkInstallation:
-    return ApkInstallation(
-        device_id=device_id,
-        build_id=build_id,
-        status=row["status"],
-        verified=row["verified"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        installed_at=row["installed_at"],
-        failed_at=row["failed_at"],
-        changed=changed,
-    )
+def _installation(device_id: str, build_id: str, outcome: installations.ReportOutcome) -> ApkInstallation:
+    state = asdict(outcome.installation)
+    return ApkInstallation(device_id=device_id, build_id=build_id, changed=outcome.changed, **state)
 
 
-async def get_rollout(request: web.Request) -> web.Response:
+async def get_rollout(request: web.Request, params: BuildIdPath) -> web.Response:
     await require_operator(request)
     svc = services(request)
-    build_id = request.match_info["build_id"]
+    build_id = params.build_id
     async with svc.pool.acquire() as conn:
         version = await funnel.find_version(conn, build_id)
         if version is None:

@@ -35,6 +35,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _REQUIRED = web.RequestKey("required_auth", str)
 _OPERATOR = web.RequestKey("operator", Operator)
+_DEVICE = web.RequestKey("device", DeviceIdentity)
+
+
+def is_authenticated(request: web.Request) -> bool:
+    """Whether the handler has proved who is calling (`require_operator` / `require_device`):
+    what a body read after that may cost differs from one read before (`service.api.bodies`)."""
+    return _OPERATOR in request or _DEVICE in request
 
 
 def guarded(auth: Auth, handler: Handler) -> Handler:
@@ -60,6 +67,13 @@ def _token(request: web.Request) -> str:
     if token is None:
         raise unauthorized("missing bearer token")
     return token
+
+
+def authenticated_as(request: web.Request, operator: Operator) -> None:
+    """Record `operator` as the request's caller, proved otherwise than by a bearer token (a
+    console session): `require_operator` then answers it as it is. For read endpoints only:
+    the role rule of the route table is not applied again."""
+    request[_OPERATOR] = operator
 
 
 async def require_operator(request: web.Request) -> Operator:
@@ -88,6 +102,7 @@ async def require_device(request: web.Request) -> DeviceIdentity:
     auth = services(request).auth
     device = await auth.device(token)
     if device is not None:
+        request[_DEVICE] = device
         return device
     if token.startswith(OPERATOR_PREFIX) and await auth.operator(token) is not None:
         raise forbidden("operator credentials cannot be used on device endpoints")

@@ -14,33 +14,24 @@ is never cached past its own expiry.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Generic, Literal, TypeVar
 
 import asyncpg
 
 from service.db.watchdog import DatabaseWatchdog
+from service.tokens import DEVICE_PREFIX, ENROLLMENT_PREFIX, OPERATOR_PREFIX, new_token, token_hash
 
-OPERATOR_PREFIX = "op_"
-DEVICE_PREFIX = "dev_"
-ENROLLMENT_PREFIX = "enr_"
+__all__ = ["DEVICE_PREFIX", "ENROLLMENT_PREFIX", "OPERATOR_PREFIX", "new_token", "token_hash"]
+
 
 Role = Literal["admin", "viewer", "ci"]
 ROLES: tuple[Role, ...] = ("admin", "viewer", "ci")
-
-
-def new_token(prefix: str) -> str:
-    return prefix + secrets.token_urlsafe(32)
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -166,3 +157,32 @@ class Authenticator:
     def forget_device(self, device_id: str) -> None:
         """Drop every cached credential of `device_id` (after a revocation or re-enrollment)."""
         self.cache.discard_values(lambda v: isinstance(v, DeviceIdentity) and v.device_id == device_id)
+
+
+async def list_operators(conn: asyncpg.Connection) -> list[tuple[str, str, str, int, str, str]]:
+    """Rows of (name, role, status, active tokens, expires, last used), by name."""
+    rows = await conn.fetch(
+        """
+        SELECT u.username, u.role, u.disabled_at,
+               count(s.id) AS tokens, max(s.expires_at) AS expires,
+               bool_or(s.id IS NOT NULL AND s.expires_at IS NULL) AS never_expires,
+               (SELECT max(last_used_at) FROM sessions WHERE user_id = u.id AND kind = 'api') AS last_used
+        FROM users u
+        LEFT JOIN sessions s ON s.user_id = u.id AND s.kind = 'api' AND s.revoked_at IS NULL
+             AND (s.expires_at IS NULL OR s.expires_at > now())
+        GROUP BY u.id ORDER BY u.username
+        """
+    )
+
+    def when(value: datetime | None) -> str:
+        return value.isoformat(timespec="seconds") if value is not None else "-"
+
+    listed = []
+    for r in rows:
+        if r["disabled_at"] is not None:
+            status = "revoked"
+        else:
+            status = "active" if r["tokens"] else "expired"
+        expires = "never" if r["never_expires"] else when(r["expires"])
+        listed.append((r["username"], r["role"], status, int(r["tokens"]), expires, when(r["last_used"])))
+    return listed

@@ -19,7 +19,8 @@ from service.api.responses import json_response
 from service.api.schemas import ApkDownload, ApkDownloadResponse
 from service.api.state import services
 from service.api.validation import check_timestamp, decode
-from service.ingest.rows import DownloadRow
+from service.db.time_series import DOWNLOADS
+from service.rollout.downloads import DownloadRow
 
 
 def event_id(device_id: str, event_key: str | None) -> int:
@@ -47,11 +48,11 @@ async def post_download(request: web.Request) -> web.Response:
         body.ts,
         "ts",
         now=datetime.now(UTC),
-        window=svc.settings.retention.apk_download_events,
+        window=svc.windows.window(DOWNLOADS.name),
         skew=svc.settings.max_clock_skew,
     )
     row_id = event_id(device.device_id, body.event_key)
-    (stored,) = await svc.writer.submit_downloads(
+    (stored,) = await svc.writer.submit(
         [
             DownloadRow(
                 row_id,

@@ -26,43 +26,53 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from service.api.audit import actor
 from service.api.auth import require_operator
 from service.api.client_address import request_client
 from service.api.credentials import DEVICE_PREFIX, new_token, token_hash
 from service.api.errors import ApiError, not_found, unauthorized
+from service.api.parameters import TokenIdPath
 from service.api.responses import json_response
-from service.api.schemas import EnrollmentTokenRequest, EnrollRequest, EnrollResponse
+from service.api.schemas import EnrollmentTokenRequest, EnrollmentTokenResponse, EnrollRequest, EnrollResponse
 from service.api.state import services
 from service.api.validation import decode
+from service.audit.log import AuditAction, record
 from service.enrollment_tokens import create_enrollment_token
+from service.events import log as events
+from service.events.catalogue import DeviceEnrolled, DeviceReEnrolled
 
 INVALID_ENROLLMENT = "invalid enrollment token"
 # Refused attempts are counted in one row per outcome, client address and window of this length.
 REFUSAL_WINDOW = timedelta(hours=1)
-_MAX_ID = 2**63 - 1
 
 
 async def post_enrollment_token(request: web.Request) -> web.Response:
     operator = await require_operator(request)
     spec = await decode(request, EnrollmentTokenRequest)
-    created = await create_enrollment_token(services(request).pool, created_by=operator.user_id, spec=spec)
-    return json_response(created, status=201)
-
-
-async def revoke_enrollment_token(request: web.Request) -> web.Response:
-    await require_operator(request)
-    raw = request.match_info["token_id"]
-    # ASCII digits only, and within bigint: anything else names no token (and int() alone would
-    # take " 1", "1_0" or non-ASCII digits, and pass a value the query cannot bind: a 500).
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > _MAX_ID:
-        raise not_found("no such enrollment token", field="token_id")
-    token_id = int(raw)
-    revoked = await services(request).pool.fetchval(
-        "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING id",
-        token_id,
+    async with services(request).pool.acquire() as conn, conn.transaction():
+        created = await create_enrollment_token(conn, created_by=operator.user_id, spec=spec)
+        details = {"device_id": spec.device_id, "max_uses": spec.max_uses, "scope": spec.scope}
+        target = f"enrollment_token:{created.id}"
+        await record(conn, actor(request, operator), AuditAction.ENROLLMENT_TOKEN_CREATE, target, details)
+    response = EnrollmentTokenResponse(
+        created.id, created.token, spec.scope, created.expires_at, spec.max_uses, spec.device_id
     )
-    if revoked is None:
-        raise not_found("no such enrollment token", field="token_id")
+    return json_response(response, status=201)
+
+
+async def revoke_enrollment_token(request: web.Request, params: TokenIdPath) -> web.Response:
+    operator = await require_operator(request)
+    token_id = params.token_id
+    async with services(request).pool.acquire() as conn, conn.transaction():
+        revoked = await conn.fetchval(
+            "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, now())"
+            " WHERE id = $1 RETURNING id",
+            token_id,
+        )
+        if revoked is None:
+            raise not_found("no such enrollment token", field="token_id")
+        target = f"enrollment_token:{token_id}"
+        await record(conn, actor(request, operator), AuditAction.ENROLLMENT_TOKEN_REVOKE, target)
     return json_response({"id": token_id, "revoked": True})
 
 
@@ -149,7 +159,7 @@ async def _issue(conn: asyncpg.Connection, spent: Any, device_id: str, credentia
 async def enroll(request: web.Request) -> web.Response:
     svc = services(request)
     client = request_client(request, svc.settings.trusted_proxies)
-    body = await decode(request, EnrollRequest)  # a malformed body is not a guess: not counted
+    # Throttled before the body is read: a refused address costs nothing past its headers.
     # Failures plus attempts in flight stay under the limit: a parallel burst cannot all pass.
     attempt, wait = await svc.enrollment_throttle.reserve(client)
     if attempt is None:
@@ -158,7 +168,13 @@ async def enroll(request: web.Request) -> web.Response:
             "too_many_attempts",
             "too many failed enrollments; retry later",
             headers={"Retry-After": str(wait)},
+            close=True,
         )
+    try:
+        body = await decode(request, EnrollRequest)
+    except BaseException:  # a malformed body is not a guess: not counted as a failure
+        svc.enrollment_throttle.release(attempt)
+        raise
     failed = False
     device_token = new_token(DEVICE_PREFIX)
     try:
@@ -191,11 +207,9 @@ async def enroll(request: web.Request) -> web.Response:
                         "INSERT INTO device_presence (device_id) VALUES ($1) ON CONFLICT DO NOTHING",
                         body.device_id,
                     )
-                    await conn.execute(
-                        "INSERT INTO device_events (device_id, event_type, details) VALUES ($1, $2, $3)",
-                        body.device_id,
-                        "enrolled" if new else "re_enrolled",
-                        {"enrollment_token_id": spent["id"], "scope": spent["scope"]},
+                    kind = DeviceEnrolled if new else DeviceReEnrolled
+                    await events.record(
+                        conn, kind(enrollment_token_id=spent["id"], scope=spent["scope"]), body.device_id
                     )
             except _Refused as refused:
                 await _record_refusal(conn, refused.outcome, body.device_id, client)

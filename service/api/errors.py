@@ -20,8 +20,12 @@ class ApiError(Exception):
         *,
         field: str | None = None,
         headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
+        # Close the connection once answered, reading no more of it: the request is refused for
+        # what it sends, so the rest of it must not be read (nor inflated) either.
+        self.close = close
         self.status = status
         self.code = code
         self.message = message

@@ -1,9 +1,9 @@
 """`GET /v1/devices`, `GET /v1/fleet/summary`, `GET /v1/devices/{device_id}/events` and
 `GET /v1/enrollment-events` (operator): the fleet view.
 
-Every query value is checked before the database is asked: an unknown value, a number out of
-range or a malformed cursor is 422 naming the parameter. Presence is judged at the database's
-clock, once per answer (`service.fleet`).
+Every query value is checked before the database is asked (`service.api.parameters`): an
+unknown value, a number out of range or a malformed cursor is 422 naming the parameter.
+Presence is judged at the database's clock, once per answer (`service.fleet`).
 """
 
 from __future__ import annotations
@@ -11,14 +11,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from service.api.auth import require_operator
 from service.api.devices import ensure_device_exists, summary_of
 from service.api.errors import unprocessable
+from service.api.parameters import (
+    DeviceEventsQuery,
+    DeviceListQuery,
+    EnrollmentEventsQuery,
+    FleetSummaryQuery,
+)
 from service.api.responses import json_response
 from service.api.schemas import (
-    INT8_MAX,
     DeviceEvent,
     DeviceEventList,
     DeviceList,
@@ -26,80 +32,103 @@ from service.api.schemas import (
     EnrollmentEventList,
 )
 from service.api.state import services
-from service.api.validation import query_choice, query_int, query_text
+from service.events.catalogue import DEVICE_HISTORY_NAMES
 from service.fleet.devices import CursorError, DeviceFilter, list_devices
-from service.fleet.presence import PRESENCES
-
-ENROLLMENT_OUTCOMES = ("enrolled", "refused", "already_enrolled", "banned")
+from service.fleet.summary import fleet_summary
 
 
-def _limit(request: web.Request) -> int:
-    limit = query_int(request, "limit", 1, 1000, default=100)
-    assert limit is not None
-    return limit
-
-
-async def get_devices(request: web.Request) -> web.Response:
-    await require_operator(request)
+async def device_page(
+    conn: asyncpg.Connection, params: DeviceListQuery, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    """A page of the device list by its filters and cursor (the API's and the console's):
+    `(rows, next_cursor)`; a cursor that does not decode is 422 naming `cursor`."""
     f = DeviceFilter(
-        presence=query_choice(request, "presence", PRESENCES),
-        app_version=query_text(request, "app_version", 64),
-        status=query_text(request, "status", 64),
-        battery_below=query_int(request, "battery_below", 0, 101),
-        id_prefix=query_text(request, "q", 128),
+        presence=params.presence,
+        app_version=params.app_version,
+        status=params.status,
+        battery_below=params.battery_below,
+        id_prefix=params.q,
+        tag=params.tag,
     )
-    limit = _limit(request)
-    cursor = query_text(request, "cursor", 256)
+    now: datetime = await conn.fetchval("SELECT now()")
+    try:
+        return await list_devices(conn, f, limit, params.cursor, now)
+    except CursorError as exc:
+        raise unprocessable(str(exc), field="cursor", code="invalid_cursor") from None
+
+
+async def get_devices(request: web.Request, params: DeviceListQuery) -> web.Response:
+    await require_operator(request)
     async with services(request).pool.acquire() as conn:
-        now: datetime = await conn.fetchval("SELECT now()")
-        try:
-            rows, next_cursor = await list_devices(conn, f, limit, cursor, now)
-        except CursorError as exc:
-            raise unprocessable(str(exc), field="cursor", code="invalid_cursor") from None
+        rows, next_cursor = await device_page(conn, params, params.limit)
     return json_response(DeviceList(devices=[summary_of(r) for r in rows], next_cursor=next_cursor))
 
 
-async def get_fleet_summary(request: web.Request) -> web.Response:
+async def get_fleet_summary(request: web.Request, params: FleetSummaryQuery) -> web.Response:
+    """The whole fleet's counts from this instance's snapshot; with `tag`, the tagged devices'
+    counted now (a tag's devices are found through its index, so the cost is theirs)."""
     await require_operator(request)
     svc = services(request)
+    if params.tag is not None:
+        async with svc.pool.acquire() as conn:
+            return json_response(await fleet_summary(conn, tag=params.tag))
     return json_response(await svc.fleet_summary.get(svc.pool, svc.settings.fleet_summary_max_age))
 
 
+# The device's lifecycle events from the event log, under the names this list always had
+# (`DEVICE_HISTORY_NAMES`); the log's other types for the device are in `GET /v1/events`.
 _DEVICE_EVENTS = """
-SELECT id, device_id, event_type, created_at AS at, details FROM device_events
-WHERE device_id = $1 {before}
-ORDER BY created_at DESC, id DESC LIMIT $2
+SELECT id, device_id, type, occurred_at AS at, payload FROM events
+WHERE device_id = $1 AND type = ANY($3::text[]) {before}
+ORDER BY occurred_at DESC, id DESC LIMIT $2
 """
-# Older than the event `before` names, in the same (created_at, id) order.
-_BEFORE = "AND (created_at, id) < (SELECT created_at, id FROM device_events WHERE id = ${n})"
+# Older than the event `before` names, in the same (occurred_at, id) order.
+_BEFORE = "AND (occurred_at, id) < (SELECT occurred_at, id FROM events WHERE device_id = $1 AND id = ${n})"
 
 
-async def get_device_events(request: web.Request) -> web.Response:
+async def device_event_page(
+    conn: asyncpg.Connection, device_id: str, limit: int, before: int | None
+) -> DeviceEventList:
+    """A device's lifecycle events, newest first, older than the event `before` names (the API's
+    and the console's); 404 naming `device_id` when it is no device."""
+    await ensure_device_exists(conn, device_id)
+    args: list[Any] = [device_id, limit + 1, list(DEVICE_HISTORY_NAMES)]
+    clause = ""
+    if before is not None:
+        args.append(before)
+        clause = _BEFORE.format(n=4)
+    rows = await conn.fetch(_DEVICE_EVENTS.format(before=clause), *args)
+    events = [
+        DeviceEvent(
+            id=r["id"],
+            device_id=r["device_id"],
+            event_type=DEVICE_HISTORY_NAMES[r["type"]],
+            at=r["at"],
+            details=r["payload"],
+        )
+        for r in rows[:limit]
+    ]
+    next_before = events[-1].id if len(rows) > limit else None
+    return DeviceEventList(device_id=device_id, events=events, next_before=next_before)
+
+
+async def get_device_events(request: web.Request, params: DeviceEventsQuery) -> web.Response:
     """Newest first; `before` is the `id` of the last event of the previous page."""
     await require_operator(request)
-    device_id = request.match_info["device_id"]
-    limit = _limit(request)
-    before = query_int(request, "before", 1, INT8_MAX)
     async with services(request).pool.acquire() as conn:
-        await ensure_device_exists(conn, device_id)
-        args: list[Any] = [device_id, limit + 1]
-        clause = ""
-        if before is not None:
-            args.append(before)
-            clause = _BEFORE.format(n=3)
-        rows = await conn.fetch(_DEVICE_EVENTS.format(before=clause), *args)
-    events = [DeviceEvent(**dict(r)) for r in rows[:limit]]
-    next_before = events[-1].id if len(rows) > limit else None
-    return json_response(DeviceEventList(device_id=device_id, events=events, next_before=next_before))
+        page = await device_event_page(conn, params.device_id, params.limit, params.before)
+    return json_response(page)
 
 
-async def get_enrollment_events(request: web.Request) -> web.Response:
-    """Who used a token and what was refused, newest first; `before` as for device events."""
-    await require_operator(request)
-    token_id = query_int(request, "token_id", 1, INT8_MAX)
-    outcome = query_choice(request, "outcome", ENROLLMENT_OUTCOMES)
-    limit = _limit(request)
-    before = query_int(request, "before", 1, INT8_MAX)
+async def enrollment_event_page(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    token_id: int | None,
+    outcome: str | None,
+    limit: int,
+    before: int | None,
+) -> EnrollmentEventList:
+    """Enrollments and refusals, newest first, older than the row `before` names (the API's and
+    the console's)."""
     args: list[Any] = [limit + 1]
     where: list[str] = []
     for column, value in (("enrollment_token_id", token_id), ("outcome", outcome)):
@@ -110,7 +139,7 @@ async def get_enrollment_events(request: web.Request) -> web.Response:
         args.append(before)
         n = len(args)
         where.append(f"(created_at, id) < (SELECT created_at, id FROM enrollment_events WHERE id = ${n})")
-    rows = await services(request).pool.fetch(
+    rows = await conn.fetch(
         "SELECT id, enrollment_token_id, device_id, outcome, remote_addr, attempts, created_at AS at"
         f" FROM enrollment_events WHERE {' AND '.join(where) or 'true'}"
         " ORDER BY created_at DESC, id DESC LIMIT $1",
@@ -118,4 +147,13 @@ async def get_enrollment_events(request: web.Request) -> web.Response:
     )
     events = [EnrollmentEvent(**dict(r)) for r in rows[:limit]]
     next_before = events[-1].id if len(rows) > limit else None
-    return json_response(EnrollmentEventList(events=events, next_before=next_before))
+    return EnrollmentEventList(events=events, next_before=next_before)
+
+
+async def get_enrollment_events(request: web.Request, params: EnrollmentEventsQuery) -> web.Response:
+    """Who used a token and what was refused, newest first; `before` as for device events."""
+    await require_operator(request)
+    page = await enrollment_event_page(
+        services(request).pool, params.token_id, params.outcome, params.limit, params.before
+    )
+    return json_response(page)

@@ -8,12 +8,36 @@ from aiohttp import web
 
 from service.api import request_id
 from service.api.auth import require_device, require_operator
-from service.api.devices import ensure_device_exists
+from service.api.devices import newest_rows
+from service.api.errors import unprocessable
+from service.api.parameters import DevicePage
 from service.api.responses import json_response
-from service.api.schemas import HeartbeatList, HeartbeatResult, HeartbeatsResponse, StoredHeartbeat
+from service.api.schemas import (
+    Heartbeat,
+    HeartbeatBatch,
+    HeartbeatList,
+    HeartbeatResult,
+    HeartbeatsResponse,
+    StoredHeartbeat,
+)
 from service.api.state import services
-from service.api.validation import check_timestamp, heartbeats_of, query_limit
-from service.ingest.rows import HeartbeatRow, bucket_start
+from service.api.validation import check_timestamp, convert, read_json
+from service.db.buckets import bucket_start
+from service.db.time_series import HEARTBEATS
+from service.ingest.heartbeats import HeartbeatRow
+
+
+async def _heartbeats_of(request: web.Request, max_batch: int) -> tuple[list[Heartbeat], bool]:
+    """One heartbeat or `{"heartbeats": [...]}`; returns (heartbeats, was_batch)."""
+    value = await read_json(request)
+    if "heartbeats" in value:
+        batch = convert(value, HeartbeatBatch)
+        if len(batch.heartbeats) > max_batch:
+            raise unprocessable(
+                f"at most {max_batch} heartbeats per request", field="heartbeats", code="batch_too_large"
+            )
+        return batch.heartbeats, True
+    return [convert(value, Heartbeat)], False
 
 
 async def post_heartbeats(request: web.Request) -> web.Response:
@@ -21,7 +45,8 @@ async def post_heartbeats(request: web.Request) -> web.Response:
     svc.writer.ensure_capacity()  # before authentication and the body: refusing must be cheap
     device = await require_device(request)
     settings = svc.settings
-    heartbeats, is_batch = await heartbeats_of(request, settings.max_batch_heartbeats)
+    heartbeats, is_batch = await _heartbeats_of(request, settings.max_batch_heartbeats)
+    window = svc.windows.window(HEARTBEATS.name)
     now = datetime.now(UTC)
     rows: list[HeartbeatRow] = []
     for i, hb in enumerate(heartbeats):
@@ -30,7 +55,7 @@ async def post_heartbeats(request: web.Request) -> web.Response:
             hb.ts,
             prefix + "ts",
             now=now,
-            window=settings.retention.device_heartbeats,
+            window=window,
             skew=settings.max_clock_skew,
         )
         rows.append(
@@ -38,7 +63,7 @@ async def post_heartbeats(request: web.Request) -> web.Response:
                 device.device_id, ts, hb.status, hb.battery_pct, hb.app_version, hb.network, hb.extra
             )
         )
-    stored = await svc.writer.submit_heartbeats(rows, request_id=request_id.of(request))
+    stored: list[bool] = await svc.writer.submit(rows, request_id=request_id.of(request))
     bucket = settings.heartbeat_bucket_seconds
     results = [
         HeartbeatResult(ts=row.ts, bucket_start=bucket_start(row.ts, bucket), stored=ok)
@@ -47,20 +72,18 @@ async def post_heartbeats(request: web.Request) -> web.Response:
     return json_response(HeartbeatsResponse(device_id=device.device_id, results=results))
 
 
-async def list_heartbeats(request: web.Request) -> web.Response:
+_NEWEST_HEARTBEATS = (
+    "SELECT ts, bucket_start, received_at, status, battery_pct, app_version, network, extra"
+    " FROM device_heartbeats WHERE device_id = $1 ORDER BY ts DESC LIMIT $2"
+)
+
+
+async def list_heartbeats(request: web.Request, params: DevicePage) -> web.Response:
     await require_operator(request)
     svc = services(request)
-    device_id = request.match_info["device_id"]
-    limit = query_limit(request)
+    device_id, limit = params.device_id, params.limit
     async with svc.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT ts, bucket_start, received_at, status, battery_pct, app_version, network, extra"
-            " FROM device_heartbeats WHERE device_id = $1 ORDER BY ts DESC LIMIT $2",
-            device_id,
-            limit,
-        )
-        if not rows:  # rows are only ever written for an enrolled device: one round trip if any
-            await ensure_device_exists(conn, device_id)
+        rows = await newest_rows(conn, _NEWEST_HEARTBEATS, device_id, limit)
     return json_response(
         HeartbeatList(device_id=device_id, heartbeats=[StoredHeartbeat(**dict(r)) for r in rows])
     )

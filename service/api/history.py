@@ -23,7 +23,8 @@ import asyncpg
 from aiohttp import web
 
 from service.api.auth import require_operator
-from service.api.errors import bad_request, not_found, unprocessable
+from service.api.errors import not_found, unprocessable
+from service.api.parameters import DeviceHistoryQuery, FleetHistoryQuery
 from service.api.responses import json_response
 from service.api.schemas import (
     DeviceHistory,
@@ -240,30 +241,19 @@ async def fleet_history(
 # --- handlers -----------------------------------------------------------------------------------
 
 
-def _time_param(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be an RFC 3339 time, e.g. 2025-11-01T00:00:00Z", field=name) from None
-    if value.tzinfo is None:
-        raise bad_request(f"{name} must carry a UTC offset (Z or +hh:mm)", field=name)
-    value = value.astimezone(UTC) if _EARLIEST <= value <= _LATEST else None  # type: ignore[assignment]
-    if value is None:
+def _in_range(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and not _EARLIEST <= value <= _LATEST:
         raise unprocessable(f"{name} must lie between 1970 and 9000", field=name, code="out_of_range")
     return value
 
 
-def history_params(request: web.Request, now: datetime) -> tuple[datetime, datetime, str]:
-    """`bucket` (1h default, or 1d), `to` (default now), `from` (default a span before `to`).
-    400 names a malformed parameter; 422 a range that is empty or too many buckets."""
-    bucket = request.query.get("bucket", "1h")
-    if bucket not in BUCKETS:
-        raise bad_request("bucket must be 1h or 1d", field="bucket")
-    end = _time_param(request, "to") or now
-    start = _time_param(request, "from") or end - DEFAULT_SPAN[bucket]
+def history_params(params: FleetHistoryQuery, now: datetime) -> tuple[datetime, datetime, str]:
+    """`bucket` (1h default, or 1d), `to` (default now), `from` (default a span before `to`),
+    each well-formed already (`FleetHistoryQuery`). 422 names a time outside 1970..9000, a range
+    that is empty or one of too many buckets."""
+    bucket = params.bucket
+    end = _in_range(params.to, "to") or now
+    start = _in_range(params.from_, "from") or end - DEFAULT_SPAN[bucket]
     if start >= end:
         raise unprocessable("from must be earlier than to", field="from", code="empty_range")
     if (end - start) / BUCKETS[bucket] > MAX_BUCKETS:
@@ -275,16 +265,16 @@ def history_params(request: web.Request, now: datetime) -> tuple[datetime, datet
     return start, end, bucket
 
 
-async def get_device_history(request: web.Request) -> web.Response:
+async def get_device_history(request: web.Request, params: DeviceHistoryQuery) -> web.Response:
     await require_operator(request)
-    device_id = request.match_info["device_id"]
-    start, end, bucket = history_params(request, datetime.now(UTC))
+    device_id = params.device_id
+    start, end, bucket = history_params(params, datetime.now(UTC))
     async with services(request).pool.acquire() as conn:
         return json_response(await device_history(conn, device_id, start, end, bucket, enrolled_only=True))
 
 
-async def get_fleet_history(request: web.Request) -> web.Response:
+async def get_fleet_history(request: web.Request, params: FleetHistoryQuery) -> web.Response:
     await require_operator(request)
-    start, end, bucket = history_params(request, datetime.now(UTC))
+    start, end, bucket = history_params(params, datetime.now(UTC))
     async with services(request).pool.acquire() as conn:
         return json_response(await fleet_history(conn, start, end, bucket))

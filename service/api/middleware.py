@@ -15,17 +15,19 @@ A new check is one more step, put in `MIDDLEWARES` where its order requires.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 from aiohttp import web
 
 from service.api import request_id
+from service.api.bodies import ClientClosed
 from service.api.errors import ApiError, not_found, unavailable
 from service.api.state import SERVICES
-from service.db.errors import UNREACHABLE
+from service.db.errors import is_transient
 from service.db.watchdog import DatabaseStalled
-from service.ingest.writer import CommitUnconfirmed, QueueFull, WriteFailed, WriterClosed
+from service.ingest.writer import CommitUnconfirmed, QueueFull, WriteFailed, WriteFaulted, WriterClosed
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
             return unavailable(
                 "the database is unavailable; nothing was stored", retry_after, code="storage_unavailable"
             )
+        case WriteFaulted():  # the writer logged the cause under the request id
+            return ApiError(500, "internal", "internal error; nothing was stored for this request")
         case WriteFailed():
             return ApiError(
                 422,
@@ -82,7 +86,7 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
             )
         case web.HTTPException():
             return ApiError(exc.status, _HTTP_CODES.get(exc.status, "http_error"), exc.reason)
-        case _ if isinstance(exc, UNREACHABLE):
+        case _ if is_transient(exc):  # unavailable (disk full, shutdown, unreachable) or aborted
             return unavailable("the database is unavailable", retry_after, code="storage_unavailable")
         case _:
             log.error(
@@ -93,6 +97,10 @@ def _to_error(request: web.Request, exc: BaseException) -> ApiError:
                 exc_info=exc,
             )
             return ApiError(500, "internal", "internal error")
+
+
+def _transient_write(exc: BaseException) -> bool:
+    return isinstance(exc, WriteFailed) and exc.transient
 
 
 @web.middleware
@@ -113,13 +121,32 @@ async def map_errors(request: web.Request, handler: web.Handler) -> web.StreamRe
         response = await handler(request)
     except Exception as exc:  # every failure becomes a JSON error body
         error = _to_error(request, exc)
-        if error.status >= 500 and not isinstance(exc, ApiError | QueueFull | DatabaseStalled | WriterClosed):
+        # An outage is logged when it starts and ends (`service.db.outage`), a fault by the
+        # writer with its cause: neither again per request.
+        quiet = ApiError | QueueFull | DatabaseStalled | WriterClosed | WriteFaulted
+        if error.status >= 500 and not isinstance(exc, quiet) and not _transient_write(exc):
             log.warning(
                 "request %s: %s %s → %d %s", rid, request.method, route_of(request), error.status, error.code
             )
+        if isinstance(exc, ClientClosed):
+            log.info("request %s: %s %s: the client hung up mid-body", rid, request.method, route_of(request))
         response = error.response(rid)
+        if error.close:
+            return await _answer_and_close(request, response, rid)
     if not response.prepared:  # a streamed response has sent its headers already
         response.headers[request_id.HEADER] = rid
+    return response
+
+
+async def _answer_and_close(request: web.Request, response: web.Response, rid: str) -> web.Response:
+    """Send `response`, then close the connection without reading the rest of the request
+    (aiohttp would otherwise read and discard, and inflate, what is left of its body)."""
+    response.headers[request_id.HEADER] = rid
+    response.force_close()
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
     return response
 
 

@@ -2,54 +2,33 @@
 from it, so the two cannot disagree. An endpoint's `auth` kind is also what operators' roles are
 checked against (`service.api.auth.guarded`): `viewer` endpoints only read, `admin` endpoints
 change something. `responses` lists what a handler answers itself; 400/401/403/422/503 follow
-from the auth kind, the request type, the query and the path (see `openapi_doc`)."""
+from the auth kind, the request type and the parameters (see `openapi_doc`). An endpoint's
+`parameters` struct (`service.api.parameters`) is both what its request is parsed with and what
+the document lists: how to add one is in `service.api.endpoint`."""
 
 from __future__ import annotations
 
 from service.api import (
     apk,
+    audit,
     commands,
     devices,
     dispatches,
     downloads,
     enrollment,
+    events,
     fleet,
     health,
     heartbeats,
     history,
     openapi_doc,
+    push_tokens,
+    tags,
+    webhooks,
 )
+from service.api import parameters as p
 from service.api import schemas as s
-from service.api.endpoint import Endpoint, Schema
-
-LIMIT: Schema = {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}
-DATABASE_ID: Schema = {"type": "integer", "format": "int64", "minimum": 1}
-COMMAND_STATUS: Schema = {"type": "string", "enum": list(s.COMMAND_STATUSES)}
-TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
-HISTORY_QUERY: dict[str, Schema] = {
-    "from": {"type": "string", "format": "date-time", "description": "Default: a span before `to`"},
-    "to": {"type": "string", "format": "date-time", "description": "Default: now"},
-    "bucket": {"type": "string", "enum": ["1h", "1d"], "default": "1h"},
-}
-
-TEXT_FILTER: Schema = {"type": "string", "minLength": 1, "maxLength": 64}
-BEFORE: Schema = {**DATABASE_ID, "description": "The id of the last event of the previous page"}
-DEVICE_LIST_QUERY: dict[str, Schema] = {
-    "presence": {"type": "string", "enum": ["online", "offline", "never_seen", "revoked"]},
-    "app_version": {**TEXT_FILTER, "description": "Last app version equals"},
-    "status": {**TEXT_FILTER, "description": "Last status equals"},
-    "battery_below": {"type": "integer", "minimum": 0, "maximum": 101, "description": "Last battery below"},
-    "q": {"type": "string", "minLength": 1, "maxLength": 128, "description": "Device id prefix"},
-    "limit": LIMIT,
-    "cursor": {
-        "type": "string",
-        "minLength": 1,
-        # Issued cursors are under 128 characters; the bound keeps a request line within
-        # aiohttp's 8 KiB even with every other parameter at its longest, percent-encoded.
-        "maxLength": 256,
-        "description": "next_cursor of the previous page (same filters)",
-    },
-}
+from service.api.endpoint import Endpoint
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -104,7 +83,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=enrollment.revoke_enrollment_token,
         auth="admin",
         summary="Revoke an enrollment token",
-        path_params={"token_id": DATABASE_ID},
+        parameters=p.TokenIdPath,
         responses={200: None, 404: s.ErrorBody},
     ),
     Endpoint(
@@ -122,6 +101,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=dispatches.get_dispatch,
         auth="viewer",
         summary="Look up a dispatch by request_id",
+        parameters=p.RequestIdPath,
         responses={200: s.Dispatch, 404: s.ErrorBody},
     ),
     Endpoint(
@@ -133,6 +113,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         " Forward only: 200 with the current state (changed=false when repeated), 409 with it when"
         " backward; 404 for any other device",
         request=s.CommandAck,
+        parameters=p.RequestIdPath,
         responses={200: s.CommandAckResponse, 404: s.ErrorBody, 409: s.CommandConflict},
     ),
     Endpoint(
@@ -141,8 +122,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=commands.pull_commands,
         auth="device",
         summary="The calling device's commands not yet delivered, oldest first (pull when push is dead)",
-        query={"status": {"type": "string", "enum": ["pending"], "default": "pending"}, "limit": LIMIT},
-        responses={200: s.CommandList, 422: s.ErrorBody},
+        parameters=p.PendingCommandsQuery,
+        responses={200: s.CommandList},
+    ),
+    Endpoint(
+        method="PUT",
+        path="/v1/device/push-token",
+        handler=push_tokens.put_push_token,
+        auth="device",
+        summary="Report the calling device's FCM registration token (on every onNewToken); 200 with"
+        " changed=false when it is the stored one. A new token clears an UNREGISTERED mark",
+        request=push_tokens.PushTokenReport,
+        responses={200: push_tokens.PushTokenState},
     ),
     Endpoint(
         method="GET",
@@ -151,12 +142,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         auth="viewer",
         summary="The fleet's commands still pending (or delivered) after older_than seconds (default"
         " TELEMETRY_COMMAND_STUCK_SECONDS), oldest first: where pushes do not arrive",
-        query={
-            "status": {"type": "string", "enum": ["pending", "delivered"], "default": "pending"},
-            "older_than": {"type": "number", "minimum": 0, "maximum": commands.MAX_AGE_SECONDS},
-            "limit": LIMIT,
-        },
-        responses={200: s.CommandList, 422: s.ErrorBody},
+        parameters=p.StuckCommandsQuery,
+        responses={200: s.CommandList},
     ),
     Endpoint(
         method="GET",
@@ -164,7 +151,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=commands.get_command,
         auth="viewer",
         summary="A command and how far it got (kept TELEMETRY_RETENTION_COMMANDS_SECONDS)",
+        parameters=p.RequestIdPath,
         responses={200: s.Command, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/commands/{request_id}/cancel",
+        handler=commands.cancel,
+        auth="admin",
+        summary="Cancel a pending or delivered command (200; changed=false when cancelled already; 409"
+        " with the state when it ended otherwise); the device's pull no longer lists it",
+        parameters=p.RequestIdPath,
+        responses={200: s.CommandAckResponse, 404: s.ErrorBody, 409: s.CommandConflict},
     ),
     Endpoint(
         method="GET",
@@ -172,8 +170,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=commands.list_device_commands,
         auth="viewer",
         summary="A device's commands, newest first; before= pages back by dispatch time",
-        query={"status": COMMAND_STATUS, "before": TIMESTAMP, "limit": LIMIT},
-        responses={200: s.CommandList, 404: s.ErrorBody, 422: s.ErrorBody},
+        parameters=p.DeviceCommandsQuery,
+        responses={200: s.CommandList, 404: s.ErrorBody},
     ),
     Endpoint(
         method="POST",
@@ -191,8 +189,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=apk.list_versions,
         auth="viewer",
         summary="Registered APK builds, by package and newest version first",
-        query={"package_name": {"type": "string", "minLength": 1, "maxLength": 255}, "limit": LIMIT},
-        responses={200: s.ApkVersionList, 422: s.ErrorBody},
+        parameters=p.ApkVersionsQuery,
+        responses={200: s.ApkVersionList},
     ),
     Endpoint(
         method="GET",
@@ -201,6 +199,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         auth="viewer",
         summary="A build's rollout funnel: downloads (raw events, expiring), installations, devices"
         " reporting the version, median download-to-install time",
+        parameters=p.BuildIdPath,
         responses={200: s.RolloutFunnel, 404: s.ErrorBody},
     ),
     Endpoint(
@@ -225,8 +224,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         auth="viewer",
         summary="Devices with their presence, filtered, in keyset pages: offline_since oldest first"
         " for presence=offline, device_id otherwise",
-        query=DEVICE_LIST_QUERY,
-        responses={200: s.DeviceList, 422: s.ErrorBody},
+        parameters=p.DeviceListQuery,
+        responses={200: s.DeviceList},
     ),
     Endpoint(
         method="GET",
@@ -234,6 +233,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=devices.get_device,
         auth="viewer",
         summary="A device: enrollment, presence, last seen, battery, status, app version, push reachability",
+        parameters=p.DeviceIdPath,
         responses={200: s.DeviceSummary, 404: s.ErrorBody},
     ),
     Endpoint(
@@ -243,8 +243,118 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         auth="viewer",
         summary="A device's lifecycle events (enrolled, re_enrolled, credential_revoked, reinstated,"
         " went_offline, came_online, app_version_changed), newest first",
-        query={"limit": LIMIT, "before": BEFORE},
-        responses={200: s.DeviceEventList, 404: s.ErrorBody, 422: s.ErrorBody},
+        parameters=p.DeviceEventsQuery,
+        responses={200: s.DeviceEventList, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/events",
+        handler=events.get_events,
+        auth="viewer",
+        summary="The event log after a cursor (default: the oldest kept), in commit order: pages by"
+        " next_cursor skip and repeat nothing, even while events are written",
+        parameters=p.EventFeedQuery,
+        responses={200: s.EventPage},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/events/stream",
+        handler=events.stream_events,
+        auth="viewer",
+        summary="The event log as Server-Sent Events (text/event-stream): each message's id is the"
+        " event's cursor and its data the event; resumes after the Last-Event-ID header (else after"
+        " `after`, else from now on); comment lines keep it open; the server ends it after"
+        " TELEMETRY_EVENTS_STREAM_MAX_SECONDS",
+        parameters=p.EventStreamQuery,
+        responses={200: None},
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/webhooks",
+        handler=webhooks.create_webhook,
+        auth="admin",
+        summary="Subscribe a receiver to events (Standard Webhooks, signed, at least once); the 201"
+        " carries the signing secret, shown this once only. 422 names the refused url or event type",
+        request=webhooks.WebhookRequest,
+        responses={201: webhooks.WebhookCreated},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/webhooks",
+        handler=webhooks.list_webhooks,
+        auth="viewer",
+        summary="Webhook subscriptions (never their secrets), each with its deliveries counted",
+        responses={200: webhooks.WebhookList},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/webhooks/{webhook_id}",
+        handler=webhooks.get_webhook,
+        auth="viewer",
+        summary="A webhook subscription: pending, failed, dead and (still kept) delivered counts",
+        parameters=p.WebhookIdPath,
+        responses={200: webhooks.Webhook, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="PATCH",
+        path="/v1/webhooks/{webhook_id}",
+        handler=webhooks.update_webhook,
+        auth="admin",
+        summary="Enable or disable a subscription, change its event types or description (only the"
+        " fields given); re-enabled, it resumes where it stopped",
+        request=webhooks.WebhookPatch,
+        parameters=p.WebhookIdPath,
+        responses={200: webhooks.Webhook, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="DELETE",
+        path="/v1/webhooks/{webhook_id}",
+        handler=webhooks.delete_webhook,
+        auth="admin",
+        summary="Delete a subscription and its deliveries (pending ones are not sent)",
+        parameters=p.WebhookIdPath,
+        responses={200: None, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/webhooks/{webhook_id}/test",
+        handler=webhooks.test_webhook,
+        auth="admin",
+        summary="Send a signed webhook.ping now (not recorded as a delivery) and answer what came of it",
+        parameters=p.WebhookIdPath,
+        responses={200: webhooks.WebhookPing, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/webhooks/{webhook_id}/deliveries",
+        handler=webhooks.list_webhook_deliveries,
+        auth="viewer",
+        summary="A subscription's undelivered deliveries, newest first: pending (not attempted),"
+        " failed (retrying) or dead, with the last status code and error",
+        parameters=p.WebhookDeliveriesQuery,
+        responses={200: webhooks.WebhookDeliveryList, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/webhooks/{webhook_id}/replay",
+        handler=webhooks.replay_webhook,
+        auth="admin",
+        summary="Deliver again: every kept event from from_event_id on (at most 10,000 per call), or"
+        " the given delivery_ids; pending again with a fresh retry window and the same webhook-id",
+        request=webhooks.WebhookReplayRequest,
+        parameters=p.WebhookIdPath,
+        responses={200: webhooks.WebhookReplayed, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="PUT",
+        path="/v1/devices/{device_id}/tags",
+        handler=tags.put_device_tags,
+        auth="admin",
+        summary="Set a device's tags (the whole set; at most 32, each 1-64 of letters, digits and"
+        " ._:/-); the device list and the fleet summary filter by tag=",
+        request=s.DeviceTagsRequest,
+        parameters=p.DeviceIdPath,
+        responses={200: s.DeviceTags, 404: s.ErrorBody},
     ),
     Endpoint(
         method="GET",
@@ -252,7 +362,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=fleet.get_fleet_summary,
         auth="viewer",
         summary="Devices by presence, app version (top 20), status and battery; enrolled in the last"
-        " 24 h and 7 d",
+        " 24 h and 7 d; with tag=, only the devices with that tag",
+        parameters=p.FleetSummaryQuery,
         responses={200: s.FleetSummary},
     ),
     Endpoint(
@@ -261,13 +372,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=fleet.get_enrollment_events,
         auth="viewer",
         summary="Enrollments and refusals (refusals counted per address and window), newest first",
-        query={
-            "token_id": DATABASE_ID,
-            "outcome": {"type": "string", "enum": list(fleet.ENROLLMENT_OUTCOMES)},
-            "limit": LIMIT,
-            "before": BEFORE,
-        },
-        responses={200: s.EnrollmentEventList, 422: s.ErrorBody},
+        parameters=p.EnrollmentEventsQuery,
+        responses={200: s.EnrollmentEventList},
     ),
     Endpoint(
         method="POST",
@@ -275,6 +381,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=devices.revoke_device,
         auth="admin",
         summary="Revoke a device's credential and ban its id: it cannot enroll again until reinstated",
+        parameters=p.DeviceIdPath,
         responses={200: s.DeviceState, 404: s.ErrorBody},
     ),
     Endpoint(
@@ -284,6 +391,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         auth="admin",
         summary="Lift a device's ban; its old credential stays revoked, so it re-enrolls with a token"
         " bound to its id",
+        parameters=p.DeviceIdPath,
         responses={200: s.DeviceState, 404: s.ErrorBody},
     ),
     Endpoint(
@@ -292,7 +400,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=heartbeats.list_heartbeats,
         auth="viewer",
         summary="A device's heartbeats, newest first",
-        query={"limit": LIMIT},
+        parameters=p.DevicePage,
         responses={200: s.HeartbeatList, 404: s.ErrorBody},
     ),
     Endpoint(
@@ -301,7 +409,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=dispatches.list_device_dispatches,
         auth="viewer",
         summary="A device's dispatches, newest first",
-        query={"limit": LIMIT},
+        parameters=p.DevicePage,
         responses={200: s.DispatchList, 404: s.ErrorBody},
     ),
     Endpoint(
@@ -310,8 +418,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=history.get_device_history,
         auth="viewer",
         summary="A device's heartbeats per hour or day: rollups, plus the raw rows not rolled up yet",
-        query=HISTORY_QUERY,
-        responses={200: s.DeviceHistory, 404: s.ErrorBody, 422: s.ErrorBody},
+        parameters=p.DeviceHistoryQuery,
+        responses={200: s.DeviceHistory, 404: s.ErrorBody},
     ),
     Endpoint(
         method="GET",
@@ -319,8 +427,18 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         handler=history.get_fleet_history,
         auth="viewer",
         summary="The fleet's devices seen, heartbeats and average battery per hour or day (rollups only)",
-        query=HISTORY_QUERY,
-        responses={200: s.FleetHistory, 422: s.ErrorBody},
+        parameters=p.FleetHistoryQuery,
+        responses={200: s.FleetHistory},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/audit",
+        handler=audit.list_audit,
+        auth="admin",
+        summary="Who did what: every operator write (API and CLI) with its operator, action, target,"
+        " request id and client address, newest first; before= pages back",
+        parameters=p.AuditQuery,
+        responses={200: s.AuditList},
     ),
     Endpoint(
         method="GET",

@@ -14,13 +14,35 @@ must be finite by `service.api.validation.check_storable`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
+# Results the domain packages define and the API serves as they are (same fields, same names in
+# the document): re-exported here so that the endpoint table names every body in one module.
+from service.audit.log import AuditEntry
+from service.commands.dispatches import Dispatch
+from service.commands.lifecycle import ACKED, Command, CommandStatus
+from service.commands.reachability import PushReachability
+from service.fleet.summary import AppVersionCount, FleetSummary
+from service.fleet.tags import MAX_TAG_LENGTH, MAX_TAGS, TAG
+from service.rollout.funnel import RolloutDownloads, RolloutFunnel, RolloutInstallations
+from service.rollout.installations import InstallationStatus
+
+__all__ = [
+    "AppVersionCount",
+    "AuditEntry",
+    "Command",
+    "Dispatch",
+    "FleetSummary",
+    "PushReachability",
+    "RolloutDownloads",
+    "RolloutFunnel",
+    "RolloutInstallations",
+]
+
 # Column types' ranges (PostgreSQL smallint, integer, bigint).
-INT2_MAX = 2**15 - 1
 INT4_MAX = 2**31 - 1
 INT8_MAX = 2**63 - 1
 # Integers inside free-form JSON: what a bigint (and most JSON readers' int64) can hold.
@@ -28,7 +50,11 @@ JSON_INT_MIN, JSON_INT_MAX = -INT8_MAX, INT8_MAX
 
 FREE_FORM = "Free-form JSON object: integers within ±(2^63-1), nested at most 32 deep, no U+0000 in text"
 
-IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+# Patterns end in `\Z`, never `$`: msgspec matches with Python's `re`, where `$` also matches
+# before a trailing newline ("X\n" would pass as "X"). The OpenAPI document spells `\Z` as `$`,
+# which in JSON Schema's ECMA-262 dialect means the end of the value (`service.api.openapi_doc`).
+# Closed sets of words are `Literal`s: exact, and an `enum` in the document.
+IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*\Z"
 
 DeviceId = Annotated[
     str,
@@ -79,7 +105,10 @@ class HeartbeatsResponse(Struct):
 
 class ApkDownload(Struct):
     build_id: Annotated[str, Meta(min_length=1, max_length=128)]
-    outcome: Annotated[str, Meta(pattern=r"^(started|completed|failed|cancelled)$")]
+    outcome: Annotated[
+        Literal["started", "completed", "failed", "cancelled"],
+        Meta(description="started, completed, failed or cancelled"),
+    ]
     ts: Timestamp | None = None
     # Accepted for older clients and ignored: the event's token is the device's own enrollment.
     enrollment_token_id: (
@@ -134,7 +163,7 @@ class EnrollResponse(Struct):
 class EnrollmentTokenRequest(Struct):
     expires_in_seconds: Annotated[int, Meta(ge=60, le=365 * 86400)] = 86400
     max_uses: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
-    scope: Annotated[str, Meta(pattern=r"^(device)$")] = "device"
+    scope: Literal["device"] = "device"
     note: Annotated[str, Meta(max_length=500)] | None = None
     # Bound token: only this device id can enroll with it, and only a bound token re-enrolls an
     # existing id (a factory-reset or reinstated device).
@@ -155,16 +184,6 @@ class DispatchRequest(Struct):
     device_id: DeviceId
     action: ShortText
     payload: Annotated[dict[str, Any], Meta(max_length=64, description=FREE_FORM)] | None = None
-
-
-class Dispatch(Struct):
-    id: int
-    request_id: str
-    device_id: str | None
-    action: str | None
-    payload: dict[str, Any] | None
-    sent_at: datetime
-    status: str
 
 
 class DispatchList(Struct):
@@ -188,19 +207,9 @@ class HeartbeatList(Struct):
     heartbeats: list[StoredHeartbeat]
 
 
-class PushReachability(Struct):
-    """How well pushes reach the device: dispatch → delivered over its last delivered commands,
-    and its commands still pending past `stuck_after_seconds` (a dead push channel shows here)."""
-
-    samples: Annotated[int, Meta(description="Delivered commands measured (at most 20, the latest)")]
-    delivery_p50_seconds: float | None
-    delivery_p95_seconds: float | None
-    stuck_commands: int
-    stuck_after_seconds: float
 Presence = Annotated[
-    str,
+    Literal["online", "offline", "never_seen", "revoked"],
     Meta(
-        pattern=r"^(online|offline|never_seen|revoked)$",
         description="online until last_seen_at + missed beats x expected interval; offline after;"
         " never_seen before the first heartbeat; revoked while the credential is revoked",
     ),
@@ -219,19 +228,50 @@ class DeviceSummary(Struct):
     banned: bool = False  # revoked and not reinstated: the id cannot enroll
     push: PushReachability | None = None
     presence: Presence = "never_seen"
-    offline_since: Annotated[
-        datetime | None, Meta(description="The deadline that passed, while offline")
-    ] = None
+    offline_since: Annotated[datetime | None, Meta(description="The deadline that passed, while offline")] = (
+        None
+    )
     expected_interval_seconds: Annotated[
         float | None, Meta(description="Learned from the device's own heartbeat gaps")
     ] = None
     last_app_version: str | None = None
     last_network: str | None = None
-    last_ts: Annotated[
-        datetime | None, Meta(description="The device's own time of its newest heartbeat")
-    ] = None
+    last_ts: Annotated[datetime | None, Meta(description="The device's own time of its newest heartbeat")] = (
+        None
+    )
     offline_after: Annotated[
         datetime | None, Meta(description="The deadline: offline from then on unless it is heard from")
+    ] = None
+    tags: Annotated[list[str], Meta(description="The operator's tags on the device, sorted")] = []
+
+
+Tag = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=MAX_TAG_LENGTH,
+        pattern=TAG,
+        description=f"1-{MAX_TAG_LENGTH} of letters, digits and ._:/-, starting with a letter or a digit",
+    ),
+]
+
+
+class DeviceTagsRequest(Struct):
+    tags: Annotated[
+        list[Tag], Meta(max_length=MAX_TAGS, description=f"The device's whole set of tags (<= {MAX_TAGS})")
+    ]
+
+
+class DeviceTags(Struct):
+    device_id: str
+    tags: Annotated[list[str], Meta(description="The device's tags now, sorted, each once")]
+    changed: Annotated[bool, Meta(description="False: the device had exactly these tags already")]
+
+
+class AuditList(Struct):
+    entries: list[AuditEntry]
+    next_before: Annotated[
+        int | None, Meta(description="before= for the next page; null on the last one")
     ] = None
 
 
@@ -248,6 +288,30 @@ class DeviceEvent(Struct):
     event_type: str
     at: datetime
     details: dict[str, Any] | None
+
+
+class Event(Struct):
+    """One event of the log. `payload`'s shape is the catalogue struct named after `type`
+    (`components.schemas`, e.g. `DeviceWentOffline` for `device.went_offline`) at `version`."""
+
+    id: Annotated[int, Meta(description="Grows with insertion; deduplicates")]
+    cursor: Annotated[str, Meta(description="Resume after this event: `after=` or `Last-Event-ID`")]
+    type: str
+    version: int
+    occurred_at: datetime
+    device_id: Annotated[str | None, Meta(description="Null for fleet-wide events (retention.*)")]
+    payload: dict[str, Any]
+
+
+class EventPage(Struct):
+    events: list[Event]
+    next_cursor: Annotated[
+        str,
+        Meta(
+            description="Pass as `after` for the next page; when the page is not full, it is past"
+            " every event visible now, so polling with it repeats nothing"
+        ),
+    ]
 
 
 class DeviceEventList(Struct):
@@ -271,28 +335,6 @@ class EnrollmentEvent(Struct):
 class EnrollmentEventList(Struct):
     events: list[EnrollmentEvent]
     next_before: int | None
-
-
-class AppVersionCount(Struct):
-    app_version: str
-    devices: int
-
-
-class FleetSummary(Struct):
-    as_of: datetime
-    total: int
-    # online, offline, never_seen, revoked
-    presence: dict[str, int]
-    # The 20 most common last app versions; the rest summed in other_app_versions.
-    app_versions: list[AppVersionCount]
-    other_app_versions: int
-    unknown_app_version: int
-    # Last status of the devices that sent one.
-    statuses: dict[str, int]
-    # Last battery: "<15", "15-49", ">=50", "unknown".
-    battery: dict[str, int]
-    enrolled_last_24h: int
-    enrolled_last_7d: int
 
 
 class DeviceState(Struct):
@@ -332,35 +374,17 @@ class Health(Struct):
 
 # --- commands (see service.api.commands) -------------------------------------------------------
 
-COMMAND_STATUSES = ("pending", "delivered", "executed", "failed", "expired")
-ACK_STATUSES = ("delivered", "executed", "failed")
+# Derived, never spelled: the endpoint table's query enum (`service.api.routes`).
+COMMAND_STATUSES = CommandStatus.values()
+AckStatus = CommandStatus.literal(ACKED)
 ErrorText = Annotated[str, Meta(min_length=1, max_length=1000)]
 
 
 class CommandAck(Struct):
-    status: Annotated[
-        str,
-        Meta(pattern=r"^(delivered|executed|failed)$", description="delivered, executed or failed"),
-    ]
+    status: Annotated[AckStatus, Meta(description=CommandStatus.description(ACKED))]
     ts: Timestamp | None = None
     result: Annotated[dict[str, Any], Meta(max_length=64, description=FREE_FORM)] | None = None
     error: ErrorText | None = None
-
-
-class Command(Struct):
-    request_id: str
-    device_id: str
-    command: str
-    payload: dict[str, Any] | None
-    status: Annotated[str, Meta(description="pending, delivered, executed, failed or expired")]
-    created_at: datetime
-    updated_at: datetime
-    delivered_at: datetime | None
-    executed_at: datetime | None
-    failed_at: datetime | None
-    expired_at: datetime | None
-    result: dict[str, Any] | None
-    error: str | None
 
 
 class CommandAckResponse(Struct):
@@ -384,7 +408,7 @@ class CommandList(Struct):
 
 BuildId = Annotated[str, Meta(min_length=1, max_length=128, pattern=IDENTIFIER)]
 PackageName = Annotated[
-    str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*$")
+    str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)*\Z")
 ]
 
 
@@ -393,7 +417,7 @@ class ApkVersionRequest(Struct):
     version_code: Annotated[int, Meta(ge=1, le=INT4_MAX)]
     version_name: Annotated[str, Meta(min_length=1, max_length=64)]
     build_id: BuildId
-    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$", description="lower-case hex")]
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z", description="lower-case hex")]
     size_bytes: Annotated[int, Meta(ge=1, le=INT8_MAX)]
     ci_commit_sha: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
     ci_run_id: Annotated[str, Meta(min_length=1, max_length=128)] | None = None
@@ -419,11 +443,12 @@ class ApkVersionList(Struct):
     versions: list[ApkVersion]
 
 
+InstallationReportStatus = InstallationStatus.literal()
+
+
 class ApkInstallationReport(Struct):
     build_id: BuildId
-    status: Annotated[
-        str, Meta(pattern=r"^(installing|installed|failed)$", description="installing, installed or failed")
-    ]
+    status: Annotated[InstallationReportStatus, Meta(description=InstallationStatus.description())]
     error: ErrorText | None = None
 
 
@@ -445,50 +470,6 @@ class InstallationConflict(Struct):
 
     error: ErrorDetail
     installation: ApkInstallation
-
-
-class RolloutDownloads(Struct):
-    started: int
-    completed: int
-    failed: int
-    cancelled: int
-    since: Annotated[
-        datetime,
-        Meta(
-            description="Raw download events expire: counted from here on"
-            " (the start of the hour the window begins in)"
-        ),
-    ]
-    window_seconds: float
-
-
-class RolloutInstallations(Struct):
-    installing: int
-    installed: int
-    failed: int
-    verified: int
-
-
-class RolloutFunnel(Struct):
-    build_id: str
-    package_name: str
-    version_code: int
-    version_name: str
-    downloads: RolloutDownloads
-    installations: RolloutInstallations
-    devices_reporting_version: Annotated[
-        int, Meta(description="Devices whose latest heartbeat reports this version_name")
-    ]
-    devices_reporting_as_of: Annotated[
-        datetime | None, Meta(description="When the maintenance task counted devices_reporting_version")
-    ]
-    median_download_to_install_seconds: float | None
-    median_as_of: Annotated[
-        datetime | None, Meta(description="When the maintenance task computed the median")
-    ]
-    from_expiring_events: Annotated[
-        list[str], Meta(description="The fields computed from raw events that expire (apk_download_events)")
-    ]
 
 
 # --- history (rollups plus the raw tail; see service.api.history) ------------------------------
@@ -533,4 +514,3 @@ class FleetHistory(Struct):
     available_from: datetime = msgspec.field(name="available_from")
     materialized_until: datetime | None = None
     buckets: list[FleetHistoryBucket] = msgspec.field(default_factory=list)
-

@@ -2,43 +2,82 @@
 
 A body is decoded as a whole before anything is queued: a batch with one bad element is
 refused whole (422 naming the element's field) and writes nothing.
+
+What decoding may cost the event loop, stated and bounded (measured by `benchmarks/hostile.py`):
+the body is read within `service.api.bodies`'s limits (4 KB before authentication, 1 MB after);
+it may hold at most MAX_JSON_VALUES values, counted on the raw bytes before anything is decoded;
+msgspec then decodes it in one step (a few ms at most at that count), and the walk that checks
+what the database can store runs in slices of WALK_SLICE values with the loop free between
+slices, one walk longer than a slice at a time, so a large hostile body slows its own request,
+not the others.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import Generator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
-from service.api.errors import bad_request, from_validation, unprocessable
-from service.api.schemas import JSON_INT_MAX, JSON_INT_MIN, Heartbeat, HeartbeatBatch
+from service.api import bodies
+from service.api.auth import is_authenticated
+from service.api.errors import ApiError, bad_request, from_validation, unprocessable
+from service.api.schemas import JSON_INT_MAX, JSON_INT_MIN
+from service.api.state import services
 
 T = TypeVar("T")
 
 _json = msgspec.json.Decoder()
 
+# Values the storability walk visits between two yields to the event loop (well under 1 ms).
+WALK_SLICE = 250
+# A body holds at most this many JSON values, counted before decoding as the separators that
+# precede every value but the first (`,` `:` `[`, wherever they stand: an upper bound), so the
+# decode of any body costs at most a few ms and its walk about 25 ms, in slices. A full
+# 500-heartbeat batch with a dozen `extra` keys each holds about 12,000.
+MAX_JSON_VALUES = 20_000
+
+
+def body_rules(request: web.Request) -> bodies.BodyRules:
+    """The limits a body read now is held to: the authenticated ones once the handler has
+    authenticated its caller, else the pre-authentication ones (`service.api.bodies`)."""
+    settings = services(request).settings
+    timeout = settings.http_body_timeout.total_seconds()
+    if is_authenticated(request):
+        return bodies.BodyRules(settings.max_body_bytes, compressed=True, timeout=timeout)
+    return bodies.BodyRules(settings.enroll_max_body_bytes, compressed=False, timeout=timeout)
+
 
 async def read_json(request: web.Request) -> Any:
-    body = await request.read()
-    if not body.strip():
-        raise bad_request("request body is empty; a JSON object is required", code="empty_body")
-    try:
-        value = _json.decode(body)
-    except msgspec.DecodeError as exc:  # the parser's own words: what and where (byte offset)
-        raise bad_request(f"malformed JSON: {exc}", code="malformed_json") from None
-    except UnicodeDecodeError:
-        raise bad_request("malformed JSON: not valid UTF-8", code="malformed_json") from None
-    except RecursionError:  # msgspec's decoder counts nesting against the interpreter's limit
-        raise bad_request("malformed JSON: nested too deeply", code="malformed_json") from None
-    if not isinstance(value, dict):
-        raise unprocessable("the body must be a JSON object", code="invalid_type")
-    # A decoded string can hold U+0000 only if the document spelled it `\u0000` (a raw NUL
-    # byte is malformed JSON), so most bodies skip the per-string search.
-    check_storable(value, nul_possible=b"\\u0000" in body)
-    return value
+    svc = services(request)
+    rules = body_rules(request)
+    reserve = bodies.check_declared(request, rules)
+    with svc.body_budget.reserve(reserve, svc.settings.retry_after_seconds):
+        body = await bodies.read(request, rules)
+        if not body.strip():
+            raise bad_request("request body is empty; a JSON object is required", code="empty_body")
+        if body.count(b",") + body.count(b":") + body.count(b"[") >= MAX_JSON_VALUES:
+            raise unprocessable(
+                f"a body may hold at most {MAX_JSON_VALUES} JSON values", code="too_many_values"
+            )
+        try:
+            value = _json.decode(body)
+        except msgspec.DecodeError as exc:  # the parser's own words: what and where (byte offset)
+            raise bad_request(f"malformed JSON: {exc}", code="malformed_json") from None
+        except UnicodeDecodeError:
+            raise bad_request("malformed JSON: not valid UTF-8", code="malformed_json") from None
+        except RecursionError:  # msgspec's decoder counts nesting against the interpreter's limit
+            raise bad_request("malformed JSON: nested too deeply", code="malformed_json") from None
+        if not isinstance(value, dict):
+            raise unprocessable("the body must be a JSON object", code="invalid_type")
+        # A decoded string can hold U+0000 only if the document spelled it `\u0000` (a raw NUL
+        # byte is malformed JSON), so most bodies skip the per-string search.
+        await check_storable_sliced(value, svc.long_walks, nul_possible=b"\\u0000" in body)
+        return value
 
 
 def convert(value: Any, type_: type[T]) -> T:
@@ -56,7 +95,8 @@ def check_timestamp(
     ts: datetime | None, field: str, *, now: datetime, window: timedelta, skew: timedelta
 ) -> datetime:
     """`ts` (default: now) must lie in [now - window, now + skew]: older rows would be dropped
-    by retention at once, and future ones mean a wrong device clock."""
+    by retention at once (`window` is the table's window in force, `service.retention.in_force`),
+    and future ones mean a wrong device clock."""
     if ts is None:
         return now
     if ts > now + skew:
@@ -74,98 +114,6 @@ def check_timestamp(
     return ts.astimezone(UTC)
 
 
-async def heartbeats_of(request: web.Request, max_batch: int) -> tuple[list[Heartbeat], bool]:
-    """One heartbeat or `{"heartbeats": [...]}`; returns (heartbeats, was_batch)."""
-    value = await read_json(request)
-    if "heartbeats" in value:
-        batch = convert(value, HeartbeatBatch)
-        if len(batch.heartbeats) > max_batch:
-            raise unprocessable(
-                f"at most {max_batch} heartbeats per request", field="heartbeats", code="batch_too_large"
-            )
-        return batch.heartbeats, True
-    return [convert(value, Heartbeat)], False
-
-
-def query_limit(request: web.Request, default: int = 100, maximum: int = 1000) -> int:
-    raw = request.query.get("limit")
-    if raw is None:
-        return default
-    try:
-        limit = int(raw)
-    except ValueError:
-        raise bad_request("limit must be an integer", field="limit") from None
-    if not 1 <= limit <= maximum:
-        raise bad_request(f"limit must be between 1 and {maximum}", field="limit")
-    return limit
-
-
-def query_int(
-    request: web.Request, name: str, minimum: int, maximum: int, default: int | None = None
-) -> int | None:
-    """An integer query parameter in [minimum, maximum]; anything else is 422 naming it."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise unprocessable(f"{name} must be an integer", field=name) from None
-    if not minimum <= value <= maximum:
-        raise unprocessable(
-            f"{name} must be between {minimum} and {maximum}", field=name, code="out_of_range"
-        )
-    return value
-
-
-def query_choice(
-    request: web.Request, name: str, choices: tuple[str, ...], default: str | None = None
-) -> str | None:
-    """A query parameter that must be one of `choices`: 422 naming it otherwise."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if raw not in choices:
-        raise unprocessable(f"{name} must be one of {', '.join(choices)}", field=name)
-    return raw
-
-
-def query_timestamp(request: web.Request, name: str) -> datetime | None:
-    """An RFC 3339 timestamp with a UTC offset: 422 naming the parameter otherwise."""
-    raw = request.query.get(name)
-    if raw is None:
-        return None
-    try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise unprocessable(f"{name} must be an RFC 3339 timestamp", field=name) from None
-    if value.tzinfo is None:
-        raise unprocessable(f"{name} must carry a UTC offset", field=name)
-    return value
-
-
-def query_seconds(request: web.Request, name: str, default: timedelta, maximum: float) -> timedelta:
-    """A non-negative number of seconds, at most `maximum`: 422 naming the parameter otherwise."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise unprocessable(f"{name} must be a number of seconds", field=name) from None
-    if not (math.isfinite(value) and 0 <= value <= maximum):
-        raise unprocessable(f"{name} must be between 0 and {maximum:g} seconds", field=name)
-    return timedelta(seconds=value)
-
-
-def query_text(request: web.Request, name: str, max_length: int) -> str | None:
-    """A non-empty query parameter of at most `max_length` characters; else 422 naming it."""
-    raw = request.query.get(name)
-    if raw is not None and (not 1 <= len(raw) <= max_length or "\x00" in raw):
-        raise unprocessable(f"{name} must be 1 to {max_length} characters (no U+0000)", field=name)
-    return raw
-
-
 MAX_DEPTH = 32
 
 
@@ -176,34 +124,107 @@ def _bad_number(v: Any) -> bool:
     return kind is float and not math.isfinite(v)
 
 
-def _violates(value: Any, nul_possible: bool) -> bool:
+def _children(v: Any) -> Iterator[tuple[str | int | None, Any]]:
+    """An object's keys (as `(None, key)`) and items, or an array's items, one at a time: a
+    container of any size costs the walk one step per child, never one step for all."""
+    if type(v) is dict:
+        for key, item in v.items():
+            yield None, key
+            yield key, item
+    else:
+        yield from enumerate(v)
+
+
+def _violates(value: Any, nul_possible: bool) -> Generator[None, None, bool]:
     """Whether `value` holds a NUL (when `nul_possible`), a number out of range, or nests deeper
-    than MAX_DEPTH: the fast pass, without building field paths (bodies are nearly always fine)."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        v, depth = stack.pop()
-        kind = type(v)
+    than MAX_DEPTH: the fast pass, without building field paths (bodies are nearly always fine).
+    Yields every WALK_SLICE values, so a driver can give the loop its turn."""
+    return (yield from _walk(value, nul_possible, paths=False)) is not None
+
+
+def _first_violation(value: Any) -> Generator[None, None, ApiError | None]:
+    """The refusal naming the first field (in document order) that `_violates` objects to;
+    yields like `_violates`."""
+    return (yield from _walk(value, True, paths=True))
+
+
+def _walk(value: Any, nul_possible: bool, *, paths: bool) -> Generator[None, None, ApiError | None]:
+    # A stack of open containers, each with its iterator of children, its path and depth; the
+    # path of a child is only built when `paths` (the second pass, after the first found one).
+    stack: list[tuple[Iterator[tuple[str | int | None, Any]], str, int]] = []
+    seen = 0
+    current: Any = value
+    path, depth = "", 0
+    while True:
+        seen += 1
+        if seen % WALK_SLICE == 0:
+            yield
+        kind = type(current)
         if kind is str:
-            if nul_possible and "\x00" in v:
-                return True
-        elif kind is dict:
+            if nul_possible and "\x00" in current:
+                return unprocessable(
+                    "text must not contain NUL (U+0000) characters",
+                    field=path or None,
+                    code="invalid_character",
+                )
+        elif kind is dict or kind is list:
             if depth > MAX_DEPTH:
-                return True
-            for key, item in v.items():
-                if nul_possible and "\x00" in key:
-                    return True
-                if type(item) is not str or nul_possible:
-                    stack.append((item, depth + 1))
-        elif kind is list:
-            if depth > MAX_DEPTH:
-                return True
-            stack.extend((item, depth + 1) for item in v if type(item) is not str or nul_possible)
-        elif kind is int:
-            if not JSON_INT_MIN <= v <= JSON_INT_MAX:
-                return True
-        elif kind is float and not math.isfinite(v):
-            return True
-    return False
+                return unprocessable(
+                    f"objects and arrays must not be nested more than {MAX_DEPTH} deep",
+                    field=path or None,
+                    code="too_deep",
+                )
+            stack.append((_children(current), path, depth))
+        elif _bad_number(current):
+            return unprocessable(
+                f"numbers must be finite and integers within {JSON_INT_MIN}..{JSON_INT_MAX}",
+                field=path or None,
+                code="number_out_of_range",
+            )
+        # The next value: the next child of the innermost open container.
+        while stack:
+            children, parent, parent_depth = stack[-1]
+            step = next(children, _DONE)
+            if step is _DONE:
+                stack.pop()
+                continue
+            key, current = step
+            if key is None:  # an object's key: a string at the object's own path and depth
+                path, depth = parent, parent_depth
+            else:
+                depth = parent_depth + 1
+                if paths:
+                    path = (
+                        f"{parent}[{key}]" if type(key) is int else f"{parent}.{key}" if parent else str(key)
+                    )
+            break
+        else:
+            return None
+
+
+_DONE = (None, None)
+
+
+def _run(walk: Generator[None, None, T]) -> T:
+    while True:
+        try:
+            next(walk)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def _run_sliced(walk: Generator[None, None, T], turns: asyncio.Semaphore) -> T:
+    try:
+        next(walk)
+    except StopIteration as done:  # done within its first slice: the common case
+        return done.value  # type: ignore[no-any-return]
+    async with turns:
+        while True:
+            await asyncio.sleep(0)  # the loop's turn between two slices
+            try:
+                next(walk)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
 
 def check_storable(value: Any, *, nul_possible: bool = True) -> None:
@@ -213,37 +234,19 @@ def check_storable(value: Any, *, nul_possible: bool = True) -> None:
     typed fields have their own, narrower, bounds), and objects and arrays nested more than
     MAX_DEPTH deep (no telemetry needs that, and deeper values would fail later, when the
     stored value is encoded again). Iterative, so no depth of input can exhaust the
-    interpreter's stack. `read_json` applies it to every body."""
-    if not _violates(value, nul_possible):
-        return
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
-    while stack:
-        v, path, depth = stack.pop()
-        if isinstance(v, str):
-            if "\x00" in v:
-                raise unprocessable(
-                    "text must not contain NUL (U+0000) characters",
-                    field=path or None,
-                    code="invalid_character",
-                )
-            continue
-        if _bad_number(v):
-            raise unprocessable(
-                f"numbers must be finite and integers within {JSON_INT_MIN}..{JSON_INT_MAX}",
-                field=path or None,
-                code="number_out_of_range",
-            )
-        if isinstance(v, dict | list) and depth > MAX_DEPTH:
-            raise unprocessable(
-                f"objects and arrays must not be nested more than {MAX_DEPTH} deep",
-                field=path or None,
-                code="too_deep",
-            )
-        children: list[tuple[Any, str, int]] = []
-        if isinstance(v, dict):
-            for key, item in v.items():
-                children.append((key, path, depth))
-                children.append((item, f"{path}.{key}" if path else str(key), depth + 1))
-        elif isinstance(v, list):
-            children = [(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(v)]
-        stack.extend(reversed(children))
+    interpreter's stack. `read_json` applies it to every body, in slices
+    (`check_storable_sliced`)."""
+    if _run(_violates(value, nul_possible)):
+        error = _run(_first_violation(value))
+        if error is not None:
+            raise error
+
+
+async def check_storable_sliced(value: Any, turns: asyncio.Semaphore, *, nul_possible: bool = True) -> None:
+    """`check_storable`, giving the event loop its turn every WALK_SLICE values. Walks longer
+    than a slice take `turns` (one at a time): K hostile bodies at once cost the loop one slice
+    per turn, not K."""
+    if await _run_sliced(_violates(value, nul_possible), turns):
+        error = await _run_sliced(_first_violation(value), turns)
+        if error is not None:
+            raise error

@@ -1,1 +1,3 @@
-"""Commands after their dispatch: expiry (a maintenance step) and push reachability."""
+"""Commands from dispatch to the end: the lifecycle and its status enum (`lifecycle`), the
+dispatch and ack rows the writer stores (`dispatches`, `acks`), expiry (a maintenance step) and
+push reachability."""

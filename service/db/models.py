@@ -1,7 +1,7 @@
 """The whole schema as typed SQLAlchemy 2.0 models (the head revision's shape).
 
 Migrations under `alembic/versions/` build exactly this; `telemetry migrate check` compares the
-two. The three time-series tables are partitioned by their time column (a TimescaleDB hypertable
+two. The time-series tables are partitioned by their time column (a TimescaleDB hypertable
 or a native range-partitioned table), which shapes their keys: PostgreSQL only allows a unique
 index on a partitioned table when it contains the partitioning column.
 
@@ -22,7 +22,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -78,13 +80,16 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16), server_default="admin")
     created_at: Mapped[datetime] = mapped_column(server_default=NOW)
     disabled_at: Mapped[datetime | None]
+    # argon2id (`service.console.passwords`); NULL: this operator cannot log in to the console.
+    password_hash: Mapped[str | None] = mapped_column(String(256))
 
     # `ci`: may only register APK builds (`POST /v1/apk-versions`).
     __table_args__ = (CheckConstraint("role IN ('admin', 'viewer', 'ci')", name="role_known"),)
 
 
 class Session(Base):
-    """An operator API token; only its SHA-256 hash is stored."""
+    """An operator API token (`kind` 'api') or a console login (`kind` 'console', idle expiry
+    judged from `last_used_at`); only the SHA-256 hash of either secret is stored."""
 
     __tablename__ = "sessions"
 
@@ -95,6 +100,9 @@ class Session(Base):
     expires_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    kind: Mapped[str] = mapped_column(String(16), server_default="api")
+
+    __table_args__ = (CheckConstraint("kind IN ('api', 'console')", name="kind_known"),)
 
 
 class Device(Base):
@@ -115,7 +123,7 @@ class Device(Base):
 
 class DevicePresence(Base):
     """A device's presence, one row per enrolled device (created at enrollment), kept by the
-    writer in each heartbeat batch's transaction (`service.ingest.statements.UPDATE_PRESENCE`).
+    writer in each heartbeat batch's transaction (`service.fleet.presence.UPDATE_PRESENCE`).
 
     A table of its own, not columns of `devices`: every heartbeat rewrites this row, and since
     `offline_after` (indexed) moves with it, no update is HOT. Here a rewrite costs the narrow
@@ -167,6 +175,45 @@ class DevicePresence(Base):
         ),
         {"postgresql_with": {"fillfactor": 80}},
     )
+
+
+class DevicePushToken(Base):
+    """A device's FCM registration token, as the device last reported it
+    (`PUT /v1/device/push-token`, `service.push.tokens`).
+
+    `changed_at` is when the token last changed (a report of the same token moves only
+    `reported_at`). `invalid_at` is set when FCM answered `UNREGISTERED` for this very token and
+    cleared when the device reports a different one: until then no push is sent to it. A table of
+    its own keyed by `device_id` (the scale-out note), not columns of `devices`: it is written by
+    devices and by the sender, and `devices` stays a small reference table."""
+
+    __tablename__ = "device_push_tokens"
+
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    token: Mapped[str] = mapped_column(String(1024))
+    changed_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    reported_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    invalid_at: Mapped[datetime | None]
+    invalid_reason: Mapped[str | None] = mapped_column(String(64))
+
+
+class DeviceTag(Base):
+    """One tag an operator set on a device (`PUT /v1/devices/{id}/tags`, `service.fleet.tags`).
+
+    Keyed by `(device_id, tag)` (the scale-out note: per-device rows keep `device_id` in their
+    keys); `(tag, device_id)` finds a tag's devices for the list's and the summary's `tag=`."""
+
+    __tablename__ = "device_tags"
+
+    device_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+    __table_args__ = (Index("ix_device_tags_tag_device_id", "tag", "device_id"),)
 
 
 class EnrollmentToken(Base):
@@ -392,20 +439,40 @@ class ApkRolloutSnapshot(Base):
 # --- audit ------------------------------------------------------------------------------------
 
 
-class DeviceEvent(Base):
-    """Device lifecycle: enrolled, credential revoked, ..."""
+class Event(Base):
+    """The event log: every state change that leaves the service (webhooks, the pull feed, the
+    live stream) and the device history `GET /v1/devices/{id}/events` reads. It replaced
+    `device_events` (revision 20251203): one log, so the history and the feed cannot disagree.
 
-    __tablename__ = "device_events"
+    Written in the transaction of its cause, never otherwise (see `service.events`). Partitioned
+    by `occurred_at` like the other time-series tables, hence `occurred_at` in the primary key;
+    `device_id` leads it for the Citus note (distributed by device). A fleet-wide event (no
+    device: `retention.problem_*`) has `device_id = ''`, which no device id can be.
 
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(128))
-    event_type: Mapped[str] = mapped_column(String(64))
-    details: Mapped[dict[str, Any] | None]
-    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    `id` comes from a sequence, so it only grows, but in the order ids were drawn, not the order
+    transactions committed. `txid` (the writing transaction's id, `pg_current_xact_id()`) is what
+    the feed pages by: `(txid, id)` over events whose transaction is older than every transaction
+    still running, an order that a commit arriving later can never fall behind
+    (`service.events.feed`)."""
+
+    __tablename__ = "events"
+
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True, server_default="")
+    id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, server_default=text("nextval('events_id_seq')")
+    )
+    occurred_at: Mapped[datetime] = mapped_column(primary_key=True, server_default=NOW)
+    type: Mapped[str] = mapped_column(String(64))
+    # The payload's schema version for its type (`service.events.catalogue`).
+    version: Mapped[int] = mapped_column(SmallInteger, server_default="1")
+    payload: Mapped[dict[str, Any]] = mapped_column(server_default=text("'{}'::jsonb"))
+    txid: Mapped[int] = mapped_column(BigInteger, server_default=text("(pg_current_xact_id()::text)::bigint"))
 
     __table_args__ = (
-        Index("ix_device_events_device_id_created_at", "device_id", "created_at"),
-        Index("ix_device_events_created_at", "created_at"),
+        # The feed and the stream: keyset over (txid, id).
+        Index("ix_events_txid_id", "txid", "id"),
+        # A device's history, newest first.
+        Index("ix_events_device_id_occurred_at_id", "device_id", "occurred_at", "id"),
     )
 
 
@@ -425,14 +492,39 @@ class EnrollmentEvent(Base):
     __table_args__ = (UniqueConstraint("outcome", "remote_addr", "window_start"),)
 
 
+class OperatorAudit(Base):
+    """Who did what: one row per operator write, through the API or the CLI (`service.audit`).
+
+    A plain fleet-wide table kept `TELEMETRY_RETENTION_OPERATOR_AUDIT_SECONDS` (400 days),
+    expired by the audit tables' batched `DELETE` on `at`; read newest first by `id`, by
+    operator or by target through their indexes."""
+
+    __tablename__ = "operator_audit"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    at: Mapped[datetime] = mapped_column(server_default=NOW, index=True)
+    operator: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(300))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any] | None]
+
+    __table_args__ = (
+        Index("ix_operator_audit_operator_id", "operator", "id"),
+        Index("ix_operator_audit_target_id", "target", "id"),
+    )
+
+
 class Command(Base):
     """A remote command an operator issued to a device (the long-lived record).
 
     Created with its dispatch (`POST /v1/dispatches`, same transaction, `created_at` = the
     dispatch's `sent_at`) and kept `TELEMETRY_RETENTION_COMMANDS_SECONDS` (an audit-style
     table: batched `DELETE` by `created_at`), long after the 2-day dispatch row. `status`
-    moves forward only: pending → delivered → executed | failed, or expired (no terminal ack
-    within `TELEMETRY_COMMAND_TTL_SECONDS`); each transition has its own timestamp.
+    moves forward only: pending → delivered → executed | failed, cancelled (by an operator, while
+    open), or expired (no terminal ack within `TELEMETRY_COMMAND_TTL_SECONDS`); each transition
+    has its own timestamp.
     """
 
     __tablename__ = "commands"
@@ -450,12 +542,14 @@ class Command(Base):
     executed_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
     expired_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
     result: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(
-            "status IN ('pending', 'delivered', 'executed', 'failed', 'expired')", name="status_known"
+            "status IN ('pending', 'delivered', 'executed', 'failed', 'expired', 'cancelled')",
+            name="status_known",
         ),
         # A device's commands by time (operator list, reachability over its last commands).
         Index("ix_commands_device_id_created_at", "device_id", "created_at"),
@@ -474,6 +568,45 @@ class Command(Base):
         ),
         # Retention (batched DELETE by created_at).
         Index("ix_commands_created_at", "created_at"),
+    )
+
+
+class CommandPush(Base):
+    """A command's FCM push: the outbox row the dispatch merge inserts in the same statement as
+    the new command (never for a repeated `request_id`), only when FCM is configured.
+
+    `queued` rows are claimed by the push workers of every instance (`FOR UPDATE SKIP LOCKED`,
+    a lease in `next_attempt_at`), so a push committed before a crash is sent after it; a push
+    ends `sent` (FCM's message `name`, `pushed_at`), `failed` (a final answer, or retries that
+    reached `expires_at`, the command's TTL) or `no_token` (the device had no valid registration
+    token). `id` is the command's id; keyed with `device_id` (the scale-out note)."""
+
+    __tablename__ = "command_pushes"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), server_default="queued")
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    expires_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    message_name: Mapped[str | None] = mapped_column(String(256))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(256))
+    pushed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'sent', 'failed', 'no_token')", name="status_known"),
+        # The claim: due queued rows, oldest due first.
+        Index(
+            "ix_command_pushes_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'queued'"),
+        ),
+        # Retention (batched DELETE by created_at).
+        Index("ix_command_pushes_created_at", "created_at"),
     )
 
 
@@ -564,3 +697,59 @@ class RollupWatermark(Base):
     rollup: Mapped[str] = mapped_column(String(63), primary_key=True)
     materialized_until: Mapped[datetime | None]
     refreshed_at: Mapped[datetime | None]
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+
+class WebhookSubscription(Base):
+    """A receiver of the event log's events (`service.webhooks`). `after_txid`/`after_id` is its
+    fan-out cursor in the feed's order (`service.events.feed`): every event past it that matches
+    `event_types` (NULL: all) gets a delivery row, in the transaction that moves the cursor.
+    `secret` signs deliveries (Standard Webhooks), so it is kept, not hashed."""
+
+    __tablename__ = "webhook_subscriptions"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    description: Mapped[str | None] = mapped_column(String(256))
+    secret: Mapped[str] = mapped_column(String(128))
+    enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    disabled_reason: Mapped[str | None] = mapped_column(String(64))
+    after_txid: Mapped[int] = mapped_column(BigInteger)
+    after_id: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+
+
+class WebhookDelivery(Base):
+    """One event for one subscription: pending until delivered or dead, never dropped.
+
+    Claimed through the database (`FOR UPDATE SKIP LOCKED`, a lease in `next_attempt_at`), so
+    a delivery whose sender died is claimed again after its lease: at least once."""
+
+    __tablename__ = "webhook_deliveries"
+
+    subscription_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    event_id: Mapped[int] = mapped_column(BigInteger)
+    event: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    next_attempt_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "event_id"),
+        CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="status_known"),
+        Index(
+            "ix_webhook_deliveries_next_attempt_at",
+            "next_attempt_at",
+            postgresql_where=text("status = 'pending'"),
+        ),
+    )

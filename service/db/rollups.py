@@ -40,9 +40,17 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from service.db.time_series import HEARTBEATS, Execute, coverage, interval_literal
-from service.retention.windows import format_window
-from service.settings import RetentionWindows
+from service.db import retained
+from service.db.retained import RetainedTable
+from service.db.time_series import (
+    HEARTBEATS,
+    Execute,
+    coverage,
+    forget_window_sql,
+    interval_literal,
+    store_window_sql,
+)
+from service.db.windows import format_window
 
 RollupMechanism = Literal["continuous_aggregate", "rollup_table"]
 
@@ -56,14 +64,13 @@ RECENT_DAYS = "fleet_daily_recent"
 
 @dataclass(frozen=True, slots=True)
 class Rollup:
-    name: str
-    time_column: str
+    """How a rollup (a retained table of the registry, `service.db.retained`) is refreshed."""
+
+    table: RetainedTable
     bucket: timedelta
     source: str
     # The source's chunk/partition interval: retention drops the source in steps of it.
     source_interval: timedelta
-    interval: timedelta  # this rollup's own chunk/partition interval
-    default_window: timedelta
     # Refresh: buckets in [now - start_offset, now - end_offset] are (re)materialized every
     # `schedule`. Table mechanism: each round re-reads `lookback` before the watermark, so a
     # late row for a bucket materialized less than `lookback` ago is still counted.
@@ -73,40 +80,50 @@ class Rollup:
     lookback: timedelta
 
     @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def time_column(self) -> str:
+        return self.table.time_column
+
+    @property
+    def interval(self) -> timedelta:
+        """This rollup's own chunk/partition interval."""
+        return self.table.chunk_interval
+
+    @property
+    def default_window(self) -> timedelta:
+        return self.table.default_window
+
+    @property
     def reach(self) -> timedelta:
         """How far back from now a refresh may read its source: the source must keep that."""
         return self.start_offset + self.source_interval + self.schedule
 
 
-_DEFAULTS = RetentionWindows()  # the default windows are written in settings.py only
 HOURLY = Rollup(
-    name="device_heartbeats_hourly",
-    time_column="hour",
+    table=retained.HEARTBEATS_HOURLY,
     bucket=timedelta(hours=1),
     source=HEARTBEATS.name,
     source_interval=HEARTBEATS.chunk_interval,
-    interval=timedelta(days=7),
-    default_window=_DEFAULTS.device_heartbeats_hourly,
     start_offset=timedelta(days=1),
     end_offset=timedelta(hours=1),
     schedule=timedelta(minutes=30),
     lookback=timedelta(hours=1),
 )
 FLEET_DAILY = Rollup(
-    name="fleet_daily",
-    time_column="day",
+    table=retained.FLEET_DAILY,
     bucket=timedelta(days=1),
     source=HOURLY.name,
     source_interval=HOURLY.interval,
-    interval=timedelta(days=30),
-    default_window=_DEFAULTS.fleet_daily,
     start_offset=timedelta(days=3),
     end_offset=timedelta(hours=1),
     schedule=timedelta(hours=1),
     lookback=timedelta(days=1),
 )
+# Every rollup entry of the registry, hourly first (the daily one reads it).
 ROLLUPS: tuple[Rollup, ...] = (HOURLY, FLEET_DAILY)
-ROLLUP_BY_NAME = {r.name: r for r in ROLLUPS}
 ROLLUP_OF_SOURCE = {r.source: r for r in ROLLUPS}
 
 
@@ -338,12 +355,7 @@ def create_rollups(
     for sql in statements:
         execute(sql)
     for r in ROLLUPS:
-        execute(
-            "INSERT INTO retention_policies (table_name, drop_after, partition_interval) "
-            f"VALUES ('{r.name}', {interval_literal(windows[r.name])}, {interval_literal(r.interval)}) "
-            "ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, "
-            "partition_interval = EXCLUDED.partition_interval, updated_at = now()"
-        )
+        execute(store_window_sql(r.table, windows[r.name]))
 
 
 def drop_rollups(execute: Execute, mechanism: RollupMechanism) -> None:
@@ -353,7 +365,7 @@ def drop_rollups(execute: Execute, mechanism: RollupMechanism) -> None:
             execute(f"DROP MATERIALIZED VIEW IF EXISTS {r.name}")
         else:
             execute(f"DROP TABLE IF EXISTS {r.name}")
-        execute(f"DELETE FROM retention_policies WHERE table_name = '{r.name}'")
+        execute(forget_window_sql(r.table))
         execute(f"DELETE FROM {WATERMARKS} WHERE rollup = '{r.name}'")
 
 

@@ -16,33 +16,46 @@ the benchmarks simulate (10,000 devices every 10 s is ~7 M heartbeat rows per 2-
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 
 from service.db import locks
-from service.settings import RetentionWindows, StorageMode
+from service.db.retained import (
+    DISPATCHES,
+    DOWNLOADS,
+    EVENTS,
+    HEARTBEATS,
+    RetainedTable,
+    RetentionKind,
+    of_kind,
+)
+from service.settings import StorageMode
+
+__all__ = ["DISPATCHES", "DOWNLOADS", "EVENTS", "HEARTBEATS", "TIME_SERIES_TABLES"]
 
 PARTITION_SCHEMA = "telemetry_partitions"
 
-
-@dataclass(frozen=True, slots=True)
-class TimeSeriesTable:
-    name: str
-    time_column: str
-    chunk_interval: timedelta
-    default_window: timedelta
-
-
-_DEFAULTS = RetentionWindows()  # the one place the default windows are written
-HEARTBEATS = TimeSeriesTable(
-    "device_heartbeats", "bucket_start", timedelta(hours=2), _DEFAULTS.device_heartbeats
-)
-DISPATCHES = TimeSeriesTable("fcm_dispatches", "sent_at", timedelta(hours=6), _DEFAULTS.fcm_dispatches)
-DOWNLOADS = TimeSeriesTable("apk_download_events", "ts", timedelta(days=1), _DEFAULTS.apk_download_events)
-TIME_SERIES_TABLES: tuple[TimeSeriesTable, ...] = (HEARTBEATS, DISPATCHES, DOWNLOADS)
-BY_NAME = {t.name: t for t in TIME_SERIES_TABLES}
+# The registry's time-series tables (`service.db.retained`): hypertables or range partitions.
+TIME_SERIES_TABLES: tuple[RetainedTable, ...] = of_kind(RetentionKind.TIME_SERIES)
+BY_NAME = {t.name: t for t in TIME_SERIES_TABLES}  # the time-series ones only
 
 Execute = Callable[[str], object]
+
+
+def store_window_sql(table: RetainedTable, window: timedelta) -> str:
+    """The one statement the migrations write `retention_policies` with (works offline): the
+    table's row, created or reset to `window` and the table's interval (NULL: a plain table)."""
+    interval = "NULL" if table.interval is None else interval_literal(table.interval)
+    return (
+        "INSERT INTO retention_policies (table_name, drop_after, partition_interval) "
+        f"VALUES ('{table.name}', {interval_literal(window)}, {interval}) "
+        "ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, "
+        "partition_interval = EXCLUDED.partition_interval, updated_at = now()"
+    )
+
+
+def forget_window_sql(table: RetainedTable) -> str:
+    """For migrations: remove the table's `retention_policies` row (the table is dropped)."""
+    return f"DELETE FROM retention_policies WHERE table_name = '{table.name}'"
 
 
 def interval_literal(value: timedelta) -> str:
@@ -156,7 +169,7 @@ def coverage(window: str, ahead: str, *, slack: str | None = None) -> str:
 
 
 def ensure_partitions_sql(
-    table: TimeSeriesTable, window: timedelta, lookahead: timedelta, interval: timedelta | None = None
+    table: RetainedTable, window: timedelta, lookahead: timedelta, interval: timedelta | None = None
 ) -> str:
     """SQL creating the partitions that cover [now - window - interval, now + lookahead]."""
     step = interval_literal(interval or table.chunk_interval)
@@ -171,7 +184,7 @@ def create_extension(execute: Execute) -> None:
     execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
 
 
-def make_hypertable(execute: Execute, table: TimeSeriesTable, window: timedelta) -> None:
+def make_hypertable(execute: Execute, table: RetainedTable, window: timedelta) -> None:
     """Turn an empty table into a hypertable with exactly one retention policy at `window`."""
     # create_default_indexes => false: our indexes are declared in the models; Timescale's
     # default time index would be redundant and show up as drift.
@@ -182,18 +195,18 @@ def make_hypertable(execute: Execute, table: TimeSeriesTable, window: timedelta)
     execute(f"SELECT add_retention_policy('{table.name}', drop_after => {interval_literal(window)})")
 
 
-def remove_retention_policy(execute: Execute, table: TimeSeriesTable) -> None:
+def remove_retention_policy(execute: Execute, table: RetainedTable) -> None:
     execute(f"SELECT remove_retention_policy('{table.name}', if_exists => true)")
 
 
-def postgres_partition_by(table: TimeSeriesTable) -> str:
+def postgres_partition_by(table: RetainedTable) -> str:
     return f"RANGE ({table.time_column})"
 
 
 def after_create(
     execute: Execute,
     mode: StorageMode,
-    table: TimeSeriesTable,
+    table: RetainedTable,
     window: timedelta,
     lookahead: timedelta,
 ) -> None:
@@ -202,19 +215,13 @@ def after_create(
         make_hypertable(execute, table, window)
     else:
         execute(ensure_partitions_sql(table, window, lookahead))
-    execute(
-        "INSERT INTO retention_policies (table_name, drop_after, partition_interval) "
-        f"VALUES ('{table.name}', {interval_literal(window)}, "
-        f"{interval_literal(table.chunk_interval)}) "
-        "ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, "
-        "partition_interval = EXCLUDED.partition_interval, updated_at = now()"
-    )
+    execute(store_window_sql(table, window))
 
 
-def before_drop(execute: Execute, mode: StorageMode, table: TimeSeriesTable) -> None:
+def before_drop(execute: Execute, mode: StorageMode, table: RetainedTable) -> None:
     if mode == "timescale":
         remove_retention_policy(execute, table)
-    execute(f"DELETE FROM retention_policies WHERE table_name = '{table.name}'")
+    execute(forget_window_sql(table))
 
 
 # --- dispatch idempotency keys: expiry --------------------------------------------------------

@@ -7,10 +7,25 @@ of resident memory per process; see `service.serve`).
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^/@:]*:)(?P<password>[^@/]*)@")
+
+
+def mask_url(url: str | None) -> str:
+    """`url` with its password replaced by `***` (works on URLs too malformed to parse)."""
+    if not url:
+        return "(no URL)"
+    return _PASSWORD_IN_URL.sub(lambda m: f"{m['head']}***@", url)
+
+
+def url_password(url: str | None) -> str | None:
+    match = _PASSWORD_IN_URL.search(url or "")
+    return match["password"] if match and match["password"] else None
 
 
 def _parse(url: str) -> URL:

@@ -20,13 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
 
 from service.fleet.presence import PRESENCE_SQL
+from service.fleet.tags import TAGGED_SQL
 
 # Every column a DeviceSummary needs, over `devices d LEFT JOIN device_presence p`; $1 is now.
 SUMMARY_COLUMNS = f"""
@@ -36,7 +37,8 @@ SUMMARY_COLUMNS = f"""
     {PRESENCE_SQL.format(now="$1")} AS presence,
     CASE WHEN d.credential_revoked_at IS NULL AND p.last_seen_at IS NOT NULL
          THEN coalesce(p.offline_since, CASE WHEN p.offline_after <= $1 THEN p.offline_after END)
-    END AS offline_since
+    END AS offline_since,
+    ARRAY(SELECT t.tag FROM device_tags t WHERE t.device_id = d.id ORDER BY t.tag) AS tags
 """
 
 
@@ -51,6 +53,7 @@ class DeviceFilter:
     status: str | None = None
     battery_below: int | None = None
     id_prefix: str | None = None
+    tag: str | None = None
 
 
 class _Cursor(msgspec.Struct, array_like=True, forbid_unknown_fields=True):
@@ -72,8 +75,17 @@ def decode_cursor(cursor: str, order: str) -> _Cursor:
         raise CursorError("cursor is not one this service issued") from None
     if decoded.order != order or (order == "offline") != (decoded.since is not None):
         raise CursorError("cursor belongs to another listing (presence changes the order)")
-    if decoded.since is not None and decoded.since.tzinfo is None:
+    # What this service issues: an id as stored (no U+0000, at most 128 characters) and an
+    # aware time that exists in UTC (year 1 at +14:00 does not), never one a query cannot bind.
+    if "\x00" in decoded.device_id or len(decoded.device_id) > 128:
         raise CursorError("cursor is not one this service issued")
+    if decoded.since is not None:
+        if decoded.since.tzinfo is None:
+            raise CursorError("cursor is not one this service issued")
+        try:
+            decoded.since = decoded.since.astimezone(UTC)
+        except OverflowError:
+            raise CursorError("cursor is not one this service issued") from None
     return decoded
 
 
@@ -97,6 +109,8 @@ def _filters(f: DeviceFilter, args: list[Any]) -> list[str]:
         where.append(f"p.last_battery_pct < {arg(f.battery_below)}")
     if f.id_prefix is not None:
         where.append(f"d.id >= {arg(f.id_prefix)} AND d.id LIKE {arg(_like_prefix(f.id_prefix))}")
+    if f.tag is not None:
+        where.append(TAGGED_SQL.format(tag=arg(f.tag)))
     return where
 
 

@@ -16,9 +16,34 @@ import time
 from datetime import datetime, timedelta
 
 import asyncpg
+import msgspec
 
-from service.api.schemas import AppVersionCount, FleetSummary
 from service.fleet.presence import PRESENCE_SQL, PRESENCES
+
+
+class AppVersionCount(msgspec.Struct, forbid_unknown_fields=True):
+    app_version: str
+    devices: int
+
+
+# The answer of `GET /v1/fleet/summary` as it is: the API serves it unchanged (a docstring here
+# would become its description in the OpenAPI document).
+class FleetSummary(msgspec.Struct, forbid_unknown_fields=True):
+    as_of: datetime
+    total: int
+    # online, offline, never_seen, revoked
+    presence: dict[str, int]
+    # The 20 most common last app versions; the rest summed in other_app_versions.
+    app_versions: list[AppVersionCount]
+    other_app_versions: int
+    unknown_app_version: int
+    # Last status of the devices that sent one.
+    statuses: dict[str, int]
+    # Last battery: "<15", "15-49", ">=50", "unknown".
+    battery: dict[str, int]
+    enrolled_last_24h: int
+    enrolled_last_7d: int
+
 
 TOP_APP_VERSIONS = 20
 BATTERY_BUCKETS = ("<15", "15-49", ">=50", "unknown")
@@ -33,7 +58,7 @@ WITH fleet AS (
                 WHEN p.last_battery_pct < 50 THEN '15-49'
                 ELSE '>=50' END AS battery,
            d.enrolled_at
-    FROM devices d LEFT JOIN device_presence p ON p.device_id = d.id
+    FROM {{source}} LEFT JOIN device_presence p ON p.device_id = d.id
 )
 SELECT GROUPING(presence, app_version, status, battery) AS grouping_id,
        presence, app_version, status, battery, count(*) AS devices,
@@ -43,11 +68,18 @@ FROM fleet
 GROUP BY GROUPING SETS ((presence), (app_version), (status), (battery), ())
 """
 
+# The whole fleet, or one tag's devices found through the tag's index (the cost is theirs).
+_FLEET = _SUMMARY.format(source="devices d")
+_TAGGED = _SUMMARY.format(source="device_tags t JOIN devices d ON d.id = t.device_id AND t.tag = $2")
+
 # GROUPING(...) bit masks: a set leaves the bits of the columns it does not group by.
 _BY_PRESENCE, _BY_APP_VERSION, _BY_STATUS, _BY_BATTERY, _TOTAL = 0b0111, 0b1011, 0b1101, 0b1110, 0b1111
 
 
-async def fleet_summary(conn: asyncpg.Connection, as_of: datetime | None = None) -> FleetSummary:
+async def fleet_summary(
+    conn: asyncpg.Connection, as_of: datetime | None = None, *, tag: str | None = None
+) -> FleetSummary:
+    """The counts of the whole fleet, or of the devices tagged `tag`, at `as_of`."""
     if as_of is None:
         as_of = await conn.fetchval("SELECT now()")
     presence = dict.fromkeys(PRESENCES, 0)
@@ -55,7 +87,8 @@ async def fleet_summary(conn: asyncpg.Connection, as_of: datetime | None = None)
     statuses: dict[str, int] = {}
     versions: list[AppVersionCount] = []
     unknown_version = total = enrolled_1d = enrolled_7d = 0
-    for row in await conn.fetch(_SUMMARY, as_of):
+    rows = await (conn.fetch(_FLEET, as_of) if tag is None else conn.fetch(_TAGGED, as_of, tag))
+    for row in rows:
         kind, n = row["grouping_id"], row["devices"]
         if kind == _BY_PRESENCE:
             presence[row["presence"]] = n

@@ -3,36 +3,53 @@
 States: `created` → `running` (after `start`) → `draining` (after `stop` begins) → `stopped`.
 
 Guarantees:
-* A `submit_*` call returns only after its rows are committed (or found already stored: a
+* `submit(rows)` returns only after its rows are committed (or found already stored: a
   heartbeat absorbed by its bucket, a dispatch whose `request_id` exists; or, for a command
-  ack, found not to move its command forward). Rows of many
-  requests share one transaction: each kind's `Merge` (`ingest/merges.py`) stages its rows
-  with one binary COPY and stores them with one set-based `INSERT … ON CONFLICT`, kinds
-  always in the same order, then one COMMIT.
-* Presence (`device_presence`) of the devices whose heartbeats a batch holds is updated in the
-  batch's own transaction by one set-based statement, rows locked in `device_id` order, only
-  forward (`statements.UPDATE_PRESENCE`): a committed heartbeat is never missing from presence.
+  ack, found not to move its command forward). The writer is given one `Merge` per kind of
+  row (`ingest/merges.py`; the service's are listed in `service.app.row_merges`) and hands
+  each request to the merge of its rows' type, without knowing any kind. Rows of many
+  requests share one transaction: each merge stages its rows with one binary COPY and stores
+  them with one set-based `INSERT … ON CONFLICT`, kinds always in the order the merges were
+  given, then one COMMIT.
+* Whatever a merge does runs in the batch's own transaction. The heartbeat merge the service
+  wires updates presence (`device_presence`) of the batch's devices there, by one set-based
+  statement, rows locked in `device_id` order, only forward (`fleet.presence.UPDATE_PRESENCE`):
+  a committed heartbeat is never missing from presence.
 * A batch starts when `batch_max_rows` rows wait or `batch_window` after its first row arrived,
   whichever is first; `flushers` batches may be in flight at once.
-* The queue holds at most `queue_max_rows` rows: past that, `submit_*` raises `QueueFull`
+* The queue holds at most `queue_max_rows` rows: past that, `submit` raises `QueueFull`
   at once (the API answers 503 with Retry-After), so memory stays bounded.
 * Every flush attempt is tracked by `watchdog`, so a stalled database (or a held lock) is
   seen by the API, which then refuses requests at once instead of queueing them behind it.
 * A caller waits at most `ack_timeout` seconds for its commit; past that it gets
   `CommitUnconfirmed` (its rows may still be committed later: never a 2xx without a commit,
   but an error does not prove the rows are absent, so retries must be idempotent).
-* A transient failure (connection lost, server restarting, deadlock victim) makes the writer
-  retry the whole batch on a fresh connection with exponential backoff, up to
-  `retry_attempts` times; the statements are idempotent, so a batch whose COMMIT outcome was
-  unknown can be re-run without storing anything twice. When retries are exhausted every
-  request of the batch gets `WriteFailed`, never a success.
-* One request never fails another: any other failure of a flush (a row the database refuses,
-  a value the client cannot encode such as an int past bigint, any exception at all) is
-  isolated by bisection: the batch is split in halves, each re-run in its own transaction,
-  recursively, so a single bad request among N costs O(log N) extra transactions. Only the
-  request that causes it gets `WriteFailed(transient=False)`, with a generic message and its
-  `request_id`; the exception itself is logged under that id. Every other request commits
-  and gets its result.
+* Failures are told apart by SQLSTATE class (`service.db.errors.classify`), never by message:
+  - Unavailable (out of resources such as a full disk, too many connections or out of memory;
+    a server shutting down or restarting; an I/O error; a lost connection) and aborted (deadlock
+    or serialization victim): no row is at fault, so the whole batch is retried on a fresh
+    connection with exponential backoff, up to `retry_attempts` attempts, and never split. The
+    statements are idempotent, so a batch whose COMMIT outcome was unknown can be re-run without
+    storing anything twice. When retries are exhausted every request of the batch gets
+    `WriteFailed(transient=True)` (the API: 503 with Retry-After), never a success. An outage is
+    logged when it starts and when it ends (`OutageLog`), not per attempt or per request, and
+    the first batch that commits afterwards ends it: recovery needs no restart. Retried rather
+    than failed fast because the same path then bridges what clears within the backoff (a
+    restart, a failover, connection slots), a full disk costs only `retry_attempts` quickly
+    failing attempts per batch (the bounded queue answers the rest 503 at once), and no
+    separate probe is needed to see the database back.
+  - A row without a partition (postgres mode, `is_missing_partition`): the partitions the
+    windows in force call for are created once per batch, and the batch re-run; a row still
+    without one (older than its window) is a row error like the next.
+  - Anything else means some request's rows cannot be written, and one request never fails
+    another: the batch is split in halves, each re-run in its own transaction, recursively, so
+    a single bad request among N costs O(log N) extra transactions. Only the request that
+    causes it fails; every other request commits and gets its result. The isolated request
+    gets `WriteFailed(transient=False)` (422) when its rows' own data is at fault (SQLSTATE
+    classes 22 and 23, a value the client-side encoder refuses), and `WriteFaulted` (500) for
+    any other failure (a schema not at head, an internal error, a bug), which is not known to
+    be the data's and must not tell a device to drop it. Either carries a generic message and
+    the `request_id`; the exception itself is logged under that id.
 * The constructor checks its arguments, as asyncpg's `Pool` does: a value out of range raises
   `ValueError` naming the argument, before anything runs.
 * `stop()` refuses new submissions (`WriterClosed`), flushes everything already queued, then
@@ -48,29 +65,38 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import asyncpg
 
-from service.db.errors import is_transient
+from service.db.errors import Failure, classify, is_missing_partition
+from service.db.outage import OutageLog
+from service.db.time_series import coverage
 from service.db.watchdog import DatabaseWatchdog
-from service.ingest import merges, statements
 from service.ingest.merges import Merge
-from service.ingest.rows import AckOutcome, AckRow, DispatchOutcome, DispatchRow, DownloadRow, HeartbeatRow
 from service.metrics import Metrics
-from service.settings import PresencePolicy
 
 log = logging.getLogger(__name__)
 
 RowT = TypeVar("RowT", bound=tuple[object, ...])
-ResultT = TypeVar("ResultT")
+
+# Plain-PostgreSQL mode: make sure partitions cover every accepted timestamp (used when an
+# insert found no partition, e.g. after the maintenance task could not run for a while). One
+# day ahead is past the newest accepted time (now + max clock skew); for the slack below, see
+# `coverage`.
+ENSURE_PARTITIONS_NOW = f"""
+SELECT telemetry_ensure_partitions(
+    table_name, partition_interval, {coverage("drop_after", "interval '1 day'", slack="partition_interval")}
+) FROM retention_policies WHERE partition_interval IS NOT NULL
+"""
 
 # What callers are told: never the exception's text (it may quote SQL or other rows).
 REFUSED = "the rows could not be stored; nothing was stored for this request"
 UNAVAILABLE = "the database is unavailable; nothing was stored"
+FAULTED = "the rows could not be stored because of a fault of the service; nothing was stored"
 
 
 class WriterState(enum.Enum):
@@ -108,6 +134,17 @@ class WriteFailed(WriterError):
         self.request_id = request_id
 
 
+class WriteFaulted(WriterError):
+    """The rows could not be committed because of a fault that is neither their data's nor the
+    database's being unavailable (a schema not at head, an internal error, a bug). Like
+    `WriteFailed` it fails its request alone, with a generic message; the cause is logged under
+    `request_id`."""
+
+    def __init__(self, message: str, *, request_id: str) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
 @dataclass(eq=False)
 class _Request:
     merge: Merge[Any, Any]
@@ -118,46 +155,53 @@ class _Request:
 
 
 @dataclass
+class _Scope:
+    """What one batch taken from the queue has done, across the halves it may be split into."""
+
+    # Partitions are created at most once per batch: a row without one afterwards is its own
+    # fault, found by bisection, and no half runs the creation again.
+    partitions_ensured: bool = False
+    ensure_partitions: bool = False
+
+
+@dataclass
 class GroupCommitWriter:
     pool: asyncpg.Pool
     metrics: Metrics
+    # One per kind of row, in the order every transaction takes them, so that two flushes
+    # never wait on each other's rows in opposite orders.
+    merges: Sequence[Merge[Any, Any]]
     batch_window: timedelta = timedelta(milliseconds=5)
     batch_max_rows: int = 5000
     queue_max_rows: int = 20_000
-    bucket_seconds: int = 10
     retry_attempts: int = 5
     retry_base_delay: float = 0.05
     retry_max_delay: float = 2.0
     flushers: int = 2
     ack_timeout: float = 10.0
     watchdog: DatabaseWatchdog = field(default_factory=DatabaseWatchdog)
-    presence: PresencePolicy = field(default_factory=PresencePolicy)
-    # The time presence is judged at, instead of the database's clock (tests).
-    presence_clock: Callable[[], datetime] | None = None
 
     def __post_init__(self) -> None:
         _check_positive("batch_window", self.batch_window.total_seconds())
         _check_at_least("batch_max_rows", self.batch_max_rows, 1)
         _check_at_least("queue_max_rows", self.queue_max_rows, 1)
-        _check_at_least("bucket_seconds", self.bucket_seconds, 1)
         _check_at_least("retry_attempts", self.retry_attempts, 1)
         _check_at_least("retry_base_delay", self.retry_base_delay, 0)
         _check_at_least("retry_max_delay", self.retry_max_delay, self.retry_base_delay)
         _check_at_least("flushers", self.flushers, 1)
         _check_positive("ack_timeout", self.ack_timeout)
-        # The order every transaction takes the kinds in, so that two flushes never wait on
-        # each other's rows in opposite orders.
-        self._merges: tuple[Merge[Any, Any], ...] = (
-            merges.heartbeats(self.bucket_seconds, self.presence, self.presence_clock),
-            merges.DISPATCHES,
-            merges.DOWNLOADS,
-            merges.ACKS,
-        )
+        self._merges: tuple[Merge[Any, Any], ...] = tuple(self.merges)
+        self._merge_of: dict[type, Merge[Any, Any]] = {}
+        for merge in self._merges:
+            if merge.row_type in self._merge_of:
+                raise ValueError(f"merges: two merges take {merge.row_type.__name__}")
+            self._merge_of[merge.row_type] = merge
         self.state = WriterState.CREATED
         self._queue: deque[_Request] = deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self.outage = OutageLog("writes", log)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -199,10 +243,19 @@ class GroupCommitWriter:
             self.metrics.rejected_writes.labels("queue_full").inc()
             raise QueueFull(f"write queue full ({self._queued_rows} rows waiting)")
 
-    async def _submit(
-        self, merge: Merge[RowT, ResultT], rows: Sequence[RowT], request_id: str | None
-    ) -> list[ResultT]:
+    async def submit(self, rows: Sequence[RowT], *, request_id: str | None = None) -> list[Any]:
+        """The results of `rows` (all of one row type), one per row, from the merge of that
+        type (`ingest.merges`): stored or absorbed (heartbeats, downloads), created or already
+        there (dispatches), what an ack did to its command. Waits for the commit.
+
+        Takes the caller's `request_id` (default: a new one), which a `WriteFailed` carries and
+        the log line about its cause names. Raises `TypeError` for rows no merge takes."""
         self.ensure_capacity(len(rows))
+        if not rows:
+            return []
+        merge = self._merge_of.get(type(rows[0]))
+        if merge is None:
+            raise TypeError(f"no merge takes {type(rows[0]).__name__} rows")
         request = _Request(
             merge, rows, asyncio.get_running_loop().create_future(), request_id or uuid.uuid4().hex
         )
@@ -214,41 +267,13 @@ class GroupCommitWriter:
         self._wakeup.set()
         # The flush goes on even if this caller is cancelled (client went away) or times out.
         try:
-            results: list[ResultT] = await asyncio.wait_for(asyncio.shield(request.future), self.ack_timeout)
+            results: list[Any] = await asyncio.wait_for(asyncio.shield(request.future), self.ack_timeout)
             return results
         except TimeoutError:
             self.metrics.failed_writes.labels("unconfirmed").inc()
             raise CommitUnconfirmed(
                 f"commit not confirmed within {self.ack_timeout:g}s; the rows may still be stored"
             ) from None
-
-    async def submit_heartbeats(
-        self, rows: Sequence[HeartbeatRow], *, request_id: str | None = None
-    ) -> list[bool]:
-        """Returns stored (True) or absorbed by the device's bucket (False), per row."""
-        return await self._submit(self._merges[0], rows, request_id)
-
-    async def submit_dispatches(
-        self, rows: Sequence[DispatchRow], *, request_id: str | None = None
-    ) -> list[DispatchOutcome]:
-        """Returns per row whether it created the dispatch, and the dispatch stored under its
-        request_id."""
-        return await self._submit(self._merges[1], rows, request_id)
-
-    async def submit_downloads(
-        self, rows: Sequence[DownloadRow], *, request_id: str | None = None
-    ) -> list[bool]:
-        """Rows with ids chosen by the caller; returns stored (True) or already there under the
-        same (id, ts) (False), per row.
-
-        Every `submit_*` takes the caller's `request_id` (default: a new one), which a
-        `WriteFailed` carries and the log line about its cause names."""
-        return await self._submit(self._merges[2], rows, request_id)
-
-    async def submit_acks(self, rows: Sequence[AckRow], *, request_id: str | None = None) -> list[AckOutcome]:
-        """Devices' command acks; returns per row what it did to its command (moved it forward,
-        repeated, contradicted, or found no command of that device) and the command's state."""
-        return await self._submit(self._merges[3], rows, request_id)
 
     # -- flushing ------------------------------------------------------------------------------
 
@@ -295,16 +320,17 @@ class GroupCommitWriter:
                 log.exception(
                     "unexpected flush failure; failing requests %s", ", ".join(r.request_id for r in batch)
                 )
+                # A bug of the writer, not the rows' data: a 500, which a device retries.
                 for request in batch:
-                    refused = WriteFailed(REFUSED, transient=False, request_id=request.request_id)
-                    self._fail([request], refused)
+                    self._fault(request)
 
-    async def _flush(self, batch: list[_Request]) -> None:
+    async def _flush(self, batch: list[_Request], scope: _Scope | None = None) -> None:
         """Commit `batch`, or isolate the request(s) that make it fail by bisection."""
+        scope = scope or _Scope()
         started = time.monotonic()
         try:
-            results = await self._with_retries(batch)
-        except WriteFailed as exc:  # transient, retries exhausted: nobody's rows can commit now
+            results = await self._with_retries(batch, scope)
+        except WriteFailed as exc:  # unavailable, retries exhausted: nobody's rows can commit now
             self._fail(batch, exc)
             return
         except Exception as exc:
@@ -313,8 +339,8 @@ class GroupCommitWriter:
                 return
             # Some request's rows cannot be written: re-run each half in its own transaction.
             half = len(batch) // 2
-            await self._flush(batch[:half])
-            await self._flush(batch[half:])
+            await self._flush(batch[:half], scope)
+            await self._flush(batch[half:], scope)
             return
         self.metrics.flush_seconds.observe(time.monotonic() - started)
         self.metrics.batch_rows.observe(sum(len(r.rows) for r in batch))
@@ -324,14 +350,24 @@ class GroupCommitWriter:
 
     def _refuse(self, request: _Request, exc: Exception) -> None:
         """`request` alone fails `exc`: log the cause under its id, answer it generically."""
+        rows_at_fault = classify(exc) is Failure.ROW
         log.error(
-            "request %s: %d %s row(s) refused; nothing stored for it",
+            "request %s: %d %s row(s) %s; nothing stored for it",
             request.request_id,
             len(request.rows),
             request.merge.kind,
+            "refused" if rows_at_fault else "failed by a fault that is not the rows' data",
             exc_info=exc,
         )
-        self._fail([request], WriteFailed(REFUSED, transient=False, request_id=request.request_id))
+        if rows_at_fault:
+            self._fail([request], WriteFailed(REFUSED, transient=False, request_id=request.request_id))
+            return
+        self._fault(request)
+
+    def _fault(self, request: _Request) -> None:
+        self.metrics.failed_writes.labels("fault").inc()
+        if not request.future.done():
+            request.future.set_exception(WriteFaulted(FAULTED, request_id=request.request_id))
 
     def _fail(self, batch: list[_Request], exc: WriteFailed) -> None:
         for request in batch:
@@ -339,36 +375,54 @@ class GroupCommitWriter:
             if not request.future.done():
                 request.future.set_exception(exc)
 
-    async def _with_retries(self, batch: list[_Request]) -> list[Any]:
-        """The batch's results, retrying transient failures; raises `WriteFailed(transient=True)`
-        once retries are exhausted, and any other exception as it is (the rows' fault)."""
+    async def _with_retries(self, batch: list[_Request], scope: _Scope) -> list[Any]:
+        """The batch's results, retrying unavailable and aborted attempts; raises
+        `WriteFailed(transient=True)` once `retry_attempts` of them failed, and any other
+        exception as it is (the rows' fault, or a fault of the service: for bisection)."""
         delay = self.retry_base_delay
-        for attempt in range(1, self.retry_attempts + 1):
+        failed = 0
+        while True:
             try:
                 with self.watchdog.track():  # each attempt, not the backoff between them
                     async with self.pool.acquire() as conn:
-                        return await self._commit(conn, batch)
+                        if scope.ensure_partitions:
+                            await self._create_missing_partitions(conn)
+                            scope.ensure_partitions, scope.partitions_ensured = False, True
+                        results = await self._commit(conn, batch)
+                self.outage.succeeded()
+                return results
             except Exception as exc:
-                if not is_transient(exc):
-                    if isinstance(exc, asyncpg.PostgresError) and statements.is_missing_partition(exc):
-                        await self._create_missing_partitions()
-                        continue
+                kind = classify(exc)
+                if is_missing_partition(exc) and not scope.partitions_ensured:
+                    scope.ensure_partitions = True  # then the same batch again, at once
+                    continue
+                if kind not in (Failure.UNAVAILABLE, Failure.ABORTED):
                     raise
-                if attempt == self.retry_attempts:
-                    log.error("flush failed %d times; last error: %r", attempt, exc)
+                failed += 1
+                if kind is Failure.UNAVAILABLE:
+                    self.outage.failed(exc)  # logs the outage's changes, not every attempt
+                # An outage has its own lines; a deadlock victim is rare enough to log each time.
+                quiet = kind is Failure.UNAVAILABLE
+                if failed == self.retry_attempts:
+                    log.log(
+                        logging.DEBUG if quiet else logging.ERROR, "flush failed %d times: %r", failed, exc
+                    )
                     raise WriteFailed(UNAVAILABLE, transient=True) from exc
                 self.metrics.flush_retries.inc()
-                log.warning(
-                    "flush attempt %d failed (%s); retrying in %.2fs", attempt, type(exc).__name__, delay
+                level = logging.DEBUG if quiet else logging.WARNING
+                log.log(
+                    level,
+                    "flush attempt %d failed (%s); retrying in %.2fs",
+                    failed,
+                    type(exc).__name__,
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_delay)
-        raise WriteFailed(UNAVAILABLE, transient=True)
 
-    async def _create_missing_partitions(self) -> None:
+    async def _create_missing_partitions(self, conn: asyncpg.Connection) -> None:
         log.warning("insert found no partition; creating partitions now")
-        async with self.pool.acquire() as conn:
-            await conn.execute(statements.ENSURE_PARTITIONS_NOW)
+        await conn.execute(ENSURE_PARTITIONS_NOW)
 
     async def _commit(self, conn: asyncpg.Connection, batch: list[_Request]) -> list[Any]:
         """Stage and merge every kind of the batch in one transaction; per-request results."""

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from service.cli_errors import mask_url
 from service.db.embedded import find_bindir
+from service.db.urls import mask_url
 
 
 class BackupError(RuntimeError):

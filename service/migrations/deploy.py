@@ -14,12 +14,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.db.preflight import read_revisions
 from service.migrations.backup import restore_command, write_backup
-from service.migrations.commands import Migrator
+from service.migrations.migrator import Migrator
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,10 @@ def deploy(
     health_url: str,
     backup: Path | None,
     timeout: float,
+    describe: Callable[[BaseException], str],
 ) -> int:
+    """`describe` words a failed upgrade as the CLI's error path does (`service.cli` passes
+    it down: this layer does not know every error a command can meet)."""
     heads = frozenset(migrator.script().get_heads())
     start = read_revisions(url, settings)
     if len(start) > 1:
@@ -84,9 +88,7 @@ def deploy(
     try:
         migrator.upgrade("head")
     except Exception as exc:
-        from service.cli_errors import explain
-
-        failure = f"upgrade failed: {explain(exc, url).message}"
+        failure = f"upgrade failed: {describe(exc)}"
     else:
         reading = wait_until_ready(health_url, heads, timeout)
         if reading.ready:

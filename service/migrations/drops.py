@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from service.db.preflight import connect
-from service.migrations.commands import MigrationError, Migrator
+from service.migrations.migrator import MigrationError, Migrator
 from service.settings import Settings, StorageMode
 
 # A continuous aggregate (a rollup in timescale mode) holds data like a table.

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from service.db.preflight import check_database, read_revisions
+from service.db.windows import WindowError, parse_window
 from service.migrations.backup import write_backup
-from service.migrations.commands import MigrationError, Migrator
-from service.retention.windows import WindowError, parse_window
+from service.migrations.migrator import MigrationError, Migrator
 from service.settings import Settings, StorageMode
 
 OFFLINE_VERBS = frozenset({"history", "heads", "show", "merge"})
@@ -105,9 +106,10 @@ def _confirm_drops(
     raise NotConfirmed("downgrade not confirmed: pass --yes to drop the above (nothing was changed)")
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(args: argparse.Namespace, settings: Settings, *, describe: Callable[[BaseException], str]) -> int:
     """Run the parsed `migrate` verb; `settings.database_url` is the resolved URL
-    (`service.cli`) for the verbs that use a database."""
+    (`service.cli`) for the verbs that use a database. `describe` words a failure in the
+    CLI's terms (`deploy` prints it before rolling back)."""
     url = settings.database_url if uses_database(args) else None
     if args.mode is not None:
         settings = replace(settings, storage_mode=args.mode)
@@ -161,5 +163,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 health_url=args.health_url,
                 backup=args.backup,
                 timeout=timeout,
+                describe=describe,
             )
     return 0

@@ -1,11 +1,12 @@
 """Audit tables: plain tables whose old rows are expired by a batched `DELETE`.
 
-`device_events` and `enrollment_events` record who enrolled, who was revoked and which
-addresses were refused; `commands` records what operators asked devices to do and how far each
-command got (kept 90 days, long after its 2-day dispatch row). They are not partitioned (the
-audit tables are small and fleet-wide, so Citus can keep them as reference tables), so
-retention here is a row-level `DELETE … WHERE created_at < cutoff`, the same in both storage
-modes, run by the service's maintenance task and by `telemetry retention run`.
+`enrollment_events` records which tokens were used and which addresses were refused (who
+enrolled and who was revoked is in the event log, `events`, a time-series table); `commands`
+records what operators asked devices to do and how far each command got (kept 90 days, long
+after its 2-day dispatch row). They are not partitioned (the audit tables are small and
+fleet-wide, so Citus can keep them as reference tables), so retention here is a row-level
+`DELETE … WHERE created_at < cutoff`, the same in both storage modes, run by the service's
+maintenance task and by `telemetry retention run`.
 
 Guarantees:
 * A row is kept at least its table's window; it goes at the first run after `created_at +
@@ -26,44 +27,25 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from service.db.errors import STATEMENT_FAILED
-from service.db.time_series import interval_literal
-from service.settings import RetentionWindows
+from service.db.retained import COMMANDS, ENROLLMENT_EVENTS, RetainedTable, RetentionKind, of_kind
+from service.db.time_series import store_window_sql as _store_window_sql
+from service.retention.policies import read_window
 
+__all__ = ["AUDIT_TABLES", "COMMANDS", "ENROLLMENT_EVENTS"]
 
-@dataclass(frozen=True, slots=True)
-class AuditTable:
-    name: str
-    time_column: str
-    default_window: timedelta
-
-
-DEVICE_EVENTS = AuditTable("device_events", "created_at", RetentionWindows().device_events)
-ENROLLMENT_EVENTS = AuditTable("enrollment_events", "created_at", RetentionWindows().enrollment_events)
-# Commands are kept far longer than their dispatch rows, and expire the same way.
-COMMANDS = AuditTable("commands", "created_at", RetentionWindows().commands)
-AUDIT_TABLES: tuple[AuditTable, ...] = (DEVICE_EVENTS, ENROLLMENT_EVENTS, COMMANDS)
-AUDIT_BY_NAME = {t.name: t for t in AUDIT_TABLES}
+# The registry's plain tables (`service.db.retained`, kind `ROW_EXPIRY`).
+AUDIT_TABLES: tuple[RetainedTable, ...] = of_kind(RetentionKind.ROW_EXPIRY)
 
 DELETE_BATCH = 10_000
 
-_WINDOW = "SELECT drop_after FROM retention_policies WHERE table_name = $1"
 
-_UPSERT = """
-INSERT INTO retention_policies (table_name, drop_after, partition_interval) VALUES ($1, $2, NULL)
-ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, updated_at = now()
-"""
-
-
-def store_window_sql(table: AuditTable, window: timedelta) -> str:
-    """For migrations (works offline): the table's window row."""
-    return (
-        "INSERT INTO retention_policies (table_name, drop_after, partition_interval) "
-        f"VALUES ('{table.name}', {interval_literal(window)}, NULL) "
-        "ON CONFLICT (table_name) DO UPDATE SET drop_after = EXCLUDED.drop_after, updated_at = now()"
-    )
+def store_window_sql(table: RetainedTable, window: timedelta) -> str:
+    """For building head from the live modules (works offline): the table's window row, the
+    one statement `service.db.time_series.store_window_sql`."""
+    return _store_window_sql(table, window)
 
 
-def _delete_sql(table: AuditTable) -> str:
+def _delete_sql(table: RetainedTable) -> str:
     # `id IN (… LIMIT n)`: the inner scan walks the time index and stops after n matches.
     return (
         f"DELETE FROM {table.name} WHERE id IN ("
@@ -85,22 +67,9 @@ class AuditExpiry:
     error: str | None = None
 
 
-async def read_window(conn: asyncpg.Connection, table: AuditTable) -> timedelta:
-    """The stored window; the table's default when no row exists (only possible by hand)."""
-    stored: timedelta | None = await conn.fetchval(_WINDOW, table.name)
-    return stored if stored is not None else table.default_window
-
-
-async def set_window(conn: asyncpg.Connection, table: AuditTable, window: timedelta) -> timedelta:
-    if window <= timedelta(0):
-        raise ValueError("a retention window must be longer than zero")
-    await conn.execute(_UPSERT, table.name, window)
-    return await read_window(conn, table)
-
-
 async def expire(
     conn: asyncpg.Connection,
-    table: AuditTable,
+    table: RetainedTable,
     *,
     dry_run: bool = False,
     batch_size: int = DELETE_BATCH,
@@ -139,10 +108,10 @@ async def expire(
         )
 
 
-async def oldest_row(conn: asyncpg.Connection, table: AuditTable) -> datetime | None:
+async def oldest_row(conn: asyncpg.Connection, table: RetainedTable) -> datetime | None:
     # min() over the created_at index: one index probe.
     return await conn.fetchval(f"SELECT min({table.time_column}) FROM {table.name}")
 
 
-async def row_count(conn: asyncpg.Connection, table: AuditTable) -> int:
+async def row_count(conn: asyncpg.Connection, table: RetainedTable) -> int:
     return await conn.fetchval(f"SELECT count(*) FROM {table.name}")

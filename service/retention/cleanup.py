@@ -22,17 +22,19 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from types import EllipsisType
 
 import asyncpg
 
 from service.db import locks
+from service.db.retained import RetainedTable
+from service.db.rollups import RollupMechanism
 from service.db.time_series import (
     DISPATCH_KEY_CUTOFF_FUNCTION,
     DISPATCH_KEY_EXPIRE_FUNCTION,
     DISPATCH_KEY_EXPIRY_BATCH,
     DISPATCHES,
     PARTITION_SCHEMA,
-    TimeSeriesTable,
 )
 from service.retention import rollups
 from service.retention.policies import read_policy
@@ -72,7 +74,7 @@ class TimeRange:
     range_end: datetime
 
 
-async def list_ranges(conn: asyncpg.Connection, mode: StorageMode, table: TimeSeriesTable) -> list[TimeRange]:
+async def list_ranges(conn: asyncpg.Connection, mode: StorageMode, table: RetainedTable) -> list[TimeRange]:
     """The table's chunks (timescale) or partitions (postgres), oldest first."""
     rows = await conn.fetch(_CHUNKS if mode == "timescale" else _PARTITIONS, table.name)
     return [TimeRange(r["qualified"], r["range_start"], r["range_end"]) for r in rows]
@@ -146,7 +148,7 @@ async def _count(conn: asyncpg.Connection, qualified: str) -> int:
 
 
 async def _clean_hypertable(
-    conn: asyncpg.Connection, table: TimeSeriesTable, dry_run: bool, count_rows: bool
+    conn: asyncpg.Connection, table: RetainedTable, dry_run: bool, count_rows: bool
 ) -> TableCleanup:
     policy = await read_policy(conn, "timescale", table)
     if policy.job_id is None:
@@ -184,7 +186,11 @@ async def _clean_hypertable(
 
 
 async def _clean_partitions(
-    conn: asyncpg.Connection, table: TimeSeriesTable, dry_run: bool, count_rows: bool
+    conn: asyncpg.Connection,
+    table: RetainedTable,
+    dry_run: bool,
+    count_rows: bool,
+    mechanism: RollupMechanism | EllipsisType | None,
 ) -> TableCleanup:
     policy = await read_policy(conn, "postgres", table)
     async with conn.transaction():
@@ -195,7 +201,9 @@ async def _clean_partitions(
         cutoff = await conn.fetchval("SELECT now() - $1::interval", policy.window)
         # The guard: a rollup's source is kept until the rollup has read it (a dry run assumes
         # the refresh that a real run does first).
-        cutoff = await rollups.drop_cutoff(conn, table.name, cutoff, assume_refreshed=dry_run)
+        cutoff = await rollups.drop_cutoff(
+            conn, table.name, cutoff, assume_refreshed=dry_run, mechanism=mechanism
+        )
         before = await conn.fetch(_PARTITIONS, table.name)
         expired = [p for p in before if p["range_end"] <= cutoff]
         # Counted before the first DROP: each DROP locks the parent exclusively until commit.
@@ -219,22 +227,24 @@ async def _clean_partitions(
 async def clean_table(
     conn: asyncpg.Connection,
     mode: StorageMode,
-    table: TimeSeriesTable,
+    table: RetainedTable,
     *,
     dry_run: bool = False,
     count_rows: bool = True,
+    mechanism: RollupMechanism | EllipsisType | None = rollups.UNREAD,
 ) -> TableCleanup:
     """Drop (or, with `dry_run`, only list) the table's ranges past its window.
 
     Never raises for a database error: the result carries it in `error`, so that one table's
     failure does not stop the others. `count_rows=False` skips the row counts (rows None).
+    `mechanism`: the rollups' mechanism when the caller read it already (the guard needs it).
     """
     started = time.perf_counter()
     try:
         if mode == "timescale":
             result = await _clean_hypertable(conn, table, dry_run, count_rows)
         else:
-            result = await _clean_partitions(conn, table, dry_run, count_rows)
+            result = await _clean_partitions(conn, table, dry_run, count_rows, mechanism)
     except (asyncpg.PostgresError, NoRetentionJobError) as exc:
         return TableCleanup(
             table=table.name,
@@ -287,7 +297,7 @@ async def expire_dispatch_keys(
 async def run_cleanup(
     conn: asyncpg.Connection,
     mode: StorageMode,
-    tables: list[TimeSeriesTable],
+    tables: list[RetainedTable],
     *,
     dry_run: bool = False,
     count_rows: bool = True,
@@ -297,10 +307,13 @@ async def run_cleanup(
     With rollup tables (postgres mode) the rollups are refreshed first, so that the guard lets
     go of every source partition they have read."""
     refresh = None
-    if not dry_run and await rollups.mechanism_or_none(conn) == "rollup_table":
+    mechanism = await rollups.mechanism_or_none(conn)
+    if not dry_run and mechanism == "rollup_table":
         refresh = await rollups.refresh_tables(conn)
     results = []
     for table in tables:
-        results.append(await clean_table(conn, mode, table, dry_run=dry_run, count_rows=count_rows))
+        results.append(
+            await clean_table(conn, mode, table, dry_run=dry_run, count_rows=count_rows, mechanism=mechanism)
+        )
     keys = await expire_dispatch_keys(conn, dry_run=dry_run) if DISPATCHES in tables else None
     return CleanupReport(tables=tuple(results), keys=keys, rollups=refresh)

@@ -1,10 +1,17 @@
-"""Retention windows per time-series table: which storage mode runs them, read them, change them.
+"""Retention windows: the one module that reads and writes `retention_policies` at run time.
 
-Where a window lives:
+Every retained table of the registry (`service.db.retained`) has its window in a
+`retention_policies` row (the migrations seed it with `service.db.time_series.store_window_sql`):
+`read_window` and `stored_windows` read it, `set_window` changes it. For a time-series table
+(hypertable or partitions) the window also lives in the database's own retention machinery:
 * timescale: in the table's one TimescaleDB retention job (`policy_retention`); that is what the
   database enforces. `retention_policies` mirrors it for readers that do not know Timescale.
 * postgres: in `retention_policies`, which every service instance's partition maintenance reads
   at each round, so all instances agree without sharing configuration files.
+
+A plain table (`RetentionKind.ROW_EXPIRY`) has only the row (with a NULL `partition_interval`);
+its rows are deleted by `service.retention.audit`. A rollup's window is set at migrate time
+(`TELEMETRY_RETENTION_HOURLY_SECONDS`, `…_FLEET_DAILY_SECONDS`); `retention set` refuses it.
 
 `set_window` changes both in one transaction, serialized per table, so concurrent `set`s cannot
 leave two retention jobs or a job and a row that disagree.
@@ -18,10 +25,10 @@ from datetime import timedelta
 import asyncpg
 
 from service.db import locks, storage_mode
+from service.db.retained import BY_NAME, RetainedTable, RetentionKind, of_kind
 from service.db.rollups import check_guard
 from service.db.storage_mode import StorageModeError, decide
-from service.db.time_series import BY_NAME, TIME_SERIES_TABLES, TimeSeriesTable, coverage
-from service.retention.audit import AUDIT_TABLES
+from service.db.time_series import TIME_SERIES_TABLES, coverage
 from service.settings import ModeChoice, StorageMode
 
 RETENTION_PROC = "policy_retention"
@@ -40,6 +47,8 @@ WHERE hypertable_schema = current_schema() AND hypertable_name = $1 AND dimensio
 """
 
 _STORED = "SELECT drop_after, partition_interval FROM retention_policies WHERE table_name = $1"
+_WINDOW = "SELECT drop_after FROM retention_policies WHERE table_name = $1"
+_ALL_STORED = "SELECT table_name, drop_after FROM retention_policies"
 
 _UPSERT = """
 INSERT INTO retention_policies (table_name, drop_after, partition_interval) VALUES ($1, $2, $3)
@@ -63,8 +72,12 @@ SELECT telemetry_ensure_partitions($1, $2::interval, {coverage("$3::interval", "
 """
 
 
+# The tables `telemetry retention set` and `run TABLE` accept.
+SETTABLE: tuple[RetainedTable, ...] = of_kind(RetentionKind.TIME_SERIES, RetentionKind.ROW_EXPIRY)
+
+
 class UnknownTableError(ValueError):
-    """The name is not one of the time-series tables; the message lists the valid ones."""
+    """The name is not a table whose window can be set; the message lists the valid ones."""
 
 
 class SchemaNotReadyError(RuntimeError):
@@ -75,20 +88,39 @@ class SchemaNotReadyError(RuntimeError):
 class TablePolicy:
     """A table's retention as the database enforces it right now."""
 
-    table: TimeSeriesTable
+    table: RetainedTable
     window: timedelta
-    # The chunk (timescale) or partition (postgres) interval new ranges are created with.
-    interval: timedelta
+    # The chunk (timescale) or partition (postgres) interval new ranges are created with; None
+    # for a plain table.
+    interval: timedelta | None
     # The table's TimescaleDB retention job; None in postgres mode, or if the job was removed.
     job_id: int | None
 
 
-def resolve_table(name: str) -> TimeSeriesTable:
-    try:
-        return BY_NAME[name]
-    except KeyError:
-        valid = ", ".join([t.name for t in TIME_SERIES_TABLES] + [t.name for t in AUDIT_TABLES])
-        raise UnknownTableError(f"unknown table {name!r}: retention applies to {valid}") from None
+def resolve_table(name: str) -> RetainedTable:
+    """The settable retained table named `name`; `UnknownTableError` for any other name."""
+    table = BY_NAME.get(name)
+    if table is None or table not in SETTABLE:
+        valid = ", ".join(t.name for t in SETTABLE)
+        raise UnknownTableError(f"unknown table {name!r}: retention applies to {valid}")
+    return table
+
+
+async def stored_window(conn: asyncpg.Connection, table: RetainedTable) -> timedelta | None:
+    """The table's `retention_policies` window; None when it has no row."""
+    return await conn.fetchval(_WINDOW, table.name)
+
+
+async def read_window(conn: asyncpg.Connection, table: RetainedTable) -> timedelta:
+    """The stored window; the table's default when no row exists (only possible by hand, and
+    what the migrations would have stored)."""
+    stored = await stored_window(conn, table)
+    return stored if stored is not None else table.default_window
+
+
+async def stored_windows(db: asyncpg.Pool | asyncpg.Connection) -> dict[str, timedelta]:
+    """Every `retention_policies` window, by table name (one statement)."""
+    return {r["table_name"]: r["drop_after"] for r in await db.fetch(_ALL_STORED)}
 
 
 async def detect_storage_mode(conn: asyncpg.Connection, forced: ModeChoice) -> StorageMode:
@@ -109,14 +141,14 @@ async def detect_storage_mode(conn: asyncpg.Connection, forced: ModeChoice) -> S
     return mode
 
 
-async def read_policy(conn: asyncpg.Connection, mode: StorageMode, table: TimeSeriesTable) -> TablePolicy:
+async def read_policy(conn: asyncpg.Connection, mode: StorageMode, table: RetainedTable) -> TablePolicy:
     """The table's window and interval. A missing `retention_policies` row (only possible by
     hand) reads as the table's defaults, which is what the migrations would have stored."""
     stored = await conn.fetchrow(_STORED, table.name)
     window = stored["drop_after"] if stored else table.default_window
-    interval = stored["partition_interval"] if stored else table.chunk_interval
+    interval = stored["partition_interval"] if stored else table.interval
     job_id: int | None = None
-    if mode == "timescale":
+    if mode == "timescale" and table.kind is RetentionKind.TIME_SERIES:
         jobs = await conn.fetch(_RETENTION_JOBS, table.name)
         if jobs:
             job_id, window = jobs[0]["job_id"], jobs[0]["drop_after"]
@@ -131,11 +163,14 @@ async def read_policies(conn: asyncpg.Connection, mode: StorageMode) -> list[Tab
 async def set_window(
     conn: asyncpg.Connection,
     mode: StorageMode,
-    table: TimeSeriesTable,
+    table: RetainedTable,
     window: timedelta,
     lookahead: timedelta,
 ) -> TablePolicy:
     """Make `window` the table's retention window, atomically.
+
+    A plain table (`ROW_EXPIRY`): its `retention_policies` row holds the new window. A rollup
+    raises `UnknownTableError` (its window is a migrate-time setting).
 
     timescale: afterwards the table has exactly one retention job, at `window`: an existing job
     is altered in place (keeping its id, schedule and run history), a missing one is added, and
@@ -148,7 +183,11 @@ async def set_window(
     """
     if window <= timedelta(0):
         raise ValueError("a retention window must be longer than zero")
+    resolve_table(table.name)
     check_guard(table.name, window)  # GuardError: the rollup fed by it would lose rows
+    if table.kind is RetentionKind.ROW_EXPIRY:
+        await conn.execute(_UPSERT, table.name, window, None)
+        return await read_policy(conn, mode, table)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", locks.retention_policy(table.name))
         if mode == "timescale":
@@ -162,7 +201,7 @@ async def set_window(
             interval = await conn.fetchval(_CHUNK_INTERVAL, table.name) or table.chunk_interval
         else:
             stored = await conn.fetchrow(_STORED, table.name)
-            interval = stored["partition_interval"] if stored else table.chunk_interval
+            interval = stored["partition_interval"] if stored else table.interval
             await conn.execute(ENSURE_PARTITIONS, table.name, interval, window, lookahead)
         await conn.execute(_UPSERT, table.name, window, interval)
         return await read_policy(conn, mode, table)

@@ -30,8 +30,8 @@ from datetime import datetime
 import asyncpg
 
 from service.db import locks
+from service.db.buckets import bucket_start
 from service.db.rollups import DAILY_SELECT, FLEET_DAILY, HOURLY, ORIGIN, RECENT_DAYS, RollupMechanism
-from service.ingest.rows import bucket_start
 from service.retention.rollups import watermark
 
 _STATE = f"SELECT max(covered_until), min(computed_at) FROM {RECENT_DAYS}"

@@ -10,12 +10,12 @@ from typing import TextIO
 import asyncpg
 
 from service.db.rollups import LICENSE_SQL, ROLLUPS, RollupMechanism
+from service.db.windows import format_window
 from service.retention import rollups
+from service.retention.policies import stored_window
 from service.retention.show import _job, format_time
-from service.retention.windows import format_window
 from service.settings import StorageMode
 
-_WINDOW = "SELECT drop_after FROM retention_policies WHERE table_name = $1"
 _JOB = """
 SELECT min(job_id) FROM timescaledb_information.jobs
 WHERE proc_name = $1 AND hypertable_schema = current_schema() AND hypertable_name = $2
@@ -72,7 +72,7 @@ async def collect_rollups(conn: asyncpg.Connection, mode: StorageMode) -> list[R
                 name=r.name,
                 mechanism=mechanism,
                 why=mechanism_reason(mode, mechanism, license_),
-                window=await conn.fetchval(_WINDOW, r.name),
+                window=await stored_window(conn, r.table),
                 start_offset=r.start_offset,
                 end_offset=r.end_offset,
                 schedule=r.schedule,

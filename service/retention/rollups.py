@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import EllipsisType
 
 import asyncpg
 
@@ -45,7 +46,6 @@ from service.db.rollups import (
     RollupMechanism,
     hourly_select,
 )
-from service.db.time_series import TimeSeriesTable
 
 _HOURLY_COLUMNS = ", ".join(
     [
@@ -99,11 +99,6 @@ WHERE proc_name = 'policy_refresh_continuous_aggregate' AND hypertable_name = $1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def as_time_series(rollup: Rollup) -> TimeSeriesTable:
-    """A rollup table seen as a partitioned time-series table (for partition retention)."""
-    return TimeSeriesTable(rollup.name, rollup.time_column, rollup.interval, rollup.default_window)
-
-
 async def read_mechanism(conn: asyncpg.Connection) -> RollupMechanism:
     return await conn.fetchval(BUILT_MECHANISM_SQL)
 
@@ -150,6 +145,14 @@ async def _source_floor(conn: asyncpg.Connection, rollup: Rollup) -> datetime | 
     return await conn.fetchval("SELECT min(range_start) FROM telemetry_partition_bounds($1)", rollup.source)
 
 
+# Records how far a rollup is materialized (its callers never move it backwards).
+_MOVE_WATERMARK = (
+    f"INSERT INTO {WATERMARKS} (rollup, materialized_until, refreshed_at) VALUES ($1, $2, now())"
+    " ON CONFLICT (rollup) DO UPDATE SET materialized_until = EXCLUDED.materialized_until,"
+    " refreshed_at = now()"
+)
+
+
 async def _refresh_one(conn: asyncpg.Connection, rollup: Rollup) -> RollupRefresh:
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", locks.rollup(rollup.name))
@@ -174,9 +177,7 @@ async def _refresh_one(conn: asyncpg.Connection, rollup: Rollup) -> RollupRefres
         if lo is None or lo >= hi or (wm is not None and hi <= wm):
             new = wm if wm is not None and wm >= hi else hi
             await conn.execute(
-                f"INSERT INTO {WATERMARKS} (rollup, materialized_until, refreshed_at) VALUES ($1, $2, now())"
-                " ON CONFLICT (rollup) DO UPDATE SET materialized_until = EXCLUDED.materialized_until,"
-                " refreshed_at = now()",
+                _MOVE_WATERMARK,
                 rollup.name,
                 new,
             )
@@ -189,9 +190,7 @@ async def _refresh_one(conn: asyncpg.Connection, rollup: Rollup) -> RollupRefres
         status = await conn.execute(_RECOMPUTE[rollup.name], lo, hi)
         new = hi if wm is None or hi > wm else wm
         await conn.execute(
-            f"INSERT INTO {WATERMARKS} (rollup, materialized_until, refreshed_at) VALUES ($1, $2, now())"
-            " ON CONFLICT (rollup) DO UPDATE SET materialized_until = EXCLUDED.materialized_until,"
-            " refreshed_at = now()",
+            _MOVE_WATERMARK,
             rollup.name,
             new,
         )
@@ -230,14 +229,28 @@ async def refresh_now(conn: asyncpg.Connection, mechanism: RollupMechanism) -> R
     return RefreshReport(tuple(results))
 
 
+# "Not given": read the mechanism from the database (`mechanism_or_none`).
+UNREAD: EllipsisType = ...
+
+
 async def drop_cutoff(
-    conn: asyncpg.Connection, source: str, cutoff: datetime, *, assume_refreshed: bool = False
+    conn: asyncpg.Connection,
+    source: str,
+    cutoff: datetime,
+    *,
+    assume_refreshed: bool = False,
+    mechanism: RollupMechanism | EllipsisType | None = UNREAD,
 ) -> datetime:
     """The latest end a partition of `source` may have to be dropped now: the retention cutoff,
     held back (table mechanism) until the rollup fed by `source` has materialized past it plus
-    its look-back. `assume_refreshed`: as if a refresh ran first (for a dry run's listing)."""
+    its look-back. `assume_refreshed`: as if a refresh ran first (for a dry run's listing).
+    `mechanism`: the one the caller read this round, if it did."""
     rollup = ROLLUP_OF_SOURCE.get(source)
-    if rollup is None or await mechanism_or_none(conn) != "rollup_table":
+    if rollup is None:
+        return cutoff
+    if mechanism is UNREAD:
+        mechanism = await mechanism_or_none(conn)
+    if mechanism != "rollup_table":
         return cutoff
     wm = await watermark(conn, "rollup_table", rollup)
     if assume_refreshed:

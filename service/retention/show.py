@@ -16,16 +16,16 @@ from typing import TextIO
 
 import asyncpg
 
+from service.db.retained import RetainedTable
 from service.db.time_series import (
     DISPATCH_KEY_CUTOFF_FUNCTION,
     DISPATCH_KEY_EXPIRY_PROCEDURE,
     TIME_SERIES_TABLES,
-    TimeSeriesTable,
 )
+from service.db.windows import format_window
 from service.retention import audit
 from service.retention.cleanup import list_ranges
-from service.retention.policies import read_policy
-from service.retention.windows import format_window
+from service.retention.policies import read_policy, read_window
 from service.settings import Settings, StorageMode
 
 # The message of a job's latest failed run (`timescaledb_information.job_errors`), over `j`.
@@ -103,7 +103,7 @@ async def _job(conn: asyncpg.Connection, job_id: int | None) -> JobStatus | None
     )
 
 
-async def _oldest_row(conn: asyncpg.Connection, mode: StorageMode, table: TimeSeriesTable) -> datetime | None:
+async def _oldest_row(conn: asyncpg.Connection, mode: StorageMode, table: RetainedTable) -> datetime | None:
     # Oldest range first, stopping at the first that holds a row: a table-wide min() would scan
     # every range (there is no index leading with the time column); this scans one, typically.
     for r in await list_ranges(conn, mode, table):
@@ -114,7 +114,7 @@ async def _oldest_row(conn: asyncpg.Connection, mode: StorageMode, table: TimeSe
 
 
 async def table_status(
-    conn: asyncpg.Connection, mode: StorageMode, table: TimeSeriesTable, settings: Settings
+    conn: asyncpg.Connection, mode: StorageMode, table: RetainedTable, settings: Settings
 ) -> TableStatus:
     policy = await read_policy(conn, mode, table)
     if mode == "timescale":
@@ -185,7 +185,7 @@ async def collect_audit(conn: asyncpg.Connection, settings: Settings) -> list[Au
     return [
         AuditStatus(
             table=t.name,
-            window=await audit.read_window(conn, t),
+            window=await read_window(conn, t),
             schedule=settings.maintenance_interval,
             rows=await audit.row_count(conn, t),
             oldest_row=await audit.oldest_row(conn, t),
@@ -304,16 +304,19 @@ def render_rich(
     from rich.console import Console
     from rich.table import Table
 
+    def by_column(title: str, names: Sequence[str], columns: Sequence[Sequence[tuple[str, str]]]) -> Table:
+        """One column per name, one row per label (every column has the same labels)."""
+        grid = Table(title=title, show_lines=False)
+        grid.add_column("", style="bold")
+        for name in names:
+            grid.add_column(name)
+        for i, (label, _) in enumerate(columns[0]):
+            grid.add_row(label, *(fields[i][1] for fields in columns))
+        return grid
+
     console = Console(file=out)
-    grid = Table(title="retention", show_lines=False)
-    grid.add_column("", style="bold")
-    for t in tables:
-        grid.add_column(t.table)
-    columns = [table_fields(t) for t in tables]
-    for i, (label, _) in enumerate(columns[0]):
-        # "chunks"/"partitions" is the one label that depends on the mode; all tables share it.
-        grid.add_row(label, *(fields[i][1] for fields in columns))
-    console.print(grid)
+    # "chunks"/"partitions" is the one label that depends on the mode; all tables share it.
+    console.print(by_column("retention", [t.table for t in tables], [table_fields(t) for t in tables]))
     key_grid = Table(title="dispatch idempotency keys (fcm_dispatch_keys)")
     key_grid.add_column("", style="bold")
     key_grid.add_column("")
@@ -321,11 +324,4 @@ def render_rich(
         key_grid.add_row(label, value)
     console.print(key_grid)
     if audits:
-        audit_grid = Table(title="audit tables")
-        audit_grid.add_column("", style="bold")
-        for a in audits:
-            audit_grid.add_column(a.table)
-        audit_columns = [audit_fields(a) for a in audits]
-        for i, (label, _) in enumerate(audit_columns[0]):
-            audit_grid.add_row(label, *(fields[i][1] for fields in audit_columns))
-        console.print(audit_grid)
+        console.print(by_column("audit tables", [a.table for a in audits], [audit_fields(a) for a in audits]))

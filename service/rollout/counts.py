@@ -5,7 +5,7 @@ Guarantees:
 
 * Download outcomes: `apk_download_counts` holds events per (build, hour, outcome). The
   writer's download merge adds to it in the statement that stores the events
-  (`service.ingest.statements.MERGE_DOWNLOADS`: one grouped upsert per flush, in key order so
+  (`service.rollout.downloads.MERGE_DOWNLOADS`: one grouped upsert per flush, in key order so
   two flushes cannot deadlock), so the counts commit or roll back with the events. Hours are
   `date_bin('1 hour', ts, 2000-01-01 UTC)`, independent of the session time zone. The funnel
   sums the hours from the start of the hour the raw window begins in (`downloads.since`): that
@@ -75,11 +75,11 @@ _REMOVED = f"SELECT {_COLUMNS.format(slot=_SLOT.format(row='o'), delta=-1)} FROM
 # An update counts only rows whose count key or median inputs changed (`changes` tells the
 # snapshot to recompute the median).
 _MOVED = f"""
-        SELECT n.apk_version_id, {_SLOT.format(row='n')} AS slot, n.status, n.verified, 1 AS delta
+        SELECT n.apk_version_id, {_SLOT.format(row="n")} AS slot, n.status, n.verified, 1 AS delta
         FROM new_rows n JOIN old_rows o ON o.id = n.id
         WHERE {{changed}}
         UNION ALL
-        SELECT o.apk_version_id, {_SLOT.format(row='o')}, o.status, o.verified, -1
+        SELECT o.apk_version_id, {_SLOT.format(row="o")}, o.status, o.verified, -1
         FROM new_rows n JOIN old_rows o ON o.id = n.id
         WHERE {{changed}}"""
 _CHANGED = (

@@ -22,13 +22,62 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Annotated
 
 import asyncpg
+import msgspec
+from msgspec import Meta
 
-from service.api.schemas import RolloutDownloads, RolloutFunnel, RolloutInstallations
 from service.rollout.counts import MEDIAN, REPORTING, downloads_window, hour_of
+from service.rollout.installations import InstallationStatus
 
 EXPIRING = ["downloads"]
+
+
+class RolloutDownloads(msgspec.Struct, forbid_unknown_fields=True):
+    started: int
+    completed: int
+    failed: int
+    cancelled: int
+    since: Annotated[
+        datetime,
+        Meta(
+            description="Raw download events expire: counted from here on"
+            " (the start of the hour the window begins in)"
+        ),
+    ]
+    window_seconds: float
+
+
+class RolloutInstallations(msgspec.Struct, forbid_unknown_fields=True):
+    installing: int
+    installed: int
+    failed: int
+    verified: int
+
+
+# The answer of `GET /v1/apk-versions/{build_id}/rollout` as it is: the API serves it unchanged.
+class RolloutFunnel(msgspec.Struct, forbid_unknown_fields=True):
+    build_id: str
+    package_name: str
+    version_code: int
+    version_name: str
+    downloads: RolloutDownloads
+    installations: RolloutInstallations
+    devices_reporting_version: Annotated[
+        int, Meta(description="Devices whose latest heartbeat reports this version_name")
+    ]
+    devices_reporting_as_of: Annotated[
+        datetime | None, Meta(description="When the maintenance task counted devices_reporting_version")
+    ]
+    median_download_to_install_seconds: float | None
+    median_as_of: Annotated[
+        datetime | None, Meta(description="When the maintenance task computed the median")
+    ]
+    from_expiring_events: Annotated[
+        list[str], Meta(description="The fields computed from raw events that expire (apk_download_events)")
+    ]
+
 
 _VERSION = """
 SELECT id, package_name, version_code, version_name FROM apk_versions WHERE build_id = $1
@@ -41,10 +90,12 @@ SELECT outcome, sum(events)::bigint AS n FROM apk_download_counts
 WHERE build_id = $1 AND bucket_start >= $2 GROUP BY outcome
 """
 
-_INSTALLATIONS = """
-SELECT coalesce(sum(installations) FILTER (WHERE status = 'installing'), 0)::bigint AS installing,
-       coalesce(sum(installations) FILTER (WHERE status = 'installed'), 0)::bigint AS installed,
-       coalesce(sum(installations) FILTER (WHERE status = 'failed'), 0)::bigint AS failed,
+_BY_STATUS = ",\n       ".join(
+    f"coalesce(sum(installations) FILTER (WHERE status = '{status}'), 0)::bigint AS {status}"
+    for status in InstallationStatus
+)
+_INSTALLATIONS = f"""
+SELECT {_BY_STATUS},
        coalesce(sum(installations) FILTER (WHERE verified), 0)::bigint AS verified
 FROM apk_installation_counts WHERE apk_version_id = $1
 """
@@ -99,9 +150,7 @@ async def funnel(
             window_seconds=window.total_seconds(),
         ),
         installations=RolloutInstallations(
-            installing=installs["installing"],
-            installed=installs["installed"],
-            failed=installs["failed"],
+            **{status: installs[status] for status in InstallationStatus.values()},
             verified=installs["verified"],
         ),
         devices_reporting_version=snapshot["devices_reporting"],

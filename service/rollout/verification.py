@@ -28,6 +28,7 @@ from datetime import timedelta
 import asyncpg
 
 from service.db.errors import STATEMENT_FAILED
+from service.rollout.installations import InstallationStatus
 
 _RECORD = """
 INSERT INTO device_app_versions AS d (device_id, app_version, reported_at, updated_at)
@@ -40,9 +41,13 @@ SET app_version = EXCLUDED.app_version, reported_at = EXCLUDED.reported_at, upda
 WHERE d.reported_at < EXCLUDED.reported_at
 """
 
-_VERIFY = """
+# The `install.verified` event (`service.events.catalogue`) in the same statement, for exactly
+# the rows it confirmed.
+_VERIFY = f"""
+WITH verified AS (
 UPDATE apk_installations i
-SET status = 'installed', verified = true, installed_at = coalesce(i.installed_at, now()),
+SET status = '{InstallationStatus.INSTALLED}', verified = true,
+    installed_at = coalesce(i.installed_at, now()),
     download_completed_at = coalesce(i.download_completed_at, (
         SELECT max(e.ts) FROM apk_download_events e
         WHERE e.build_id = v.build_id AND e.outcome = 'completed' AND e.device_id = i.device_id
@@ -52,6 +57,14 @@ SET status = 'installed', verified = true, installed_at = coalesce(i.installed_a
 FROM apk_versions v, device_app_versions d
 WHERE NOT i.verified AND v.id = i.apk_version_id AND d.device_id = i.device_id
   AND d.app_version = v.version_name
+RETURNING i.device_id, v.build_id, v.version_name
+), recorded AS (
+    INSERT INTO events (device_id, type, payload)
+    SELECT device_id, 'install.verified',
+           jsonb_build_object('build_id', build_id, 'version_name', version_name)
+    FROM verified ORDER BY device_id, build_id
+)
+SELECT count(*) FROM verified
 """
 
 
@@ -69,7 +82,7 @@ async def record_app_versions(conn: asyncpg.Connection, lookback: timedelta) -> 
 
 async def verify_installations(conn: asyncpg.Connection) -> int:
     """Confirm the unverified installs whose device now reports their version; how many."""
-    return int((await conn.execute(_VERIFY)).split()[-1])
+    return int(await conn.fetchval(_VERIFY))
 
 
 async def run(conn: asyncpg.Connection, lookback: timedelta) -> VerificationReport:

@@ -13,11 +13,12 @@ import asyncpg
 
 from service.admin import create_operator
 from service.api.credentials import token_hash
+from service.app import ROW_STAGES
 from service.db import locks
-from service.ingest import statements
-from service.ingest.rows import DownloadRow
+from service.ingest.connection import prepare_connection
 from service.rollout import counts, verification
-from tests.conftest import Api
+from service.rollout.downloads import DownloadRow, merge_downloads
+from tests.support.app import Api
 
 
 def dev(token: str) -> dict[str, str]:
@@ -191,9 +192,9 @@ async def test_funnel_counts_equal_brute_force_counts(api: Api) -> None:
                     )
                 )
         # Stored by the writer's own statement, which also counts them per build and hour.
-        await statements.prepare_connection(conn)
+        await prepare_connection(conn, ROW_STAGES)
         async with conn.transaction():
-            await statements.merge_downloads(
+            await merge_downloads(
                 conn,
                 [
                     DownloadRow(i, ts, b, d, None, outcome, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from tests.conftest import Api
+from tests.support.app import Api
 
 
 def bearer(token: str) -> dict[str, str]:

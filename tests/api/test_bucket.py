@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from service.ingest.rows import EPOCH, bucket_start
+from service.db.buckets import EPOCH, bucket_start
 
 
 @pytest.mark.parametrize("bucket_seconds", [1, 7, 10, 60, 3600])

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from tests.conftest import Api
+from tests.support.app import Api
 
 
 def dev(token: str) -> dict[str, str]:
@@ -57,7 +57,7 @@ async def test_enroll_post_heartbeats_read_them_newest_first(api: Api) -> None:
     summary = await r.json()
     assert summary["last_battery_pct"] == 87 and summary["last_status"] == "ok"
     assert await api.count("SELECT count(*) FROM enrollment_events WHERE outcome = 'enrolled'") == 1
-    assert await api.count("SELECT count(*) FROM device_events WHERE event_type = 'enrolled'") == 1
+    assert await api.count("SELECT count(*) FROM events WHERE type = 'device.enrolled'") == 1
 
 
 async def test_same_dispatch_request_id_twice_gives_201_then_200_with_same_dispatch(api: Api) -> None:

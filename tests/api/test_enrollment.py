@@ -15,7 +15,7 @@ from service.api.client_address import client_address
 from service.api.state import SERVICES
 from service.api.throttle import FailureThrottle
 from service.settings import Settings, SettingsError
-from tests.conftest import Api
+from tests.support.app import Api
 
 OK = {"status": "ok", "battery_pct": 50}
 
@@ -60,8 +60,8 @@ async def test_a_revoked_device_cannot_enroll_until_reinstated(api: Api) -> None
     assert (await api.client.post("/v1/heartbeats", json=OK, headers=bearer(new))).status == 200
     assert (await api.client.post("/v1/heartbeats", json=OK, headers=bearer(old))).status == 401
     events = await api.count(
-        "SELECT count(*) FROM device_events WHERE device_id = 'dev-r'"
-        " AND event_type IN ('credential_revoked', 'reinstated', 're_enrolled')"
+        "SELECT count(*) FROM events WHERE device_id = 'dev-r'"
+        " AND type IN ('device.revoked', 'device.reinstated', 'device.re_enrolled')"
     )
     assert events == 3
 

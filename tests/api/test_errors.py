@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.conftest import Api
+from tests.support.app import Api
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
 # What must never reach a client: SQL, database and Python vocabulary of the cause.

@@ -16,9 +16,9 @@ import pytest
 
 from service.api.state import SERVICES
 from service.fleet.presence import run_pass
-from service.ingest.rows import HeartbeatRow
-from tests.conftest import Api
-from tests.fleet.conftest import add_devices
+from service.ingest.heartbeats import HeartbeatRow
+from tests.support.app import Api
+from tests.support.fleet import add_devices
 
 
 def dev(token: str) -> dict[str, str]:
@@ -81,7 +81,7 @@ async def test_paging_a_thousand_devices_while_they_beat_skips_and_repeats_none(
         while not stop.is_set():
             batch = rng.sample(ids, 50)
             now = datetime.now().astimezone()
-            await writer.submit_heartbeats([HeartbeatRow(d, now, "ok", 50, "1.0", None, None) for d in batch])
+            await writer.submit([HeartbeatRow(d, now, "ok", 50, "1.0", None, None) for d in batch])
             sent += 1
         return sent
 
@@ -147,9 +147,9 @@ async def test_offline_devices_are_listed_oldest_first_with_their_went_offline_e
 
         await run_pass(conn)  # the maintenance pass catches up
         events = {
-            r["device_id"]: r["created_at"]
+            r["device_id"]: r["occurred_at"]
             for r in await conn.fetch(
-                "SELECT device_id, created_at FROM device_events WHERE event_type = 'went_offline'"
+                "SELECT device_id, occurred_at FROM events WHERE type = 'device.went_offline'"
             )
         }
         for d, at in zip(listed, since, strict=True):

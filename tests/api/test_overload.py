@@ -18,7 +18,7 @@ import pytest
 
 from service.api.state import SERVICES
 from service.settings import Settings
-from tests.conftest import Api, HeartbeatsLock
+from tests.support.app import Api, HeartbeatsLock
 
 
 @pytest.fixture

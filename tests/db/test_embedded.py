@@ -4,6 +4,7 @@ data directory modified; a second user shares it; a stale or garbled pid file is
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import shutil
@@ -11,12 +12,14 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
+from service.db.background_workers import WorkerSettings, read_worker_settings
 from service.db.embedded import (
     EmbeddedPostgres,
     EmbeddedPostgresError,
@@ -25,6 +28,9 @@ from service.db.embedded import (
     has_trust_line,
     resolve_database_url,
 )
+from service.settings import StorageMode
+from tests.support.cli import child_env, run_telemetry
+from tests.support.serve_process import ServeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
@@ -133,14 +139,7 @@ def test_pg_hba_has_no_trust_line(cluster: EmbeddedPostgres) -> None:
 def test_the_cli_reads_the_password_without_database_url(cluster: EmbeddedPostgres, base_dir: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     env |= {"TELEMETRY_DATA_DIR": str(base_dir), "TELEMETRY_STORAGE_MODE": "postgres"}
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli", "migrate", "current"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_telemetry(["migrate", "current"], env, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert cluster.password() not in result.stdout + result.stderr
     assert cluster.running_pid() is not None  # a command that joins the cluster leaves it running
@@ -336,4 +335,66 @@ async def test_a_cluster_made_with_trust_is_closed_on_its_next_start() -> None:
         finally:
             assert cluster.stop() is True
     finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# -- TimescaleDB's background workers ------------------------------------------------------------
+
+# Project jobs (TimescaleDB numbers its own below 1000) without a finished background run yet.
+_JOBS_NOT_RUN = """
+SELECT count(*) FROM timescaledb_information.jobs j
+LEFT JOIN timescaledb_information.job_stats s ON s.job_id = j.job_id
+WHERE j.job_id >= 1000 AND (s.last_run_status IS NULL OR s.job_status = 'Running')
+"""
+
+
+async def _first_background_runs(url: str, deadline: float) -> tuple[WorkerSettings | None, list[str]]:
+    """Once every project job has finished a background run: the server's worker settings and
+    the errors of the runs that failed."""
+    conn = await asyncpg.connect(url)
+    try:
+        while await conn.fetchval(_JOBS_NOT_RUN):
+            assert time.monotonic() < deadline, "a job never ran in the background"
+            await asyncio.sleep(0.3)
+        errors = await conn.fetch(
+            "SELECT err_message FROM timescaledb_information.job_errors WHERE job_id >= 1000"
+        )
+        return await read_worker_settings(conn), [r["err_message"] for r in errors]
+    finally:
+        await conn.close()
+
+
+def test_a_fresh_embedded_start_with_timescaledb_starts_every_job_and_reports_ok(mode: StorageMode) -> None:
+    """PostgreSQL's default 8 worker slots are fewer than TimescaleDB's 16 background workers:
+    of the jobs due at the first start one "failed to start", and /health said degraded."""
+    if mode != "timescale":
+        pytest.skip("timescale only: postgres mode has no background jobs")
+    base = reachable_tempdir("telemetry-fresh-")
+    env = child_env()
+    env |= {
+        "TELEMETRY_DATA_DIR": str(base),
+        "TELEMETRY_STORAGE_MODE": "timescale",
+        "TELEMETRY_MAINTENANCE_INTERVAL_SECONDS": "1",
+    }
+    server = ServeProcess(env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        # A maintenance round has run once the per-table metrics exist.
+        while 'telemetry_retention_oldest_row_age_seconds{table="device_heartbeats"}' not in (
+            server.get("/metrics") or ""
+        ):
+            assert time.monotonic() < deadline and server.alive(), server.output
+            time.sleep(0.3)
+        cluster = EmbeddedPostgres(base / "postgres")
+        assert cluster.running_pid() is not None
+        workers, errors = asyncio.run(_first_background_runs(cluster.url, deadline))
+        assert errors == []
+        assert workers is not None and workers.problems() == [] and workers.warnings() == [], workers
+        time.sleep(2.5)  # a maintenance round after every job's first run (one per second)
+        health = server.get_json("/health") or {}
+        assert health["storage_mode"] == "timescale", health
+        assert (health["status"], health["problems"]) == ("ok", []), health
+    finally:
+        server.stop()
+        EmbeddedPostgres(base / "postgres").stop("immediate")
         shutil.rmtree(base, ignore_errors=True)

@@ -12,14 +12,16 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
 
-from benchmarks.processes import create_operator
+from benchmarks.processes import ListeningProcess, create_operator
 from service.settings import Settings
 from tests.faults.harness import (
     DEVICES,
@@ -58,6 +60,57 @@ def fault_mode(request: pytest.FixtureRequest, cluster: FaultCluster) -> str:
 @pytest.fixture
 async def database(cluster: FaultCluster) -> str:
     return await cluster.fresh_database(f"f_{uuid.uuid4().hex[:10]}")
+
+
+@dataclass(frozen=True, slots=True)
+class Sigterm:
+    at: float
+    exit_code: int | None
+    stopped_in: float
+
+
+async def sigterm(svc: ListeningProcess, probe: asyncio.Task[Any], fleet: Fleet) -> Sigterm:
+    """SIGTERM while the probe's open-loop requests are under way; waits for the exit."""
+    at = time.monotonic()
+    code = await asyncio.to_thread(svc.stop)
+    stopped_in = time.monotonic() - at
+    await probe
+    await fleet.stop()
+    return Sigterm(at, code, stopped_in)
+
+
+@dataclass(frozen=True, slots=True)
+class Drained:
+    log: str
+
+
+async def drained_after(
+    term: Sigterm, database: str, fleet: Fleet, tmp_path: Path, name: str, **figures: object
+) -> Drained:
+    """Reports and checks what a drain under SIGTERM guarantees: exit 0, every acknowledged
+    heartbeat stored, no request hung, and each request sent before SIGTERM but answered after it
+    got a 2xx (its row stored) or an error, never silence and never a 500."""
+    missing = await missing_acks(database, fleet.acked)
+    straddling = [o for o in fleet.outcomes if o.sent_at < term.at <= o.answered_at]
+    after = fleet.statuses(term.at)
+    report(
+        name,
+        **figures,
+        acked=len(fleet.acked),
+        missing=missing,
+        stopped_in_s=round(term.stopped_in, 2),
+        in_flight_at_sigterm=len(straddling),
+        their_statuses=dict(Counter(str(o.status) for o in straddling)),
+        statuses_after_sigterm=dict(after),
+        exit_code=term.exit_code,
+    )
+    assert term.exit_code == 0
+    assert missing == 0
+    assert not fleet.hung()
+    assert straddling, "no request was in flight at SIGTERM"
+    assert all(o.status in (200, 503) or isinstance(o.status, str) for o in straddling)
+    assert "500" not in after
+    return Drained(log_of(tmp_path, "service"))
 
 
 async def test_database_sigkill_and_restart_under_load(
@@ -113,34 +166,9 @@ async def test_sigterm_under_load_drains_and_acknowledges_only_commits(
         # under way when SIGTERM lands.
         probe = asyncio.create_task(fleet.open_loop(rate=300, seconds=2))
         await asyncio.sleep(1)
-        term_at = time.monotonic()
-        code = await asyncio.to_thread(svc.stop)
-        stopped_in = time.monotonic() - term_at
-        await probe
-        await fleet.stop()
-    missing = await missing_acks(database, fleet.acked)
-    # Requests sent before SIGTERM but answered after it: each got either a 2xx (and its row is
-    # stored, checked by `missing`) or an error, never silence.
-    straddling = [o for o in fleet.outcomes if o.sent_at < term_at <= o.answered_at]
-    after = fleet.statuses(term_at)
-    log = log_of(tmp_path, "service")
-    report(
-        f"sigterm[{fault_mode}]",
-        acked=len(fleet.acked),
-        missing=missing,
-        stopped_in_s=round(stopped_in, 2),
-        in_flight_at_sigterm=len(straddling),
-        their_statuses=dict(Counter(str(o.status) for o in straddling)),
-        statuses_after_sigterm=dict(after),
-        exit_code=code,
-    )
-    assert code == 0
-    assert missing == 0
-    assert not fleet.hung()
-    assert straddling, "no request was in flight at SIGTERM"
-    assert all(o.status in (200, 503) or isinstance(o.status, str) for o in straddling)
-    assert "500" not in after
-    assert "drained; closing database pool" in log and "stopped" in log
+        term = await sigterm(svc, probe, fleet)
+    drained = await drained_after(term, database, fleet, tmp_path, f"sigterm[{fault_mode}]")
+    assert "drained; closing database pool" in drained.log and "stopped" in drained.log
 
 
 async def test_two_workers_share_one_port_and_sigterm_drains_both(
@@ -155,36 +183,20 @@ async def test_two_workers_share_one_port_and_sigterm_drains_both(
         await asyncio.sleep(1)
         sockets = sockets_on(svc.pid, svc.port)
         served = {pid: sockets.get(pid, Counter())["ESTABLISHED"] for pid in listening}
-        term_at = time.monotonic()
-        code = await asyncio.to_thread(svc.stop)
-        stopped_in = time.monotonic() - term_at
-        await probe
-        await fleet.stop()
-    missing = await missing_acks(database, fleet.acked)
-    straddling = [o for o in fleet.outcomes if o.sent_at < term_at <= o.answered_at]
-    after = fleet.statuses(term_at)
-    log = log_of(tmp_path, "service")
-    report(
+        term = await sigterm(svc, probe, fleet)
+    drained = await drained_after(
+        term,
+        database,
+        fleet,
+        tmp_path,
         f"workers[{fault_mode}]",
         workers_listening=len(listening),
         connections_per_worker=sorted(served.values()),
-        acked=len(fleet.acked),
-        missing=missing,
-        stopped_in_s=round(stopped_in, 2),
-        in_flight_at_sigterm=len(straddling),
-        their_statuses=dict(Counter(str(o.status) for o in straddling)),
-        statuses_after_sigterm=dict(after),
-        exit_code=code,
     )
     assert len(listening) == 2, sockets_on
     assert all(n > 0 for n in served.values()), served
-    assert code == 0
-    assert missing == 0
     assert len(fleet.acked) > 100
-    assert not fleet.hung()
-    assert straddling, "no request was in flight at SIGTERM"
-    assert all(o.status in (200, 503) or isinstance(o.status, str) for o in straddling)
-    assert "500" not in after
+    log = drained.log
     assert log.count("drained; closing database pool") == 2, log[-3000:]
     assert "stopped 2 workers (exit codes [0, 0])" in log
 

@@ -12,14 +12,15 @@ from typing import Any
 import asyncpg
 import pytest
 
+from service.app import row_merges
 from service.fleet import presence
 from service.fleet.devices import device_row
-from service.ingest.rows import HeartbeatRow
+from service.ingest.heartbeats import HeartbeatRow
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
-from service.retention.maintenance import PartitionMaintenance
+from service.retention.maintenance import Maintenance
 from service.settings import PresencePolicy, Settings, StorageMode
-from tests.fleet.conftest import Clock, add_devices
+from tests.support.fleet import Clock, add_devices
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=6)
 US = timedelta(microseconds=1)
@@ -32,11 +33,12 @@ def beat(
 
 
 async def writer_for(pool: asyncpg.Pool, clock: Clock, **kwargs: object) -> GroupCommitWriter:
+    policy = kwargs.pop("presence", None)
     w = GroupCommitWriter(
         pool,
         Metrics(),
+        row_merges(presence_policy=policy, presence_clock=clock),  # type: ignore[arg-type]
         batch_window=timedelta(milliseconds=2),
-        presence_clock=clock,
         **kwargs,  # type: ignore[arg-type]
     )
     await w.start()
@@ -49,7 +51,8 @@ async def presence_of(conn: asyncpg.Connection, device: str) -> asyncpg.Record:
 
 async def events_of(conn: asyncpg.Connection, device: str) -> list[dict[str, Any]]:
     rows = await conn.fetch(
-        "SELECT event_type, created_at, details::text FROM device_events WHERE device_id = $1 ORDER BY id",
+        "SELECT split_part(type, '.', 2) AS event_type, occurred_at AS created_at, payload::text AS details"
+        " FROM events WHERE device_id = $1 AND type LIKE 'device.%' ORDER BY id",
         device,
     )
     return [{**r, "details": json.loads(r["details"])} for r in rows]
@@ -65,7 +68,7 @@ async def test_the_interval_is_learned_from_the_devices_own_gaps_after_three_of_
         expected = []
         for i in range(8):
             clock.now = T0 + timedelta(seconds=30 * i)
-            await writer.submit_heartbeats([beat("every-30s", clock.now)])
+            await writer.submit([beat("every-30s", clock.now)])
             expected.append((await presence_of(conn, "every-30s"))["expected_interval_seconds"])
         # The default until three gaps were seen, then the device's own 30 s.
         assert expected[:3] == [60.0, 60.0, 60.0]
@@ -81,7 +84,7 @@ async def test_the_interval_is_learned_from_the_devices_own_gaps_after_three_of_
         for gap in gaps:
             ts += timedelta(seconds=gap)
             clock.now = ts
-            await writer.submit_heartbeats([beat("jittery", ts)])
+            await writer.submit([beat("jittery", ts)])
         row = await presence_of(conn, "jittery")
         assert 295 <= row["expected_interval_seconds"] <= 305
         assert row["offline_after"] - row["last_seen_at"] == timedelta(
@@ -98,7 +101,7 @@ async def test_a_backlog_in_one_request_teaches_every_gap_it_holds(
     clock = Clock(T0 + timedelta(hours=1))
     writer = await writer_for(pool, clock)
     try:
-        await writer.submit_heartbeats([beat("backlog", T0 + timedelta(seconds=20 * i)) for i in range(6)])
+        await writer.submit([beat("backlog", T0 + timedelta(seconds=20 * i)) for i in range(6)])
     finally:
         await writer.stop()
     row = await presence_of(conn, "backlog")
@@ -119,14 +122,14 @@ async def test_online_until_the_exact_deadline_then_offline_with_one_went_offlin
     clock = Clock(T0)
     writer = await writer_for(pool, clock)
     try:
-        await writer.submit_heartbeats([beat("dev-a", T0)])
+        await writer.submit([beat("dev-a", T0)])
     finally:
         await writer.stop()
     deadline = T0 + timedelta(seconds=180)  # 3 x the 60 s default
     assert (await presence_of(conn, "dev-a"))["offline_after"] == deadline
 
     metrics = Metrics()
-    maintenance = PartitionMaintenance(pool, Settings(storage_mode=mode), mode, metrics, clock=clock)
+    maintenance = Maintenance(pool, Settings(storage_mode=mode), mode, metrics, clock=clock)
     clock.now = deadline - US
     report = await maintenance.run_once()
     assert report.presence is not None and report.presence.went_offline == 0
@@ -158,16 +161,16 @@ async def test_a_heartbeat_after_the_deadline_records_came_online_with_the_gap(
     clock = Clock(T0)
     writer = await writer_for(pool, clock)
     try:
-        await writer.submit_heartbeats([beat("recorded", T0), beat("unrecorded", T0)])
+        await writer.submit([beat("recorded", T0), beat("unrecorded", T0)])
         deadline = T0 + timedelta(seconds=180)
         # "recorded" went offline through the maintenance pass; "unrecorded" before any pass ran.
         assert await presence.record_went_offline(conn, deadline) == (2, True)
         await conn.execute(
-            "DELETE FROM device_events WHERE device_id = 'unrecorded';"
+            "DELETE FROM events WHERE device_id = 'unrecorded' AND type = 'device.went_offline';"
             " UPDATE device_presence SET offline_since = NULL WHERE device_id = 'unrecorded'"
         )
         clock.now = T0 + timedelta(minutes=47)
-        await writer.submit_heartbeats([beat("recorded", clock.now), beat("unrecorded", clock.now)])
+        await writer.submit([beat("recorded", clock.now), beat("unrecorded", clock.now)])
     finally:
         await writer.stop()
     for device in ("recorded", "unrecorded"):
@@ -192,11 +195,11 @@ async def test_a_late_heartbeat_never_moves_presence_back(
     clock = Clock(T0)
     writer = await writer_for(pool, clock)
     try:
-        await writer.submit_heartbeats([beat("late", T0, status="charging", battery=90, version="2.0")])
+        await writer.submit([beat("late", T0, status="charging", battery=90, version="2.0")])
         before = await presence_of(conn, "late")
         # A back-filled heartbeat (older device time), received later: history, not presence.
         clock.now = T0 + timedelta(seconds=20)
-        stored = await writer.submit_heartbeats(
+        stored = await writer.submit(
             [beat("late", T0 - timedelta(minutes=30), status="idle", battery=10, version="1.0")]
         )
         assert stored == [True]
@@ -217,7 +220,7 @@ async def test_a_late_heartbeat_never_moves_presence_back(
         assert after["last_seen_at"] == clock.now
         # A flush judged at an earlier instant (a slower concurrent flusher) moves nothing back.
         clock.now = T0 + timedelta(seconds=5)
-        await writer.submit_heartbeats([beat("late", T0 + timedelta(seconds=1))])
+        await writer.submit([beat("late", T0 + timedelta(seconds=1))])
         last = await presence_of(conn, "late")
         assert last["last_seen_at"] == T0 + timedelta(seconds=20)
         assert last["offline_after"] == after["offline_after"]
@@ -234,10 +237,10 @@ async def test_a_new_app_version_is_recorded_from_and_to(
     clock = Clock(T0)
     writer = await writer_for(pool, clock)
     try:
-        await writer.submit_heartbeats([beat("upgrader", T0, version="1.4.0")])
+        await writer.submit([beat("upgrader", T0, version="1.4.0")])
         clock.now = T0 + timedelta(seconds=30)
-        await writer.submit_heartbeats([beat("upgrader", clock.now, version="1.5.0")])
-        await writer.submit_heartbeats([beat("upgrader", clock.now + timedelta(seconds=1), version="1.5.0")])
+        await writer.submit([beat("upgrader", clock.now, version="1.5.0")])
+        await writer.submit([beat("upgrader", clock.now + timedelta(seconds=1), version="1.5.0")])
     finally:
         await writer.stop()
     events = await events_of(conn, "upgrader")
@@ -252,7 +255,7 @@ async def test_heartbeats_of_devices_without_presence_are_stored_and_nothing_els
     clock = Clock(T0)
     writer = await writer_for(pool, clock)
     try:
-        assert await writer.submit_heartbeats([beat("not-enrolled", T0)]) == [True]
+        assert await writer.submit([beat("not-enrolled", T0)]) == [True]
     finally:
         await writer.stop()
     assert await conn.fetchval("SELECT count(*) FROM device_presence") == 0
@@ -275,7 +278,7 @@ async def test_two_instances_record_one_went_offline_per_transition(
     try:
         clock = Clock(T0)
         settings = Settings(storage_mode=mode)
-        instances = [PartitionMaintenance(p, settings, mode, clock=clock) for p in (pool, other)]
+        instances = [Maintenance(p, settings, mode, clock=clock) for p in (pool, other)]
         for minute in range(12):
             clock.now = T0 + timedelta(minutes=minute)
             await asyncio.gather(*(m.run_once() for m in instances))
@@ -288,9 +291,9 @@ async def test_two_instances_record_one_went_offline_per_transition(
     finally:
         await other.close()
     rows = await conn.fetch(
-        "SELECT e.device_id, count(*) AS n, min(e.created_at) = min(p.offline_since) AS exact"
-        " FROM device_events e JOIN device_presence p USING (device_id)"
-        " WHERE e.event_type = 'went_offline' GROUP BY e.device_id"
+        "SELECT e.device_id, count(*) AS n, min(e.occurred_at) = min(p.offline_since) AS exact"
+        " FROM events e JOIN device_presence p USING (device_id)"
+        " WHERE e.type = 'device.went_offline' GROUP BY e.device_id"
     )
     assert len(rows) == 500
     assert all(r["n"] == 1 and r["exact"] for r in rows)
@@ -304,11 +307,11 @@ async def test_the_floor_and_the_missed_beats_come_from_the_policy(
     clock = Clock(T0)
     writer = await writer_for(pool, clock, presence=policy)
     try:
-        await writer.submit_heartbeats([beat("floored", T0)])
+        await writer.submit([beat("floored", T0)])
         assert (await presence_of(conn, "floored"))["offline_after"] == T0 + timedelta(seconds=600)
         for i in range(1, 5):
             clock.now = T0 + timedelta(seconds=200 * i)
-            await writer.submit_heartbeats([beat("floored", clock.now)])
+            await writer.submit([beat("floored", clock.now)])
     finally:
         await writer.stop()
     assert (await presence_of(conn, "floored"))["offline_after"] == clock.now + timedelta(seconds=1000)
@@ -321,13 +324,13 @@ async def test_a_flush_begun_before_a_recorded_deadline_still_pairs_it_with_came
     clock = Clock(T0)
     writer = await writer_for(pool, clock)
     try:
-        await writer.submit_heartbeats([beat("racer", T0)])
+        await writer.submit([beat("racer", T0)])
         deadline = T0 + timedelta(seconds=180)
         # The pass (its clock just past the deadline) records went_offline while a flush whose
         # transaction began a moment before the deadline is still running.
         assert await presence.record_went_offline(conn, deadline + US) == (1, True)
         clock.now = deadline - US
-        await writer.submit_heartbeats([beat("racer", clock.now)])
+        await writer.submit([beat("racer", clock.now)])
     finally:
         await writer.stop()
     events = await events_of(conn, "racer")

@@ -8,7 +8,7 @@ from datetime import timedelta
 import asyncpg
 
 from service.fleet.summary import SummarySnapshot
-from tests.fleet.conftest import add_devices
+from tests.support.fleet import add_devices
 
 
 async def test_concurrent_callers_share_one_computation_until_it_is_older_than_max_age(

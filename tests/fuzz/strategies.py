@@ -5,9 +5,23 @@ from __future__ import annotations
 from datetime import timedelta, timezone
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 from service.api.schemas import JSON_INT_MAX, JSON_INT_MIN
+
+
+def fixed(max_examples: int) -> settings:
+    """The same examples every run (derandomized, no example database) and no deadline: the
+    examples go through a real service and database, whose timing is not the property."""
+    return settings(
+        max_examples=max_examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
 
 # PostgreSQL text cannot hold U+0000 (the service refuses it), and JSON text is UTF-8, which
 # has no lone surrogates: st.characters() yields both unless told otherwise.

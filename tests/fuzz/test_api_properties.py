@@ -14,20 +14,14 @@ from typing import Any
 
 import msgspec
 import requests
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from service.settings import StorageMode
-from tests.conftest import Api
-from tests.fuzz.strategies import JSON, OFFSETS, heartbeats
+from tests.fuzz.strategies import JSON, OFFSETS, fixed, heartbeats
+from tests.support.app import Api
 
-FIXED = settings(
-    max_examples=40,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+FIXED = fixed(max_examples=40)
 
 
 def same_json(a: Any, b: Any) -> bool:

@@ -15,20 +15,14 @@ from typing import Any
 
 import msgspec
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from service.settings import StorageMode
-from tests.conftest import Api
-from tests.fuzz.strategies import text
+from tests.fuzz.strategies import fixed, text
+from tests.support.app import Api
 
-FIXED = settings(
-    max_examples=80,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+FIXED = fixed(max_examples=80)
 
 # Placeholders replaced in the encoded body by numbers Python's JSON encoders cannot produce.
 RAW_NUMBERS = {

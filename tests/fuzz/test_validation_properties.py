@@ -13,8 +13,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from service.api.errors import ApiError
+from service.api.parameters import DevicePage, parse
 from service.api.schemas import JSON_INT_MAX, JSON_INT_MIN, Heartbeat, HeartbeatBatch
-from service.api.validation import MAX_DEPTH, check_storable, check_timestamp, convert, query_limit
+from service.api.validation import MAX_DEPTH, check_storable, check_timestamp, convert
 from tests.fuzz.strategies import JSON, OFFSETS, heartbeats
 
 FIXED = settings(max_examples=200, derandomize=True, database=None, deadline=None)
@@ -138,11 +139,11 @@ def test_any_limit_is_an_integer_in_range_or_refused_naming_limit(raw: str) -> N
     request = make_mocked_request("GET", "/v1/devices/x/heartbeats", headers={})
     request = request.clone(rel_url=request.rel_url.with_query({"limit": raw}))
     try:
-        limit = query_limit(request)
+        limit = parse(DevicePage, {"device_id": "x"}, request.query).limit
     except ApiError as error:
-        assert (error.status, error.field) == (400, "limit")
+        assert (error.status, error.field) == (422, "limit")
     else:
-        assert 1 <= limit <= 1000 and limit == int(raw)
+        assert 1 <= limit <= 1000 and limit == int(raw) and raw.isascii()
 
 
 beyond_bigint = st.integers(max_value=JSON_INT_MIN - 1) | st.integers(min_value=JSON_INT_MAX + 1)

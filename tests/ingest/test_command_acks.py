@@ -10,27 +10,18 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from service.app import create_pool
-from service.ingest.rows import AckResult, AckRow, DispatchRow
+from service.app import row_merges
+from service.commands.acks import AckResult, AckRow
+from service.commands.dispatches import DispatchRow
 from service.ingest.writer import GroupCommitWriter, WriteFailed
 from service.metrics import Metrics
-from tests.conftest import settings_for
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=30)
 
 
 @pytest.fixture
-async def pool(db_url: str, mode: str) -> AsyncIterator[asyncpg.Pool]:
-    p = await create_pool(db_url, settings_for(db_url, mode))  # type: ignore[arg-type]
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
-@pytest.fixture
 async def writer(pool: asyncpg.Pool) -> AsyncIterator[GroupCommitWriter]:
-    w = GroupCommitWriter(pool, Metrics(), batch_window=timedelta(milliseconds=100), flushers=1)
+    w = GroupCommitWriter(pool, Metrics(), row_merges(), batch_window=timedelta(milliseconds=100), flushers=1)
     await w.start()
     try:
         yield w
@@ -48,7 +39,7 @@ def ack(request_id: str, status: str, device: str = "dev-1", error: str | None =
 
 async def test_a_dispatch_and_its_ack_in_one_flush_find_each_other(writer: GroupCommitWriter) -> None:
     (created,), (outcome,) = await asyncio.gather(
-        writer.submit_dispatches([dispatch("r1")]), writer.submit_acks([ack("r1", "delivered")])
+        writer.submit([dispatch("r1")]), writer.submit([ack("r1", "delivered")])
     )
     assert created.created
     assert outcome.result is AckResult.CHANGED and outcome.previous == "pending"
@@ -56,15 +47,15 @@ async def test_a_dispatch_and_its_ack_in_one_flush_find_each_other(writer: Group
 
 
 async def test_every_ack_of_one_flush_gets_its_own_outcome(writer: GroupCommitWriter) -> None:
-    await writer.submit_dispatches([dispatch("a"), dispatch("b"), dispatch("c"), dispatch("d", "dev-2")])
-    await writer.submit_acks([ack("b", "executed")])
+    await writer.submit([dispatch("a"), dispatch("b"), dispatch("c"), dispatch("d", "dev-2")])
+    await writer.submit([ack("b", "executed")])
     results = await asyncio.gather(
-        writer.submit_acks([ack("a", "delivered"), ack("a", "executed")]),  # both on the way: changed
-        writer.submit_acks([ack("b", "executed")]),  # repeated
-        writer.submit_acks([ack("b", "delivered")]),  # backward
-        writer.submit_acks([ack("c", "failed"), ack("c", "executed")]),  # the second contradicts
-        writer.submit_acks([ack("d", "delivered")]),  # dev-2's command: not dev-1's
-        writer.submit_acks([ack("nope", "delivered")]),
+        writer.submit([ack("a", "delivered"), ack("a", "executed")]),  # both on the way: changed
+        writer.submit([ack("b", "executed")]),  # repeated
+        writer.submit([ack("b", "delivered")]),  # backward
+        writer.submit([ack("c", "failed"), ack("c", "executed")]),  # the second contradicts
+        writer.submit([ack("d", "delivered")]),  # dev-2's command: not dev-1's
+        writer.submit([ack("nope", "delivered")]),
     )
     got = [[o.result for o in r] for r in results]
     assert got[0] == [AckResult.CHANGED, AckResult.CHANGED]
@@ -79,10 +70,10 @@ async def test_every_ack_of_one_flush_gets_its_own_outcome(writer: GroupCommitWr
 async def test_a_bad_ack_fails_alone_and_the_rest_of_its_flush_commits(
     writer: GroupCommitWriter, db_url: str
 ) -> None:
-    await writer.submit_dispatches([dispatch(f"r{i}") for i in range(8)])
-    good = [asyncio.create_task(writer.submit_acks([ack(f"r{i}", "delivered")])) for i in range(8)]
+    await writer.submit([dispatch(f"r{i}") for i in range(8)])
+    good = [asyncio.create_task(writer.submit([ack(f"r{i}", "delivered")])) for i in range(8)]
     # PostgreSQL text cannot hold NUL: the database refuses the row mid-flush.
-    bad = asyncio.create_task(writer.submit_acks([ack("r0", "failed", error="a\x00b")], request_id="bad-ack"))
+    bad = asyncio.create_task(writer.submit([ack("r0", "failed", error="a\x00b")], request_id="bad-ack"))
     outcomes = await asyncio.gather(*good)
     with pytest.raises(WriteFailed) as info:
         await bad
@@ -98,13 +89,16 @@ async def test_a_bad_ack_fails_alone_and_the_rest_of_its_flush_commits(
 async def test_two_writers_acking_one_command_at_once_move_it_forward_once(
     pool: asyncpg.Pool, db_url: str
 ) -> None:
-    writers = [GroupCommitWriter(pool, Metrics(), batch_window=timedelta(milliseconds=5)) for _ in range(2)]
+    writers = [
+        GroupCommitWriter(pool, Metrics(), row_merges(), batch_window=timedelta(milliseconds=5))
+        for _ in range(2)
+    ]
     for w in writers:
         await w.start()
     try:
-        await writers[0].submit_dispatches([dispatch(f"race-{i}") for i in range(50)])
+        await writers[0].submit([dispatch(f"race-{i}") for i in range(50)])
         results = await asyncio.gather(
-            *(w.submit_acks([ack(f"race-{i}", "delivered")]) for i in range(50) for w in writers)
+            *(w.submit([ack(f"race-{i}", "delivered")]) for i in range(50) for w in writers)
         )
     finally:
         for w in writers:

@@ -17,25 +17,27 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import PROJECT_TABLES, migrate, serving
 from tests.migrations.test_migrations import HEAD, PREVIOUS, user_tables
+from tests.support.cli import child_env, run_telemetry
+from tests.support.cluster import PROJECT_TABLES, migrate
+from tests.support.serve_process import serving
 
 # The revision before the one that added users.role and devices.banned_at (5b1f0c2d9e47): a
 # downgrade to it drops columns that hold data.
 BEFORE_ROLES = "aadd574780ab"
 
 
+def deploy(
+    url: str, mode: str, health_url: str, dump: Path, timeout: str
+) -> subprocess.CompletedProcess[str]:
+    """`telemetry migrate deploy`, backing up to `dump` and waiting `timeout` for `health_url`."""
+    argv = ("migrate", "deploy", "--health-url", health_url, "--backup", str(dump), "--timeout", timeout)
+    return telemetry(url, mode, *argv)
+
+
 def telemetry(url: str, mode: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
-    env |= {"DATABASE_URL": url, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_LOG_LEVEL": "WARNING"}
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        timeout=300,
-    )
+    env = child_env(DATABASE_URL=url, TELEMETRY_STORAGE_MODE=mode, TELEMETRY_LOG_LEVEL="WARNING")
+    return run_telemetry(list(args), env)
 
 
 async def revision(url: str) -> set[str]:
@@ -162,19 +164,7 @@ async def test_deploy_rolls_back_when_health_never_turns_ready(
     await migrate(empty_db, mode, BEFORE_ROLES)  # type: ignore[arg-type]
     tables = await user_tables(empty_db)
     dump = tmp_path / "before.dump"
-    result = await asyncio.to_thread(
-        telemetry,
-        empty_db,
-        mode,
-        "migrate",
-        "deploy",
-        "--health-url",
-        never_ready,
-        "--backup",
-        str(dump),
-        "--timeout",
-        "3s",
-    )
+    result = await asyncio.to_thread(deploy, empty_db, mode, never_ready, dump, "3s")
     assert result.returncode == 1, result.stderr
     assert f"did not report ready at {HEAD} within 3s" in result.stderr
     assert f"schema back at {BEFORE_ROLES}" in result.stderr
@@ -189,24 +179,14 @@ async def test_deploy_succeeds_when_the_service_reports_ready_at_the_new_head(
     empty_db: str, mode: str, tmp_path: Path
 ) -> None:
     await migrate(empty_db, mode, PREVIOUS)  # type: ignore[arg-type]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env = child_env()
     env |= {"DATABASE_URL": empty_db, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_MIGRATE_ON_START": "0"}
     with contextlib.ExitStack() as stack:
         # Entered in a thread: waiting for "listening" must not block the event loop.
         port = await asyncio.to_thread(stack.enter_context, serving(env))
         dump = tmp_path / "before.dump"
         result = await asyncio.to_thread(
-            telemetry,
-            empty_db,
-            mode,
-            "migrate",
-            "deploy",
-            "--health-url",
-            f"http://127.0.0.1:{port}/health",
-            "--backup",
-            str(dump),
-            "--timeout",
-            "30s",
+            deploy, empty_db, mode, f"http://127.0.0.1:{port}/health", dump, "30s"
         )
         assert result.returncode == 0, result.stderr
         assert f"deployed {HEAD}" in result.stderr
@@ -217,7 +197,7 @@ async def test_deploy_succeeds_when_the_service_reports_ready_at_the_new_head(
 def _confirm_on_a_terminal(url: str, mode: str, answer: bytes) -> tuple[int, str]:
     import select
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env = child_env()
     env |= {"DATABASE_URL": url, "TELEMETRY_STORAGE_MODE": mode, "TELEMETRY_LOG_LEVEL": "WARNING"}
     master, slave = os.openpty()
     proc = subprocess.Popen(

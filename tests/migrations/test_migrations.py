@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -14,17 +13,20 @@ import pytest
 
 from service.db.rollups import HOURLY_READ_COLUMNS
 from service.db.time_series import TIME_SERIES_TABLES
-from service.migrations.commands import Migrator
-from tests.conftest import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
+from service.migrations.migrator import Migrator
 from tests.db.hourly_indexes import device_indexes
+from tests.support.cli import child_env
+from tests.support.cluster import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-EARLIER = "d5a91f3c7b20"
-PREVIOUS = "a9d3e5f7b1c2"
-HEAD = "b7c1e4d9f2a6"
+EARLIER = "875e6521299b"
+PREVIOUS = "862e82e33051"
+HEAD = "7d3b9e2c5a14"
+BEFORE_EVENT_LOG = "b7c1e4d9f2a6"
 # The revision before the rollout funnel's counts (a9d3e5f7b1c2), which fill themselves from the
 # rows already stored.
 BEFORE_FUNNEL_COUNTS = "d5a91f3c7b20"
+BEFORE_COVERING_INDEX = "a9d3e5f7b1c2"
 
 
 async def user_tables(url: str) -> set[str]:
@@ -80,6 +82,7 @@ async def test_time_series_tables_are_partitioned_with_retention(
             "device_heartbeats": [timedelta(days=2)],
             "fcm_dispatches": [timedelta(days=2)],
             "apk_download_events": [timedelta(days=7)],
+            "events": [timedelta(days=7)],
             "device_heartbeats_hourly": [timedelta(days=90)],
             "fleet_daily": [timedelta(days=400)],
         }
@@ -108,9 +111,11 @@ async def test_time_series_tables_are_partitioned_with_retention(
         "device_heartbeats": timedelta(days=2),
         "fcm_dispatches": timedelta(days=2),
         "apk_download_events": timedelta(days=7),
-        "device_events": timedelta(days=90),
+        "events": timedelta(days=7),
         "enrollment_events": timedelta(days=90),
         "commands": timedelta(days=90),
+        "command_pushes": timedelta(days=90),
+        "operator_audit": timedelta(days=400),
         "device_heartbeats_hourly": timedelta(days=90),
         "fleet_daily": timedelta(days=400),
     }
@@ -118,7 +123,7 @@ async def test_time_series_tables_are_partitioned_with_retention(
 
 async def test_retention_windows_come_from_configuration_at_migrate_time(empty_db: str, mode: str) -> None:
     from service.settings import RetentionWindows
-    from tests.conftest import settings_for
+    from tests.support.cluster import settings_for
 
     settings = settings_for(
         empty_db,
@@ -203,7 +208,8 @@ async def test_downgrade_and_upgrade_move_the_hourly_rollup_between_its_old_inde
         (covering,) = await device_indexes(conn, mode)
         assert covering.key == ("device_id", "hour") and covering.included == HOURLY_READ_COLUMNS
 
-        await asyncio.to_thread(migrator_for(empty_db, mode).downgrade, PREVIOUS)  # type: ignore[arg-type]
+        downgrade = migrator_for(empty_db, mode).downgrade  # type: ignore[arg-type]
+        await asyncio.to_thread(downgrade, BEFORE_COVERING_INDEX)
         (old,) = await device_indexes(conn, mode)
         assert old.key == ("device_id", "hour") and old.included == ()
         # The primary key (table), or TimescaleDB's own group index back under its own name.
@@ -217,6 +223,49 @@ async def test_downgrade_and_upgrade_move_the_hourly_rollup_between_its_old_inde
     assert code == 0, out
 
 
+async def test_device_events_become_the_event_log_and_come_back_on_downgrade(
+    empty_db: str, mode: str
+) -> None:
+    await migrate(empty_db, mode, BEFORE_EVENT_LOG)  # type: ignore[arg-type]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute(
+            "INSERT INTO device_events (device_id, event_type, details, created_at) VALUES"
+            " ('d-1', 'enrolled', '{\"scope\": null}', now() - interval '1 hour'),"
+            " ('d-1', 'credential_revoked', '{\"by\": \"alice\"}', now() - interval '30 minutes'),"
+            " ('d-2', 'went_offline', NULL, now() - interval '100 days')"  # past the log's window
+        )
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM device_events ORDER BY id")]
+        await migrate(empty_db, mode)  # type: ignore[arg-type]
+        moved = await conn.fetch("SELECT id, device_id, type, payload::text FROM events ORDER BY id")
+        assert [(r["id"], r["device_id"], r["type"]) for r in moved] == [
+            (ids[0], "d-1", "device.enrolled"),
+            (ids[1], "d-1", "device.revoked"),
+        ]
+        assert "device_events" not in await user_tables(empty_db)
+        # New ids carry on after the old ones.
+        await conn.execute("INSERT INTO events (device_id, type) VALUES ('d-1', 'device.reinstated')")
+        assert await conn.fetchval("SELECT max(id) FROM events") > ids[-1]
+
+        await asyncio.to_thread(migrator_for(empty_db, mode).downgrade, BEFORE_EVENT_LOG)  # type: ignore[arg-type]
+        back = await conn.fetch("SELECT device_id, event_type FROM device_events ORDER BY id")
+        assert [(r["device_id"], r["event_type"]) for r in back] == [
+            ("d-1", "enrolled"),
+            ("d-1", "credential_revoked"),
+            ("d-1", "reinstated"),
+        ]
+        window = await conn.fetchval(
+            "SELECT drop_after FROM retention_policies WHERE table_name = 'device_events'"
+        )
+        assert window == timedelta(days=90)
+        assert "events" not in await user_tables(empty_db)
+    finally:
+        await conn.close()
+    await migrate(empty_db, mode)  # type: ignore[arg-type]
+    code, out = await check(empty_db, mode)
+    assert code == 0, out
+
+
 def _telemetry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service", *args], capture_output=True, text=True, env=env, timeout=300
@@ -224,7 +273,7 @@ def _telemetry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
 
 
 def _env(url: str, mode: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env = child_env()
     env.update(DATABASE_URL=url, TELEMETRY_STORAGE_MODE=mode, TELEMETRY_LOG_LEVEL="WARNING")
     return env
 
@@ -306,3 +355,26 @@ def test_history_lists_the_revisions_in_order() -> None:
     assert lines[1].startswith(f"{EARLIER} -> {PREVIOUS}")
     assert lines[-2].startswith(f"{BASELINE} -> ")
     assert lines[-1].startswith(f"<base> -> {BASELINE}")
+
+
+async def test_check_names_a_function_or_trigger_that_differs_from_the_service_modules(
+    empty_db: str, mode: str
+) -> None:
+    await migrate(empty_db, mode)  # type: ignore[arg-type]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        # What a hand edit, or a live module changed without a revision, leaves behind.
+        await conn.execute(
+            "CREATE OR REPLACE FUNCTION telemetry_dispatch_key_cutoff() RETURNS timestamptz"
+            " LANGUAGE sql STABLE AS $fn$ SELECT now() $fn$"
+        )
+        await conn.execute("DROP TRIGGER apk_installations_count_delete ON apk_installations")
+        await conn.execute("CREATE FUNCTION telemetry_by_hand() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$")
+    finally:
+        await conn.close()
+    code, out = await check(empty_db, mode)
+    assert code == 1, out
+    assert "function telemetry_dispatch_key_cutoff: differs from its definition" in out
+    assert "trigger apk_installations_count_delete: missing from the database" in out
+    assert "function telemetry_by_hand: in the database, defined by no module" in out
+    assert "telemetry_expire_dispatch_keys" not in out  # the unchanged ones are not named

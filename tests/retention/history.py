@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from service.db.time_series import DISPATCHES, DOWNLOADS, HEARTBEATS, TimeSeriesTable
+from service.db.retained import DISPATCHES, DOWNLOADS, EVENTS, HEARTBEATS, RetainedTable
 from service.settings import StorageMode
 
 # Chunks (TimescaleDB aligns them on the Unix epoch) and partitions (telemetry_ensure_partitions
@@ -38,6 +38,10 @@ _INSERT = {
         INSERT INTO apk_download_events (ts, build_id, device_id, outcome)
         SELECT t, 'build-1', 'dev', 'ok' FROM unnest($1::timestamptz[]) u(t)
     """,
+    EVENTS.name: """
+        INSERT INTO events (device_id, occurred_at, type)
+        SELECT 'dev', t, 'device.enrolled' FROM unnest($1::timestamptz[]) u(t)
+    """,
 }
 
 
@@ -46,7 +50,7 @@ async def server_now(conn: asyncpg.Connection) -> datetime:
 
 
 async def cover(
-    conn: asyncpg.Connection, mode: StorageMode, table: TimeSeriesTable, lo: datetime, hi: datetime
+    conn: asyncpg.Connection, mode: StorageMode, table: RetainedTable, lo: datetime, hi: datetime
 ) -> None:
     """Postgres mode: create the partitions holding [lo, hi]. Timescale: nothing to do."""
     if mode == "postgres":
@@ -60,14 +64,14 @@ async def cover(
 
 
 async def insert_at(
-    conn: asyncpg.Connection, mode: StorageMode, table: TimeSeriesTable, times: Sequence[datetime]
+    conn: asyncpg.Connection, mode: StorageMode, table: RetainedTable, times: Sequence[datetime]
 ) -> None:
     """One row per time in `times` (dispatches with their idempotency keys)."""
     await cover(conn, mode, table, min(times), max(times))
     await conn.execute(_INSERT[table.name], list(times))
 
 
-async def stored_times(conn: asyncpg.Connection, table: TimeSeriesTable) -> list[datetime]:
+async def stored_times(conn: asyncpg.Connection, table: RetainedTable) -> list[datetime]:
     rows = await conn.fetch(f"SELECT {table.time_column} AS t FROM {table.name} ORDER BY 1")
     return [r["t"] for r in rows]
 

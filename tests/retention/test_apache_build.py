@@ -17,15 +17,14 @@ import asyncpg
 import pytest
 
 from service.api.history import device_history, fleet_history
-from service.db.embedded import EmbeddedPostgres
 from service.db.rollups import HOURLY
 from service.db.storage_mode import detect
-from service.retention.maintenance import PartitionMaintenance
+from service.retention.maintenance import Maintenance
 from service.retention.rollups import read_mechanism, watermark
 from service.settings import Settings
-from tests.conftest import TestServer, migrate
 from tests.retention.history import server_now
 from tests.retention.test_rollups import _telemetry, expected_fleet, expected_hours, fleet_beats, insert
+from tests.support.cluster import TestServer, migrate, throwaway_cluster
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -36,14 +35,8 @@ def apache_server(pg_server: TestServer) -> Iterator[str]:
     if not pg_server.timescale:
         pytest.skip(f"TimescaleDB unavailable: {pg_server.why_no_timescale}")
     tmp = Path(tempfile.mkdtemp(prefix="telemetry-test-apache-"))
-    cluster = EmbeddedPostgres(
-        tmp,
-        server_options={
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "timescaledb.license": "apache",
-            "timescaledb.max_background_workers": "2",
-        },
+    cluster = throwaway_cluster(
+        tmp, **{"timescaledb.license": "apache", "timescaledb.max_background_workers": "2"}
     )
     cluster.start()
     try:
@@ -95,7 +88,7 @@ async def test_an_apache_build_runs_in_postgres_mode_with_rollups_kept_by_the_ma
 
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
         try:
-            maintenance = PartitionMaintenance(pool, Settings(storage_mode="auto"), None)
+            maintenance = Maintenance(pool, Settings(storage_mode="auto"), None)
             report = await maintenance.run_once()
         finally:
             await pool.close()

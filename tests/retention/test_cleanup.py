@@ -7,13 +7,13 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from service.db.retained import RetainedTable
 from service.db.time_series import (
     DISPATCH_KEY_EXPIRY_PROCEDURE,
     DISPATCHES,
     DOWNLOADS,
     HEARTBEATS,
     TIME_SERIES_TABLES,
-    TimeSeriesTable,
 )
 from service.retention.cleanup import clean_table, expire_dispatch_keys, run_cleanup
 from service.retention.policies import read_policy
@@ -24,7 +24,7 @@ from tests.retention.history import expired, insert_at, range_of, server_now, sp
 
 @pytest.mark.parametrize("table", TIME_SERIES_TABLES, ids=lambda t: t.name)
 async def test_run_drops_rows_past_the_window_and_keeps_the_rest_by_the_range_rule(
-    quiet: asyncpg.Connection, mode: StorageMode, table: TimeSeriesTable
+    quiet: asyncpg.Connection, mode: StorageMode, table: RetainedTable
 ) -> None:
     conn = quiet
     policy = await read_policy(conn, mode, table)

@@ -9,30 +9,31 @@ from datetime import timedelta
 
 import asyncpg
 
-from service.app import create_pool
+from service.app import create_pool, row_merges
+from service.commands.acks import AckRow
+from service.commands.dispatches import DispatchRow
 from service.commands.expiry import expire_commands
 from service.db.time_series import DISPATCHES
-from service.ingest.rows import AckRow, DispatchRow
 from service.ingest.writer import GroupCommitWriter
 from service.metrics import Metrics
 from service.retention.cleanup import clean_table
-from service.retention.maintenance import PartitionMaintenance
+from service.retention.maintenance import Maintenance
 from service.settings import Settings, StorageMode
-from tests.conftest import settings_for
 from tests.retention.history import cover, server_now
 from tests.retention.test_audit import _telemetry
+from tests.support.cluster import settings_for
 
 
 async def dispatch_at(
     db_url: str, mode: StorageMode, rows: Sequence[DispatchRow], acks: Sequence[AckRow] = ()
 ) -> None:
     pool = await create_pool(db_url, settings_for(db_url, mode))
-    writer = GroupCommitWriter(pool, Metrics())
+    writer = GroupCommitWriter(pool, Metrics(), row_merges())
     await writer.start()
     try:
-        await writer.submit_dispatches(rows)
+        await writer.submit(rows)
         if acks:
-            await writer.submit_acks(acks)
+            await writer.submit(acks)
     finally:
         await writer.stop()
         await pool.close()
@@ -60,7 +61,7 @@ async def test_expiry_marks_only_open_commands_past_the_ttl_by_the_injected_cloc
     later = now + ttl + timedelta(seconds=1)
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
-        maintenance = PartitionMaintenance(pool, Settings(storage_mode=mode), mode, clock=lambda: later)
+        maintenance = Maintenance(pool, Settings(storage_mode=mode), mode, clock=lambda: later)
         report = await maintenance.run_once()
     finally:
         await pool.close()

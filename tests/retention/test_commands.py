@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -14,13 +13,14 @@ import pytest
 from service.db.time_series import HEARTBEATS
 from service.retention.policies import read_policy
 from service.settings import StorageMode
-from tests.conftest import TestServer, create_database
-from tests.retention.conftest import pause_background_jobs
 from tests.retention.history import insert_at, server_now, stored_times
+from tests.support.cli import child_env
+from tests.support.cluster import TestServer, create_database
+from tests.support.jobs import pause_background_jobs
 
 
 def _env(url: str, mode: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env = child_env()
     env.update(DATABASE_URL=url, TELEMETRY_STORAGE_MODE=mode, TELEMETRY_LOG_LEVEL="WARNING")
     return env
 
@@ -62,9 +62,11 @@ async def test_set_then_show(db_url: str, mode: StorageMode) -> None:
         "fcm_dispatches",
         "apk_download_events",
         "fcm_dispatch_keys",
-        "device_events",
+        "events",
         "enrollment_events",
         "commands",
+        "command_pushes",
+        "operator_audit",
         "device_heartbeats_hourly",
         "fleet_daily",
     }
@@ -144,11 +146,18 @@ async def test_unknown_table_is_refused_with_the_valid_names(
     assert "device_heartbeats, fcm_dispatches, apk_download_events" in result.stderr
 
 
-async def test_a_storage_mode_forced_against_the_database_is_refused(db_url: str, mode: StorageMode) -> None:
+async def test_a_storage_mode_forced_against_the_database_is_refused(
+    db_url: str, mode: StorageMode, pg_server: TestServer
+) -> None:
     other = "postgres" if mode == "timescale" else "timescale"
     result = await telemetry(db_url, other, "show")
     assert result.returncode == 2
-    assert f"built in {mode} mode" in result.stderr
+    if other == "timescale" and not pg_server.timescale:
+        # A server without TimescaleDB (the PostgreSQL 18 wheel) refuses it before the tables
+        # are looked at.
+        assert "TimescaleDB cannot be used here" in result.stderr
+    else:
+        assert f"built in {mode} mode" in result.stderr
 
 
 async def test_an_unmigrated_database_says_to_migrate(pg_server: TestServer, mode: StorageMode) -> None:
@@ -165,3 +174,32 @@ async def test_an_unknown_database_fails_with_one_line_and_exit_2(
     assert result.returncode == 2
     assert result.stderr.startswith('telemetry retention: database "no_such_database" does not exist')
     assert len(result.stderr.splitlines()) == 1
+
+
+async def test_the_terminal_rendering_shows_what_the_plain_one_does(
+    db_url: str, mode: StorageMode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`show` on a terminal (rich grids) and piped (plain blocks): the same labels and values."""
+    monkeypatch.setenv("COLUMNS", "500")  # a terminal wide enough for every column
+    import io
+
+    from service.retention.show import collect, collect_audit, render_plain, render_rich
+    from service.settings import Settings
+
+    settings = Settings(database_url=db_url, storage_mode=mode)
+    conn = await asyncpg.connect(db_url)
+    try:
+        tables, keys = await collect(conn, mode, settings)
+        audits = await collect_audit(conn, settings)
+    finally:
+        await conn.close()
+    plain, rich = io.StringIO(), io.StringIO()
+    render_plain(tables, keys, plain, audits)
+    render_rich(tables, keys, rich, audits)
+    grid = rich.getvalue()
+    shown = blocks(plain.getvalue())
+    assert audits and tables  # both grids are drawn
+    for name, fields in shown.items():
+        assert name in grid
+        for label, value in fields.items():
+            assert label in grid and value.split()[0] in grid, (name, label, value)

@@ -21,7 +21,7 @@ from service.retention.policies import (
 )
 from service.retention.show import collect, table_fields
 from service.settings import Settings, StorageMode
-from tests.conftest import TestServer, create_database, migrator_for
+from tests.support.cluster import TestServer, create_database, migrator_for
 
 LOOKAHEAD = Settings().partition_lookahead
 
@@ -71,7 +71,7 @@ async def test_any_number_of_sets_leaves_exactly_one_retention_job_per_table(
             **{r.name: [r.default_window] for r in ROLLUPS},
         }
     policies = await read_policies(conn, mode)
-    assert [p.window for p in policies] == [timedelta(days=3)] * 3
+    assert [p.window for p in policies] == [timedelta(days=3)] * len(TIME_SERIES_TABLES)
 
 
 async def test_concurrent_sets_leave_one_job_and_an_agreeing_row(

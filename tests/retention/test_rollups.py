@@ -5,7 +5,6 @@ and raw data never goes before it is rolled up."""
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import subprocess
 import sys
@@ -22,14 +21,15 @@ from service.db.time_series import HEARTBEATS
 from service.metrics import Metrics
 from service.retention.cleanup import clean_table, run_cleanup
 from service.retention.health import assess
-from service.retention.maintenance import PartitionMaintenance
+from service.retention.maintenance import Maintenance
 from service.retention.policies import read_policy, set_window
 from service.retention.recent_days import refresh_recent_days
 from service.retention.rollup_show import mechanism_reason
 from service.retention.rollups import read_mechanism, refresh_now, refresh_tables, watermark
 from service.settings import RetentionWindows, Settings, StorageMode
-from tests.conftest import TestServer, create_database, migrate, settings_for
 from tests.retention.history import cover, server_now
+from tests.support.cli import child_env
+from tests.support.cluster import TestServer, create_database, migrate, settings_for
 
 ORIGIN = datetime(2000, 1, 1, tzinfo=UTC)
 HOUR, DAY = timedelta(hours=1), timedelta(days=1)
@@ -307,7 +307,7 @@ async def test_postgres_keeps_raw_partitions_the_rollup_has_not_read(
 
 
 def _telemetry(db_url: str, mode: StorageMode, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TELEMETRY_")}
+    env = child_env()
     env.update(DATABASE_URL=db_url, TELEMETRY_STORAGE_MODE=mode)
     return subprocess.run(
         [sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True, timeout=120
@@ -367,7 +367,7 @@ async def test_retention_check_fails_on_a_held_back_watermark_and_passes_once_ca
     metrics = Metrics()
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
-        await PartitionMaintenance(pool, Settings(storage_mode=mode), mode, metrics).run_once()
+        await Maintenance(pool, Settings(storage_mode=mode), mode, metrics).run_once()
     finally:
         await pool.close()
     if mode == "timescale":
@@ -416,8 +416,8 @@ async def test_a_maintenance_round_keeps_the_days_the_daily_rollup_has_not_close
 
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
-        first = await PartitionMaintenance(pool, Settings(storage_mode=mode), mode).run_once()
-        second = await PartitionMaintenance(pool, Settings(storage_mode=mode), mode).run_once()
+        first = await Maintenance(pool, Settings(storage_mode=mode), mode).run_once()
+        second = await Maintenance(pool, Settings(storage_mode=mode), mode).run_once()
     finally:
         await pool.close()
     assert first.recent_days is not None and not first.recent_days.skipped

@@ -14,7 +14,7 @@ from service.api.credentials import TtlCache
 from service.api.state import SERVICES
 from service.api.throttle import FailureThrottle
 from service.settings import StorageMode
-from tests.conftest import Api
+from tests.support.app import Api
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import Api
+from tests.support.app import Api
 
 
 def dev(token: str) -> dict[str, str]:

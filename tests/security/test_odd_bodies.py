@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tests.conftest import Api
+from tests.support.app import Api
 
 INT2, INT4, INT8 = 2**15, 2**31, 2**63
 DEEP: Any = "leaf"

@@ -13,7 +13,7 @@ import pytest
 
 from service import cli
 from service.settings import StorageMode
-from tests.conftest import Api
+from tests.support.app import Api
 
 
 def bearer(token: str) -> dict[str, str]:
