@@ -7,12 +7,13 @@ import, those inside functions included):
 
 1. `__main__`; 2. `cli`; 3. `serve`, `admin`; 4. `cli_errors`, the CLI's one error path;
 5. `app`, the wiring; 6. `console`, the operator's screens over the API's own parts; 7. `api`;
-8. `migrations`; 9. `retention`, whose maintenance round runs the domain packages' steps;
-10. the domain packages `fleet`, `commands`, `rollout`, `push`, `webhooks`, `enrollment_tokens`,
-each owning its types, statements, state machine and status enum; 11. `events`, the log they
-write to, and `audit`, the operators' log of who did what; 12. `ingest`, the group-commit
-writer and the merge interface the domain packages' row kinds implement; 13. `db`; 14. `tokens`,
-`metrics`, `event_loop`; 15. `settings`.
+8. `migrations`; 9. `retention`, whose maintenance round runs the domain packages' steps; 10. `bulk`, one
+command to a fleet selection, over `fleet`'s filters and `commands`' dispatch; 11. the domain
+packages `fleet`, `commands`, `rollout`, `push`, `webhooks`, `enrollment_tokens`,
+each owning its types, statements, state machine and status enum; 12. `events`, the log they
+write to, and `audit`, the operators' log of who did what; 13. `ingest`, the group-commit
+writer and the merge interface the domain packages' row kinds implement; 14. `db`; 15. `tokens`,
+`metrics`, `event_loop`; 16. `settings`.
 """
 
 LAYERS: tuple[tuple[str, ...], ...] = (
@@ -25,6 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("api",),
     ("migrations",),
     ("retention",),
+    ("bulk",),
     ("fleet", "commands", "rollout", "push", "webhooks", "enrollment_tokens"),
     ("events", "audit"),
     ("ingest",),

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from service.api.auth import guarded
 from service.api.bodies import BodyBudget
+from service.api.bulk import BULK_EXPANDER
 from service.api.credentials import Authenticator
 from service.api.dispatches import PUSH_WORKER
 from service.api.middleware import MIDDLEWARES
@@ -21,6 +22,7 @@ from service.api.routes import ENDPOINTS
 from service.api.state import SERVICES, Services
 from service.api.throttle import FailureThrottle
 from service.api.webhooks import WEBHOOKS
+from service.bulk.expander import BulkExpander
 from service.commands import acks, dispatches
 from service.console.routes import mount as mount_console
 from service.db.urls import asyncpg_dsn
@@ -155,6 +157,13 @@ def create_app(
     pushes = PushWorker(pool, settings, sender, metrics) if sender is not None else None
     if pushes is None:
         log.info("push: FCM not configured (TELEMETRY_FCM_CREDENTIALS_FILE unset): devices pull only")
+    # Bulk dispatches' commands, created chunk by chunk by every instance (their pushes queued
+    # with them, as a single dispatch's are).
+    expander = BulkExpander(
+        pool,
+        push_ttl=settings.command_ttl if pushes is not None else None,
+        on_created=pushes.wake if pushes is not None else None,
+    )
     app = web.Application(middlewares=MIDDLEWARES, client_max_size=settings.max_body_bytes)
     app[SERVICES] = Services(
         settings=settings,
@@ -174,6 +183,7 @@ def create_app(
     app[WEBHOOKS] = webhooks
     if pushes is not None:
         app[PUSH_WORKER] = pushes
+    app[BULK_EXPANDER] = expander
     app[OPENAPI] = build_openapi(ENDPOINTS)
     for endpoint in ENDPOINTS:
         app.router.add_route(endpoint.method, endpoint.path, guarded(endpoint.auth, endpoint.route_handler()))
@@ -183,7 +193,7 @@ def create_app(
     # answered its in-flight requests: the writer last, after committing everything queued and
     # before whoever owns the pool closes it; pushes and webhooks first (their sends end or are
     # released).
-    for component in (writer, windows, maintenance, webhooks, *([pushes] if pushes else [])):
+    for component in (writer, windows, maintenance, webhooks, *([pushes] if pushes else []), expander):
         app.cleanup_ctx.append(_running(component))
 
     # Open event streams end at shutdown, before aiohttp waits for in-flight requests.

@@ -86,6 +86,8 @@ class RetentionWindows:
     commands: timedelta = timedelta(days=90)
     # A command's push (FCM outbox row), kept as long as the command it belongs to.
     command_pushes: timedelta = timedelta(days=90)
+    # A bulk dispatch and its fixed targets, kept as long as the commands it created.
+    bulk_dispatches: timedelta = timedelta(days=90)
     # Who did what (`service.audit`): the operators' own log, kept over a year.
     operator_audit: timedelta = timedelta(days=400)
     # Rollups (continuous aggregates, or rollup tables kept by the maintenance task).
@@ -107,6 +109,7 @@ RETENTION_VARIABLES: dict[str, str] = {
     "enrollment_events": "TELEMETRY_RETENTION_ENROLLMENT_EVENTS_SECONDS",
     "commands": "TELEMETRY_RETENTION_COMMANDS_SECONDS",
     "command_pushes": "TELEMETRY_RETENTION_COMMAND_PUSHES_SECONDS",
+    "bulk_dispatches": "TELEMETRY_RETENTION_BULK_DISPATCHES_SECONDS",
     "operator_audit": "TELEMETRY_RETENTION_OPERATOR_AUDIT_SECONDS",
     "device_heartbeats_hourly": "TELEMETRY_RETENTION_HOURLY_SECONDS",
     "fleet_daily": "TELEMETRY_RETENTION_FLEET_DAILY_SECONDS",

@@ -140,6 +140,18 @@ class WebhookDeliveriesQuery(WebhookIdPath, kw_only=True):
     before: DeliveryBefore | None = None
 
 
+BulkAfter = Annotated[str, Meta(min_length=1, max_length=128, description="next_after of the previous page")]
+
+
+class BulkIdPath(Parameters):
+    bulk_id: DatabaseId
+
+
+class BulkQuery(BulkIdPath, kw_only=True):
+    after: BulkAfter | None = None
+    limit: Limit = DEFAULT_LIMIT
+
+
 class DevicePage(Parameters):
     """A device's newest rows (heartbeats, dispatches)."""
 

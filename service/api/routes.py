@@ -11,6 +11,7 @@ from __future__ import annotations
 from service.api import (
     apk,
     audit,
+    bulk,
     commands,
     devices,
     dispatches,
@@ -94,6 +95,35 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         summary="Create a dispatch once per request_id (201 created, 200 existing, 409 conflicting)",
         request=s.DispatchRequest,
         responses={200: s.Dispatch, 201: s.Dispatch, 404: s.ErrorBody, 409: s.ErrorBody},
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/dispatches/bulk",
+        handler=bulk.create_bulk_dispatch,
+        auth="admin",
+        summary="One command to a selection of devices (ids, the device list's filters, or all): 202"
+        " with its targets fixed, commands created in the background; 200 existing, 409 conflicting",
+        request=s.BulkDispatchRequest,
+        responses={200: s.BulkState, 202: s.BulkState, 409: s.ErrorBody},
+    ),
+    Endpoint(
+        method="GET",
+        path="/v1/dispatches/bulk/{bulk_id}",
+        handler=bulk.get_bulk_dispatch,
+        auth="viewer",
+        summary="A bulk dispatch: its commands counted by status and by push status, and a page of"
+        " its targets (device_id order; after= pages on) with their commands",
+        parameters=p.BulkQuery,
+        responses={200: s.BulkDispatchView, 404: s.ErrorBody},
+    ),
+    Endpoint(
+        method="POST",
+        path="/v1/dispatches/bulk/{bulk_id}/cancel",
+        handler=bulk.cancel_bulk_dispatch,
+        auth="admin",
+        summary="Cancel a bulk dispatch: no more of its commands are created, its open ones are cancelled",
+        parameters=p.BulkIdPath,
+        responses={200: s.BulkCancelResponse, 404: s.ErrorBody},
     ),
     Endpoint(
         method="GET",

@@ -22,6 +22,7 @@ from msgspec import Meta
 # Results the domain packages define and the API serves as they are (same fields, same names in
 # the document): re-exported here so that the endpoint table names every body in one module.
 from service.audit.log import AuditEntry
+from service.bulk.dispatches import BULK_REQUEST_ID_MAX, MAX_DEVICE_IDS, BulkCounts, BulkState
 from service.commands.dispatches import Dispatch
 from service.commands.lifecycle import ACKED, Command, CommandStatus
 from service.commands.reachability import PushReachability
@@ -33,6 +34,8 @@ from service.rollout.installations import InstallationStatus
 __all__ = [
     "AppVersionCount",
     "AuditEntry",
+    "BulkCounts",
+    "BulkState",
     "Command",
     "Dispatch",
     "FleetSummary",
@@ -402,6 +405,67 @@ class CommandConflict(Struct):
 class CommandList(Struct):
     commands: list[Command]
     device_id: str | None = None
+
+
+# --- bulk dispatch (see service.api.bulk) --------------------------------------------------------
+
+
+class BulkFilter(Struct):
+    """The device list's filters (`GET /v1/devices`), at least one."""
+
+    presence: Presence | None = None
+    app_version: Annotated[ShortText, Meta(description="Last app version equals")] | None = None
+    status: Annotated[ShortText, Meta(description="Last status equals")] | None = None
+    battery_below: Annotated[int, Meta(ge=0, le=101, description="Last battery below")] | None = None
+    q: Annotated[str, Meta(min_length=1, max_length=128, description="Device id prefix")] | None = None
+    tag: Tag | None = None
+
+
+class BulkSelector(Struct):
+    """Exactly one of `device_ids`, `filter` or `all: true`; devices whose credential is revoked
+    are never targeted."""
+
+    device_ids: (
+        Annotated[
+            list[DeviceId],
+            Meta(min_length=1, max_length=MAX_DEVICE_IDS, description=f"At most {MAX_DEVICE_IDS} devices"),
+        ]
+        | None
+    ) = None
+    filter: BulkFilter | None = None
+    all: Annotated[bool, Meta(description="Every device (must be true when given)")] | None = None
+
+
+class BulkDispatchRequest(Struct):
+    request_id: Annotated[
+        str,
+        Meta(
+            min_length=1,
+            max_length=BULK_REQUEST_ID_MAX,
+            pattern=IDENTIFIER,
+            description="Idempotency key of the bulk; each command's is `{request_id}:{device_id}`",
+        ),
+    ]
+    action: ShortText
+    selector: BulkSelector
+    payload: Annotated[dict[str, Any], Meta(max_length=64, description=FREE_FORM)] | None = None
+
+
+class BulkTarget(Struct):
+    device_id: str
+    command: Annotated[Command | None, Meta(description="None until its command is created")]
+
+
+class BulkDispatchView(Struct):
+    bulk: BulkState
+    counts: BulkCounts
+    targets: list[BulkTarget]
+    next_after: Annotated[str | None, Meta(description="`after` of the next page; None on the last")] = None
+
+
+class BulkCancelResponse(Struct):
+    cancelled: Annotated[int, Meta(description="Open commands this cancel closed")]
+    bulk: BulkState
 
 
 # --- APK builds and rollouts (see service.api.apk) ---------------------------------------------

@@ -33,6 +33,8 @@ import msgspec
 
 class AuditAction(StrEnum):
     DISPATCH_CREATE = "dispatch.create"
+    BULK_CREATE = "bulk.create"
+    BULK_CANCEL = "bulk.cancel"
     COMMAND_CANCEL = "command.cancel"
     DEVICE_REVOKE = "device.revoke"
     DEVICE_REINSTATE = "device.reinstate"

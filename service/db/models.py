@@ -610,6 +610,53 @@ class CommandPush(Base):
     )
 
 
+class BulkDispatch(Base):
+    """One command to a selection of devices (`POST /v1/dispatches/bulk`, `service.commands.bulk`).
+
+    Its targets are fixed when it is created (`bulk_dispatch_targets`, `target_count`); the
+    commands are created from them afterwards, in chunks, each chunk in one transaction with the
+    `expanded_through` mark it advances (so creation resumes after a crash and never creates a
+    command twice); `expanded_at` is set with the last chunk, `cancelled_at` by its cancel.
+    `request_id` is the operator's idempotency key; each command's is derived from it."""
+
+    __tablename__ = "bulk_dispatches"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    action: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any] | None]
+    selector: Mapped[dict[str, Any]]
+    target_count: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(server_default=NOW)
+    expanded_through: Mapped[str | None] = mapped_column(String(128))
+    expanded_at: Mapped[datetime | None]
+    cancelled_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        # Retention (batched DELETE by created_at).
+        Index("ix_bulk_dispatches_created_at", "created_at"),
+        # The expanders' claim: bulks still creating commands.
+        Index(
+            "ix_bulk_dispatches_unexpanded",
+            "id",
+            postgresql_where=text("expanded_at IS NULL AND cancelled_at IS NULL"),
+        ),
+    )
+
+
+class BulkDispatchTarget(Base):
+    """A device a bulk dispatch addresses, fixed at the bulk's creation (keyed with `device_id`:
+    the scale-out note); read in `device_id` order to create, count, page and cancel."""
+
+    __tablename__ = "bulk_dispatch_targets"
+
+    bulk_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("bulk_dispatches.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+
+
 # --- retention configuration ------------------------------------------------------------------
 
 

@@ -80,6 +80,8 @@ ENROLLMENT_EVENTS = RetainedTable("enrollment_events", RetentionKind.ROW_EXPIRY,
 COMMANDS = RetainedTable("commands", RetentionKind.ROW_EXPIRY, "created_at")
 # Each command's FCM push (the outbox), read with its command.
 COMMAND_PUSHES = RetainedTable("command_pushes", RetentionKind.ROW_EXPIRY, "created_at")
+# Bulk dispatches (`service.commands.bulk`); their targets go with them (ON DELETE CASCADE).
+BULK_DISPATCHES = RetainedTable("bulk_dispatches", RetentionKind.ROW_EXPIRY, "created_at")
 # Who did what (`service.audit`), kept 400 days.
 OPERATOR_AUDIT = RetainedTable("operator_audit", RetentionKind.ROW_EXPIRY, "at")
 
@@ -93,6 +95,7 @@ RETAINED_TABLES: tuple[RetainedTable, ...] = (
     ENROLLMENT_EVENTS,
     COMMANDS,
     COMMAND_PUSHES,
+    BULK_DISPATCHES,
     OPERATOR_AUDIT,
 )
 BY_NAME = {t.name: t for t in RETAINED_TABLES}

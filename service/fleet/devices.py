@@ -114,6 +114,17 @@ def _filters(f: DeviceFilter, args: list[Any]) -> list[str]:
     return where
 
 
+def selection(f: DeviceFilter, args: list[Any]) -> list[str]:
+    """SQL conditions on `d`/`p` for every filter of `f`, presence judged at `$1` (the caller's
+    `now`, already `args[0]`); appends their arguments. The device list's and the bulk
+    dispatch's selector's one rule (`service.commands.bulk`)."""
+    where = _filters(f, args)
+    if f.presence is not None:
+        args.append(f.presence)
+        where.append(f"{PRESENCE_SQL.format(now='$1')} = ${len(args)}")
+    return where
+
+
 async def list_devices(
     conn: asyncpg.Connection, f: DeviceFilter, limit: int, cursor: str | None, now: datetime
 ) -> tuple[list[asyncpg.Record], str | None]:
@@ -121,10 +132,7 @@ async def list_devices(
     if f.presence == "offline":
         return await _list_offline(conn, f, limit, cursor, now)
     args: list[Any] = [now]
-    where = _filters(f, args)
-    if f.presence is not None:
-        where.append(f"{PRESENCE_SQL.format(now='$1')} = ${len(args) + 1}")
-        args.append(f.presence)
+    where = selection(f, args)
     if cursor is not None:
         after = decode_cursor(cursor, "id")
         args.append(after.device_id)

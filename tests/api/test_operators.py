@@ -31,6 +31,7 @@ def concrete(path: str) -> str:
         .replace("{token_id}", "1")
         .replace("{build_id}", "build-v")
         .replace("{webhook_id}", "1")
+        .replace("{bulk_id}", "1")
     )
 
 
@@ -84,6 +85,9 @@ async def test_a_viewer_reads_every_get_and_is_refused_every_write(api: Api) -> 
     assert (await api.client.post("/v1/apk-versions", json=build, headers=api.op())).status == 201
     hook = {"url": "https://93.184.215.14/hook"}  # a public address literal: nothing is sent to it
     assert (await api.client.post("/v1/webhooks", json=hook, headers=api.op())).status == 201
+    bulk = {"request_id": "bulk-v", "action": "ping", "selector": {"device_ids": ["dev-v"]}}
+    r = await api.client.post("/v1/dispatches/bulk", json=bulk, headers=api.op())
+    assert r.status == 202 and (await r.json())["id"] == 1
     viewer = await new_operator(api, "val", role="viewer")
     writes = [ep for ep in ENDPOINTS if ep.auth in ("admin", "ci")]
     reads = [ep for ep in ENDPOINTS if ep.auth == "viewer"]

@@ -26,6 +26,7 @@ PATH_VALUES = {
     "build_id": "param-build",
     "token_id": "1",
     "webhook_id": "1",
+    "bulk_id": "1",
 }
 
 

@@ -161,6 +161,13 @@ async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMod
     )
     assert r.status == 201
     webhook_id = (await r.json())["id"]
+    r = await api.client.post(
+        "/v1/dispatches/bulk",
+        json={"request_id": "fuzz-bulk", "action": "ping", "selector": {"device_ids": ["fuzz-dev"]}},
+        headers=api.op(),
+    )
+    assert r.status == 202
+    bulk_id = (await r.json())["id"]
     r = await api.client.get("/openapi.json")
     assert r.status == 200
     schema = schemathesis.openapi.from_dict(await r.json())
@@ -173,6 +180,7 @@ async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMod
             "token_id": str(token_id),
             "build_id": "fuzz-build",
             "webhook_id": str(webhook_id),
+            "bulk_id": str(bulk_id),
         },
     )
     started = time.perf_counter()
@@ -183,7 +191,7 @@ async def test_every_operation_conforms_under_fuzzing(api: Api, mode: StorageMod
     STATS.statuses.update(run.statuses)
 
     operations = len(list(schema.get_all_operations()))
-    assert operations == 45
+    assert operations == 48
     assert run.requests >= operations * EXAMPLES
     assert run.server_errors == [], "\n".join(run.server_errors)
     assert run.failures == [], "\n\n".join(run.failures)

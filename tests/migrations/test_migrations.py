@@ -19,9 +19,9 @@ from tests.support.cli import child_env
 from tests.support.cluster import PROJECT_TABLES, TestServer, create_database, migrate, migrator_for
 
 BASELINE = "7ac6ecbe4e31"
-EARLIER = "875e6521299b"
-PREVIOUS = "862e82e33051"
-HEAD = "7d3b9e2c5a14"
+EARLIER = "862e82e33051"
+PREVIOUS = "7d3b9e2c5a14"
+HEAD = "3f6b1d8a2c47"
 BEFORE_EVENT_LOG = "b7c1e4d9f2a6"
 # The revision before the rollout funnel's counts (a9d3e5f7b1c2), which fill themselves from the
 # rows already stored.
@@ -115,6 +115,7 @@ async def test_time_series_tables_are_partitioned_with_retention(
         "enrollment_events": timedelta(days=90),
         "commands": timedelta(days=90),
         "command_pushes": timedelta(days=90),
+        "bulk_dispatches": timedelta(days=90),
         "operator_audit": timedelta(days=400),
         "device_heartbeats_hourly": timedelta(days=90),
         "fleet_daily": timedelta(days=400),

@@ -71,6 +71,7 @@ async def test_maintenance_expires_audit_rows_in_both_modes(
         "enrollment_events": 1,
         "commands": 0,
         "command_pushes": 0,
+        "bulk_dispatches": 0,
         "operator_audit": 0,
     }
     assert await conn.fetchval("SELECT count(*) FROM enrollment_events") == 1

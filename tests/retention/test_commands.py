@@ -66,6 +66,7 @@ async def test_set_then_show(db_url: str, mode: StorageMode) -> None:
         "enrollment_events",
         "commands",
         "command_pushes",
+        "bulk_dispatches",
         "operator_audit",
         "device_heartbeats_hourly",
         "fleet_daily",

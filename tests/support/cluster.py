@@ -40,6 +40,8 @@ PROJECT_TABLES = {
     "device_presence",
     "device_push_tokens",
     "command_pushes",
+    "bulk_dispatch_targets",
+    "bulk_dispatches",
     "device_tags",
     "operator_audit",
     "enrollment_events",
