@@ -251,6 +251,16 @@ class Metrics:
             registry=r,
         )
         # FCM pushes (service.push.worker): this instance's attempts, counted as they are recorded.
+        self.push_queued = Gauge(
+            "telemetry_push_queued",
+            "FCM pushes queued (not yet sent, failed or no_token), every instance's",
+            registry=r,
+        )
+        self.push_oldest_queued_age = Gauge(
+            "telemetry_push_oldest_queued_age_seconds",
+            "Age of the oldest queued FCM push, since its command was dispatched (0: none queued)",
+            registry=r,
+        )
         self.fcm_sends = Counter(
             "telemetry_fcm_sends",
             "FCM push attempts by outcome: sent, retried (429, 5xx, timeout), failed (final answer"

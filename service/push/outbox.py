@@ -89,6 +89,11 @@ FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS k(id, device_id, lea
 WHERE p.id = k.id AND p.device_id = k.device_id AND p.next_attempt_at = k.lease
   AND p.status = '{PushStatus.QUEUED}'
 """
+# The backlog gauges: the same database-wide figure from every instance.
+BACKLOG = f"""
+SELECT count(*) AS queued, coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 AS oldest
+FROM command_pushes WHERE status = '{PushStatus.QUEUED}'
+"""
 # Bookkeeping commits need not wait for the WAL flush (see the module's docstring).
 _RELAXED = "SET LOCAL synchronous_commit = off"
 

@@ -19,6 +19,9 @@
   most twice `TELEMETRY_FCM_MAX_CONNECTIONS`: the sends in flight and the answers waiting for
   their record. Claimed-and-unsent ones are not sent twice: they are sent once their lease passed.
 
+The backlog gauges (`telemetry_push_queued`, `telemetry_push_oldest_queued_age_seconds`) are
+read from the database every `GAUGE_INTERVAL` seconds: the same figure from every instance.
+
 Lifecycle (a `service.app.Background`): `start` starts the loop unless `TELEMETRY_PUSH_WORKER=0`;
 `stop` stops claiming, gives in-flight sends `STOP_GRACE` seconds to finish and be recorded,
 cancels the rest and makes their rows and the claimed-but-unsent ones due again (released for
@@ -54,6 +57,7 @@ BATCH = 256
 RECORD_BATCH = 1000
 STOP_GRACE = 5.0
 ERROR_PAUSE = 1.0
+GAUGE_INTERVAL = 5.0
 
 
 async def _failed(what: str, exc: BaseException) -> None:
@@ -91,6 +95,7 @@ class PushWorker:
         self._tasks: dict[asyncio.Task[None], Claim] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._gauges: asyncio.Task[None] | None = None
         self._stopping = False
         self._to_record: list[tuple[outbox.Outcome, asyncio.Future[bool]]] = []
         self._recorder: asyncio.Task[None] | None = None
@@ -108,10 +113,16 @@ class PushWorker:
         log.info("push: FCM configured (project %s)", self._sender.project_id)
         if self._settings.push_worker:
             self._task = asyncio.create_task(self._claim_loop(), name="push-claims")
+            self._gauges = asyncio.create_task(self._gauge_loop(), name="push-gauges")
 
     async def stop(self) -> None:
         self._stopping = True
         self._wake.set()
+        if self._gauges is not None:
+            self._gauges.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._gauges
+            self._gauges = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,6 +139,21 @@ class PushWorker:
         with contextlib.suppress(*CALL_FAILED):
             await outbox.release(self._pool, unsent)
         await self._sender.close()
+
+    async def refresh_gauges(self) -> None:
+        """The backlog gauges from the database (`telemetry_push_queued`, `…_oldest_queued_age_seconds`)."""
+        row = await self._pool.fetchrow(outbox.BACKLOG)
+        self._metrics.push_queued.set(row["queued"])
+        self._metrics.push_oldest_queued_age.set(row["oldest"])
+
+    async def _gauge_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_gauges()
+            except Exception as exc:
+                await _failed("gauges", exc)
+                continue
+            await asyncio.sleep(GAUGE_INTERVAL)
 
     async def _claim_loop(self) -> None:
         # Claims run ahead of the sends by up to `limit` pushes, so a send slot that frees never
