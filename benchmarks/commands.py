@@ -315,14 +315,16 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
 
 
 def main() -> None:
-    parser = standalone.parser(__doc__)
-    parser.add_argument("--devices", type=int, default=100_000)
-    parser.add_argument("--commands", type=int, default=1_000_000)
-    parser.add_argument("--downloads", type=int, default=1_000_000)
-    parser.add_argument("--acks", type=int, default=20_000)
-    parser.add_argument("--ack-clients", type=int, default=100)
-    parser.add_argument("--pulls", type=int, default=500)
-    parser.add_argument("--rollouts", type=int, default=50)
+    parser = standalone.parser(
+        __doc__,
+        devices=100_000,
+        commands=1_000_000,
+        downloads=1_000_000,
+        acks=20_000,
+        ack_clients=100,
+        pulls=500,
+        rollouts=50,
+    )
     parser.add_argument(
         "--ack-windows-ms",
         type=float,

@@ -175,13 +175,10 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
 
 
 def main() -> int:
-    parser = standalone.parser(__doc__)
-    parser.add_argument("--devices", type=int, default=100_000)
-    parser.add_argument("--commands", type=int, default=200_000)
-    parser.add_argument("--downloads", type=int, default=200_000)
-    parser.add_argument("--requests", type=int, default=100)
+    parser = standalone.parser(
+        __doc__, check=True, devices=100_000, commands=200_000, downloads=200_000, requests=100
+    )
     parser.add_argument("--renders", type=int, default=5, help="0: no browser")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args()
     results = standalone.run(args, bench_mode)
     print(f"{args.devices:,} devices, {args.commands:,} commands, {args.downloads:,} download events\n")

@@ -277,15 +277,17 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
 
 
 def main() -> int:
-    parser = standalone.parser(__doc__)
-    parser.add_argument("--devices", type=int, default=100_000)
-    parser.add_argument("--expiring", type=int, default=10_000)
-    parser.add_argument("--passes", type=int, default=3)
-    parser.add_argument("--compute-samples", type=int, default=30)
-    parser.add_argument("--flush-reps", type=int, default=20)
-    parser.add_argument("--summary-requests", type=int, default=200)
-    parser.add_argument("--list-requests", type=int, default=500)
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser = standalone.parser(
+        __doc__,
+        check=True,
+        devices=100_000,
+        expiring=10_000,
+        passes=3,
+        compute_samples=30,
+        flush_reps=20,
+        summary_requests=200,
+        list_requests=500,
+    )
     args = parser.parse_args()
     results = standalone.run(args, bench_mode)
     print(f"{args.devices} devices with presence; {args.expiring} deadlines passing at once\n")

@@ -254,16 +254,12 @@ async def bench_mode(cluster: EmbeddedCluster, mode: StorageMode, args: argparse
 
 
 def main() -> None:
-    parser = standalone.parser(__doc__)
-    parser.add_argument("--devices", type=int, default=10_000)
-    parser.add_argument("--days", type=int, default=90)
-    parser.add_argument("--raw-devices", type=int, default=1_000)
-    parser.add_argument("--raw-hours", type=int, default=6)
+    parser = standalone.parser(
+        __doc__, devices=10_000, days=90, raw_devices=1_000, raw_hours=6, requests=200, fleet_requests=50
+    )
     parser.add_argument(
         "--raw-interval", type=int, default=10, help="seconds between heartbeats (multiple of 10)"
     )
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--fleet-requests", type=int, default=50)
     parser.add_argument("--raw-only", action="store_true", help="only the raw-row figures")
     args = parser.parse_args()
     results = standalone.run(args, bench_mode)

@@ -25,11 +25,17 @@ from service.settings import StorageMode
 Figures = dict[str, Any]
 
 
-def parser(doc: str | None) -> argparse.ArgumentParser:
-    """The module's docstring as its help, and the options every module has."""
+def parser(doc: str | None, *, check: bool = False, **counts: int) -> argparse.ArgumentParser:
+    """The module's docstring as its help, the options every module has, `--check` (exit 1 when
+    a target is missed) when asked, and one integer option per keyword in `counts`
+    (`raw_devices=1000` is `--raw-devices`, default 1000)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--modes", default="auto", help="comma-separated: postgres, timescale (default: both)")
     p.add_argument("--json", type=Path, help="write the figures as JSON to this path")
+    for name, default in counts.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    if check:
+        p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     return p
 
 

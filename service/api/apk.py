@@ -18,10 +18,9 @@ from dataclasses import asdict
 import asyncpg
 from aiohttp import web
 
-from service.api import request_id
 from service.api.audit import actor
 from service.api.auth import require_device, require_operator
-from service.api.errors import ApiError, not_found
+from service.api.errors import ApiError, not_found, status_conflict
 from service.api.parameters import ApkVersionsQuery, BuildIdPath
 from service.api.responses import json_response
 from service.api.schemas import (
@@ -30,7 +29,6 @@ from service.api.schemas import (
     ApkVersion,
     ApkVersionList,
     ApkVersionRequest,
-    ErrorDetail,
     InstallationConflict,
 )
 from service.api.state import services
@@ -135,14 +133,9 @@ async def report_installation(request: web.Request) -> web.Response:
     current = outcome.installation.status
     if current == body.status:
         return json_response(installation)
+    message = f"the installation is {current!r}; a report cannot move it to {body.status!r}"
     conflict = InstallationConflict(
-        error=ErrorDetail(
-            code="status_conflict",
-            message=f"the installation is {current!r}; a report cannot move it to {body.status!r}",
-            field="status",
-            request_id=request_id.of(request),
-        ),
-        installation=installation,
+        error=status_conflict(request, message, "status"), installation=installation
     )
     return json_response(conflict, status=409)
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from service.api.audit import actor
 from service.api.auth import require_operator
 from service.api.errors import ApiError, not_found, unprocessable
+from service.api.fleet import device_filter
 from service.api.parameters import BulkIdPath, BulkQuery
 from service.api.responses import json_response
 from service.api.schemas import (
@@ -42,7 +43,6 @@ from service.bulk.dispatches import (
     create_bulk,
 )
 from service.bulk.expander import BulkExpander
-from service.fleet.devices import DeviceFilter
 
 # This instance's expander: a new bulk wakes it, so its commands start at once.
 BULK_EXPANDER = web.AppKey("bulk_expander", BulkExpander)
@@ -66,16 +66,7 @@ def selection_of(selector: BulkSelector) -> tuple[Selection, dict[str, object]]:
             raise unprocessable(
                 "filter names no condition (use all: true for the whole fleet)", field="selector.filter"
             )
-        f = selector.filter
-        device_filter = DeviceFilter(
-            presence=f.presence,
-            app_version=f.app_version,
-            status=f.status,
-            battery_below=f.battery_below,
-            id_prefix=f.q,
-            tag=f.tag,
-        )
-        return Selection(filter=device_filter), {"filter": conditions}
+        return Selection(filter=device_filter(selector.filter)), {"filter": conditions}
     assert selector.device_ids is not None
     ids = sorted(set(selector.device_ids))
     return Selection(device_ids=tuple(ids)), {"device_ids": ids}

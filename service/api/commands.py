@@ -18,7 +18,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from aiohttp import web
 
@@ -26,7 +26,7 @@ from service.api import request_id
 from service.api.audit import actor
 from service.api.auth import require_device, require_operator
 from service.api.devices import ensure_device_exists
-from service.api.errors import not_found
+from service.api.errors import not_found, status_conflict
 from service.api.parameters import (
     DeviceCommandsQuery,
     PendingCommandsQuery,
@@ -40,10 +40,9 @@ from service.api.schemas import (
     CommandAckResponse,
     CommandConflict,
     CommandList,
-    ErrorDetail,
 )
 from service.api.state import services
-from service.api.validation import check_timestamp, decode
+from service.api.validation import check_received, decode
 from service.audit.log import AuditAction, record
 from service.commands.acks import AckOutcome, AckResult, AckRow
 from service.commands.cancel import cancel_command
@@ -59,13 +58,7 @@ async def ack_command(request: web.Request, params: RequestIdPath) -> web.Respon
     body = await decode(request, CommandAck)
     ts = None
     if body.ts is not None:
-        ts = check_timestamp(
-            body.ts,
-            "ts",
-            now=datetime.now(UTC),
-            window=svc.windows.window(COMMANDS.name),
-            skew=svc.settings.max_clock_skew,
-        )
+        ts = check_received(request, body.ts, "ts", COMMANDS.name)
     row = AckRow(params.request_id, device.device_id, body.status, ts, body.result, body.error)
     outcomes: list[AckOutcome] = await svc.writer.submit([row], request_id=request_id.of(request))
     (outcome,) = outcomes
@@ -74,13 +67,9 @@ async def ack_command(request: web.Request, params: RequestIdPath) -> web.Respon
     command = outcome.command
     if outcome.result is AckResult.CONFLICT:
         message = f"the command is {command.status!r}; an ack cannot move it to {row.status!r}"
-        conflict = CommandConflict(
-            error=ErrorDetail(
-                code="status_conflict", message=message, field="status", request_id=request_id.of(request)
-            ),
-            command=command,
+        return json_response(
+            CommandConflict(error=status_conflict(request, message, "status"), command=command), status=409
         )
-        return json_response(conflict, status=409)
     changed = outcome.result is AckResult.CHANGED
     if changed and outcome.previous == CommandStatus.PENDING and row.status == command.status:
         assert command.delivered_at is not None
@@ -105,18 +94,9 @@ async def cancel(request: web.Request, params: RequestIdPath) -> web.Response:
         raise not_found(f"no command with request_id {rid!r}", field="request_id")
     command = command_with_push(row)
     if outcome.result is AckResult.CONFLICT:
-        return json_response(
-            CommandConflict(
-                error=ErrorDetail(
-                    code="status_conflict",
-                    message=f"the command is {command.status!r}; only an open one can be cancelled",
-                    field="request_id",
-                    request_id=request_id.of(request),
-                ),
-                command=command,
-            ),
-            status=409,
-        )
+        message = f"the command is {command.status!r}; only an open one can be cancelled"
+        conflict = CommandConflict(error=status_conflict(request, message, "request_id"), command=command)
+        return json_response(conflict, status=409)
     return json_response(CommandAckResponse(changed=outcome.result is AckResult.CHANGED, command=command))
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from service.api.audit import actor
 from service.api.auth import require_operator
 from service.api.errors import not_found
-from service.api.parameters import DeviceIdPath
+from service.api.parameters import DeviceIdPath, DevicePage
 from service.api.responses import json_response
 from service.api.schemas import DeviceState, DeviceSummary
 from service.api.state import services
@@ -39,13 +39,14 @@ async def ensure_device_exists(conn: asyncpg.Connection, device_id: str) -> None
         raise not_found(f"no device {device_id!r}", field="device_id")
 
 
-async def newest_rows(conn: asyncpg.Connection, sql: str, device_id: str, limit: int) -> list[asyncpg.Record]:
+async def newest_rows(pool: asyncpg.Pool, sql: str, page: DevicePage) -> list[asyncpg.Record]:
     """A device's newest rows (`sql` takes the device id as $1 and the limit as $2); 404 naming
     `device_id` when it is no device. Such rows exist only for enrolled devices, so the device
     is looked up only when there are none: one round trip when there are."""
-    rows = await conn.fetch(sql, device_id, limit)
-    if not rows:
-        await ensure_device_exists(conn, device_id)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(sql, page.device_id, page.limit)
+        if not rows:
+            await ensure_device_exists(conn, page.device_id)
     return rows
 
 

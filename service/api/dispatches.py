@@ -88,8 +88,6 @@ _NEWEST_DISPATCHES = (
 
 async def list_device_dispatches(request: web.Request, params: DevicePage) -> web.Response:
     await require_operator(request)
-    svc = services(request)
-    device_id, limit = params.device_id, params.limit
-    async with svc.pool.acquire() as conn:
-        rows = await newest_rows(conn, _NEWEST_DISPATCHES, device_id, limit)
-    return json_response(DispatchList(device_id=device_id, dispatches=[Dispatch.from_row(r) for r in rows]))
+    rows = await newest_rows(services(request).pool, _NEWEST_DISPATCHES, params)
+    dispatches = [Dispatch.from_row(r) for r in rows]
+    return json_response(DispatchList(device_id=params.device_id, dispatches=dispatches))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -18,7 +17,7 @@ from service.api.errors import unprocessable
 from service.api.responses import json_response
 from service.api.schemas import ApkDownload, ApkDownloadResponse
 from service.api.state import services
-from service.api.validation import check_timestamp, decode
+from service.api.validation import check_received, decode
 from service.db.time_series import DOWNLOADS
 from service.rollout.downloads import DownloadRow
 
@@ -44,13 +43,7 @@ async def post_download(request: web.Request) -> web.Response:
             field="ts",
             code="missing_ts",
         )
-    ts = check_timestamp(
-        body.ts,
-        "ts",
-        now=datetime.now(UTC),
-        window=svc.windows.window(DOWNLOADS.name),
-        skew=svc.settings.max_clock_skew,
-    )
+    ts = check_received(request, body.ts, "ts", DOWNLOADS.name)
     row_id = event_id(device.device_id, body.event_key)
     (stored,) = await svc.writer.submit(
         [

@@ -8,7 +8,9 @@ import re
 import msgspec
 from aiohttp import web
 
+from service.api import request_id
 from service.api.responses import json_response
+from service.api.schemas import ErrorDetail
 
 
 class ApiError(Exception):
@@ -83,3 +85,10 @@ def from_validation(exc: msgspec.ValidationError, prefix: str = "") -> ApiError:
     if unknown:
         field = f"{field}.{unknown['name']}" if field else unknown["name"]
     return unprocessable(text, field=field or None)
+
+
+def status_conflict(request: web.Request, message: str, field: str) -> ErrorDetail:
+    """The error of a 409 that answers with the resource's current state beside it (an ack, a
+    cancel or an installation report that would move a state machine backward)."""
+    rid = request_id.of(request)
+    return ErrorDetail(code="status_conflict", message=message, field=field, request_id=rid)

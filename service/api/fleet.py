@@ -25,6 +25,7 @@ from service.api.parameters import (
 )
 from service.api.responses import json_response
 from service.api.schemas import (
+    BulkFilter,
     DeviceEvent,
     DeviceEventList,
     DeviceList,
@@ -37,19 +38,24 @@ from service.fleet.devices import CursorError, DeviceFilter, list_devices
 from service.fleet.summary import fleet_summary
 
 
+def device_filter(given: DeviceListQuery | BulkFilter) -> DeviceFilter:
+    """The device list's filters as the query (`GET /v1/devices`) or a bulk selector spells them."""
+    return DeviceFilter(
+        presence=given.presence,
+        app_version=given.app_version,
+        status=given.status,
+        battery_below=given.battery_below,
+        id_prefix=given.q,
+        tag=given.tag,
+    )
+
+
 async def device_page(
     conn: asyncpg.Connection, params: DeviceListQuery, limit: int
 ) -> tuple[list[asyncpg.Record], str | None]:
     """A page of the device list by its filters and cursor (the API's and the console's):
     `(rows, next_cursor)`; a cursor that does not decode is 422 naming `cursor`."""
-    f = DeviceFilter(
-        presence=params.presence,
-        app_version=params.app_version,
-        status=params.status,
-        battery_below=params.battery_below,
-        id_prefix=params.q,
-        tag=params.tag,
-    )
+    f = device_filter(params)
     now: datetime = await conn.fetchval("SELECT now()")
     try:
         return await list_devices(conn, f, limit, params.cursor, now)

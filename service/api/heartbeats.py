@@ -80,10 +80,6 @@ _NEWEST_HEARTBEATS = (
 
 async def list_heartbeats(request: web.Request, params: DevicePage) -> web.Response:
     await require_operator(request)
-    svc = services(request)
-    device_id, limit = params.device_id, params.limit
-    async with svc.pool.acquire() as conn:
-        rows = await newest_rows(conn, _NEWEST_HEARTBEATS, device_id, limit)
-    return json_response(
-        HeartbeatList(device_id=device_id, heartbeats=[StoredHeartbeat(**dict(r)) for r in rows])
-    )
+    rows = await newest_rows(services(request).pool, _NEWEST_HEARTBEATS, params)
+    heartbeats = [StoredHeartbeat(**dict(r)) for r in rows]
+    return json_response(HeartbeatList(device_id=params.device_id, heartbeats=heartbeats))

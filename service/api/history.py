@@ -227,12 +227,7 @@ async def fleet_history(
         available_from=kept_from,
         materialized_until=until,
         buckets=[
-            FleetHistoryBucket(
-                start=r["start"],
-                devices_seen=r["devices_seen"],
-                heartbeats=r["heartbeats"],
-                battery_avg=r["battery_avg"],
-            )
+            FleetHistoryBucket(**{name: r[name] for name in FleetHistoryBucket.__struct_fields__})
             for r in rows
         ],
     )

@@ -91,6 +91,14 @@ async def decode(request: web.Request, type_: type[T]) -> T:
     return convert(await read_json(request), type_)
 
 
+def check_received(request: web.Request, ts: datetime | None, field: str, table: str) -> datetime:
+    """`check_timestamp` at now against `table`'s window in force and the configured skew."""
+    svc = services(request)
+    return check_timestamp(
+        ts, field, now=datetime.now(UTC), window=svc.windows.window(table), skew=svc.settings.max_clock_skew
+    )
+
+
 def check_timestamp(
     ts: datetime | None, field: str, *, now: datetime, window: timedelta, skew: timedelta
 ) -> datetime:

@@ -94,19 +94,8 @@ class BulkState(msgspec.Struct, frozen=True):
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> BulkState:
         status = "cancelled" if row["cancelled_at"] else ("created" if row["expanded_at"] else "creating")
-        return cls(
-            id=row["id"],
-            request_id=row["request_id"],
-            action=row["action"],
-            payload=row["payload"],
-            selector=row["selector"],
-            target_count=row["target_count"],
-            created_at=row["created_at"],
-            created_by=row["created_by_name"],
-            status=status,
-            expanded_at=row["expanded_at"],
-            cancelled_at=row["cancelled_at"],
-        )
+        stored = {name: row[name] for name in cls.__struct_fields__ if name not in ("created_by", "status")}
+        return cls(**stored, created_by=row["created_by_name"], status=status)
 
 
 @dataclass(frozen=True, slots=True)

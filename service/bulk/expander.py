@@ -25,7 +25,7 @@ from datetime import timedelta
 import asyncpg
 
 from service.bulk.dispatches import expand_chunk
-from service.db.errors import CALL_FAILED
+from service.db.errors import round_failed
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,7 @@ class BulkExpander:
             try:
                 await self.expand_all()
             except Exception as exc:  # logged, retried: the loop must not die
-                if isinstance(exc, CALL_FAILED):
-                    log.warning("bulk expansion failed: %s: %s", type(exc).__name__, exc)
-                else:
-                    log.error("bulk expansion failed", exc_info=exc)
-                await asyncio.sleep(ERROR_PAUSE)
+                await round_failed(log, "bulk expansion", exc, ERROR_PAUSE)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), POLL)

@@ -43,13 +43,7 @@ class PushState(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     def from_row(cls, row: asyncpg.Record) -> PushState:
         if row["push_status"] is None:
             return NO_PUSH
-        return cls(
-            status=row["push_status"],
-            attempts=row["push_attempts"],
-            message_name=row["push_message_name"],
-            last_error=row["push_last_error"],
-            pushed_at=row["push_pushed_at"],
-        )
+        return cls(**{name: row[f"push_{name}"] for name in cls.__struct_fields__})
 
 
 NO_PUSH = PushState(status=NOT_CONFIGURED, attempts=0, message_name=None, last_error=None, pushed_at=None)

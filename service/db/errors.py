@@ -35,7 +35,9 @@ loop catches around a round that acquires its own connection, logs, and goes on 
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 
 import asyncpg
 
@@ -108,6 +110,17 @@ STATEMENT_FAILED: tuple[type[BaseException], ...] = (
     _PROTOCOL_LOST,
 )
 CALL_FAILED: tuple[type[BaseException], ...] = (*STATEMENT_FAILED, OSError, TimeoutError)
+
+
+async def round_failed(log: logging.Logger, what: str, exc: BaseException, pause: float) -> None:
+    """A background loop's round failed: a database that is away (`CALL_FAILED`) is a warning,
+    anything else a bug logged with its traceback; either way the loop goes on after `pause`
+    seconds (the push and webhook workers, the bulk expander)."""
+    if isinstance(exc, CALL_FAILED):
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+    else:
+        log.error("%s failed", what, exc_info=exc)
+    await asyncio.sleep(pause)
 
 
 def _sqlstate(exc: BaseException) -> str | None:

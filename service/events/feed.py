@@ -68,15 +68,8 @@ class StoredEvent:
     @classmethod
     def of(cls, row: asyncpg.Record) -> StoredEvent:
         """From a row of `events` (a fleet-wide event's `device_id` '' is None here)."""
-        return cls(
-            id=row["id"],
-            txid=row["txid"],
-            type=row["type"],
-            version=row["version"],
-            occurred_at=row["occurred_at"],
-            device_id=row["device_id"] or None,
-            payload=row["payload"],
-        )
+        stored = {name: row[name] for name in ("id", "txid", "type", "version", "occurred_at", "payload")}
+        return cls(**stored, device_id=row["device_id"] or None)
 
     @property
     def cursor(self) -> Cursor:

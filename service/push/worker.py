@@ -41,7 +41,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from service.db.errors import CALL_FAILED
+from service.db.errors import CALL_FAILED, round_failed
 from service.metrics import Metrics
 from service.push import outbox
 from service.push.fcm import FcmSender, Outcome, SendResult
@@ -61,11 +61,7 @@ GAUGE_INTERVAL = 5.0
 
 
 async def _failed(what: str, exc: BaseException) -> None:
-    if isinstance(exc, CALL_FAILED):
-        log.warning("push %s failed: %s: %s", what, type(exc).__name__, exc)
-    else:
-        log.error("push %s failed", what, exc_info=exc)
-    await asyncio.sleep(ERROR_PAUSE)
+    await round_failed(log, f"push {what}", exc, ERROR_PAUSE)
 
 
 class PushWorker:

@@ -35,7 +35,7 @@ from collections import Counter
 
 import asyncpg
 
-from service.db.errors import CALL_FAILED
+from service.db.errors import CALL_FAILED, round_failed
 from service.metrics import Metrics
 from service.settings import Settings
 from service.webhooks.delivery import BATCH, DeliverySender
@@ -82,13 +82,7 @@ DELETE FROM webhook_deliveries WHERE subscription_id = $1 AND id IN (
 
 
 async def _failed(what: str, exc: Exception) -> None:
-    """A loop's round failed: a database that is away is a warning, anything else a bug logged
-    with its traceback; either way the loop goes on after `ERROR_PAUSE`."""
-    if isinstance(exc, CALL_FAILED):
-        log.warning("webhook %s failed: %s: %s", what, type(exc).__name__, exc)
-    else:
-        log.error("webhook %s failed", what, exc_info=exc)
-    await asyncio.sleep(ERROR_PAUSE)
+    await round_failed(log, f"webhook {what}", exc, ERROR_PAUSE)
 
 
 class WebhookWorker:

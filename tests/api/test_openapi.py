@@ -85,19 +85,19 @@ class Page(Parameters, kw_only=True):  # kw_only: a required field after optiona
     required_flag: int
 
 
+def viewer_get(path: str, handler: Any, parameters: Any) -> Endpoint:
+    """A viewer's GET of `path` with `parameters`, as a test table entry."""
+    return Endpoint(
+        method="GET", path=path, handler=handler, auth="viewer", summary="x", parameters=parameters
+    )
+
+
 async def _page_handler(request: web.Request, params: Page) -> web.Response:
     return web.Response()
 
 
 def test_parameters_are_documented_with_their_rules_defaults_and_requiredness() -> None:
-    ep = Endpoint(
-        method="GET",
-        path="/v1/shelves/{shelf}/books",
-        handler=_page_handler,
-        auth="viewer",
-        summary="Books",
-        parameters=Page,
-    )
+    ep = viewer_get("/v1/shelves/{shelf}/books", _page_handler, Page)
     doc = build_openapi([ep])
     op = doc["paths"]["/v1/shelves/{shelf}/books"]["get"]
     assert op["parameters"] == [
@@ -136,14 +136,7 @@ def test_a_path_of_plain_ids_declares_no_422() -> None:
     async def shelf(request: web.Request, params: ShelfPath) -> web.Response:
         return web.Response()
 
-    ep = Endpoint(
-        method="GET",
-        path="/v1/shelves/{shelf}",
-        handler=shelf,
-        auth="viewer",
-        summary="A shelf",
-        parameters=ShelfPath,
-    )
+    ep = viewer_get("/v1/shelves/{shelf}", shelf, ShelfPath)
     assert "422" not in build_openapi([ep])["paths"]["/v1/shelves/{shelf}"]["get"]["responses"]
 
 
@@ -173,7 +166,7 @@ def test_a_table_entry_the_parser_could_not_honour_fails_when_it_is_built(
     path: str, handler: Any, parameters: Any, complaint: str
 ) -> None:
     with pytest.raises(TypeError, match=complaint):
-        Endpoint(method="GET", path=path, handler=handler, auth="viewer", summary="x", parameters=parameters)
+        viewer_get(path, handler, parameters)
 
 
 def test_every_endpoint_documents_exactly_the_parameters_it_parses() -> None:

@@ -4,6 +4,7 @@ out-of-range value with 422 naming it, and the parser reads values strictly from
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 from urllib.parse import quote
@@ -64,13 +65,19 @@ def malformed(t: mi.Type) -> list[str]:
     raise AssertionError(f"no malformed values for {t!r}")
 
 
-def _cases() -> list[tuple[Endpoint, str, str, str]]:
-    cases = []
+def with_parameters() -> Iterator[tuple[Endpoint, mi.StructType]]:
+    """Every endpoint that declares parameters, with its struct's type info."""
     for ep in ENDPOINTS:
         if ep.parameters is None:
             continue
         info = mi.type_info(ep.parameters)
         assert isinstance(info, mi.StructType)
+        yield ep, info
+
+
+def _cases() -> list[tuple[Endpoint, str, str, str]]:
+    cases = []
+    for ep, info in with_parameters():
         for f in info.fields:
             where = "path" if f.encode_name in ep.path_names else "query"
             if where == "path" and isinstance(_bare(f.type), mi.StrType):
@@ -227,11 +234,7 @@ def _longest_encoded(t: mi.Type) -> int:
 
 def test_the_longest_request_each_endpoint_admits_fits_aiohttp_s_request_line() -> None:
     over = []
-    for ep in ENDPOINTS:
-        if ep.parameters is None:
-            continue
-        info = mi.type_info(ep.parameters)
-        assert isinstance(info, mi.StructType)
+    for ep, info in with_parameters():
         length = len(f"{ep.method} {ep.path}? HTTP/1.1")
         # Path ids are looked up as given (a long one names nothing); the query is bounded.
         query = [f for f in info.fields if f.encode_name not in ep.path_names]

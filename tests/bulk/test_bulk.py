@@ -31,6 +31,15 @@ async def post_bulk(api: Api, body: dict[str, Any], headers: dict[str, str] | No
     return r.status, await r.json()
 
 
+async def seed(api: Api, ids: list[str]) -> None:
+    """Enrolled devices, never seen, straight into their tables."""
+    conn = await asyncpg.connect(api.db_url)
+    try:
+        await add_devices(conn, ids)
+    finally:
+        await conn.close()
+
+
 def bulk_body(request_id: str = "b1", **selector: Any) -> dict[str, Any]:
     return {"request_id": request_id, "action": "lock", "payload": {"pin": "1234"}, "selector": selector}
 
@@ -95,11 +104,7 @@ async def test_a_retried_bulk_changes_nothing_and_a_different_one_under_its_id_i
 
 
 async def test_concurrent_identical_bulks_create_one_and_target_each_device_once(api: Api) -> None:
-    conn = await asyncpg.connect(api.db_url)
-    try:
-        await add_devices(conn, [f"d{i:03}" for i in range(300)])
-    finally:
-        await conn.close()
+    await seed(api, [f"d{i:03}" for i in range(300)])
     answers = await asyncio.gather(*(post_bulk(api, bulk_body("same", all=True)) for _ in range(6)))
     statuses = sorted(s for s, _ in answers)
     assert statuses == [200] * 5 + [202], answers
@@ -132,11 +137,7 @@ async def test_filters_select_as_the_device_list_does_and_revoked_devices_are_no
 
 
 async def test_targets_page_in_device_id_order_with_after(api: Api) -> None:
-    conn = await asyncpg.connect(api.db_url)
-    try:
-        await add_devices(conn, [f"dev-{i:02}" for i in range(25)])
-    finally:
-        await conn.close()
+    await seed(api, [f"dev-{i:02}" for i in range(25)])
     _, bulk = await post_bulk(api, bulk_body(all=True))
     await until_created(api, bulk["id"])
     seen: list[str] = []

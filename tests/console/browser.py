@@ -143,6 +143,32 @@ class Browser:
     async def async_script(self, js: str, *args: Any) -> Any:
         return await self.run(self.driver.execute_async_script, js, *args)
 
+    async def post_with_page_csrf(self, path: str, fields: dict[str, str]) -> int:
+        """POST `fields` to `path` by hand with the session's CSRF token (read from the page's
+        logout form), as a script in the page could: the HTTP status the server answered."""
+        js = (
+            "const [path, fields, done] = arguments;"
+            "const csrf = document.querySelector('input[name=csrf]').value;"
+            "const body = new URLSearchParams({...fields, csrf});"
+            "fetch(path, {method: 'POST', body}).then(r => done(r.status));"
+        )
+        status: int = await self.async_script(js, path, fields)
+        return status
+
+    async def assert_fits(self, width: int, paths: tuple[str, ...]) -> None:
+        """Each of `paths` at `width` pixels needs no sideways scrolling (the window is 1280 again
+        afterwards)."""
+        await self.run(self.driver.set_window_size, width, 900)
+        try:
+            for path in paths:
+                await self.get(path)
+                overflow = await self.script(
+                    "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+                )
+                assert overflow <= 0, f"{path} is {overflow}px wider than {width}px"
+        finally:
+            await self.run(self.driver.set_window_size, 1280, 900)
+
     async def console(self) -> list[dict[str, Any]]:
         """The browser console's entries since the last call."""
         return await self.run(self.driver.get_log, "browser")

@@ -60,12 +60,7 @@ async def test_the_admin_screen_shows_what_the_api_and_the_cli_answer(
     assert tables[: len(expected)] == expected
     # A viewer: no mint form, and a forged mint is refused.
     assert await browser.count("#mint-form, main form[method=post]") == 0
-    status = await browser.async_script(
-        "const done = arguments[arguments.length - 1];"
-        "const csrf = document.querySelector('input[name=csrf]').value;"
-        "fetch('/console/admin/enrollment-tokens', {method: 'POST', body: new URLSearchParams({csrf})})"
-        ".then(r => done(r.status));"
-    )
+    status = await browser.post_with_page_csrf("/console/admin/enrollment-tokens", {})
     assert status == 403
     assert await api.count("SELECT count(*) FROM enrollment_tokens") == 1  # the fixture's only
 

@@ -161,12 +161,7 @@ async def test_a_viewer_sees_no_write_control_and_a_forged_post_is_refused(brows
     assert await browser.count("#dispatch-form") == 0
     assert await browser.count("main form[method=post]") == 0
     # The viewer's own session and CSRF token (the logout form's), posted by hand.
-    status = await browser.async_script(
-        "const done = arguments[arguments.length - 1];"
-        "const csrf = document.querySelector('input[name=csrf]').value;"
-        "const body = new URLSearchParams({action: 'lock', csrf});"
-        "fetch('/console/devices/dev-003/dispatch', {method: 'POST', body}).then(r => done(r.status));"
-    )
+    status = await browser.post_with_page_csrf("/console/devices/dev-003/dispatch", {"action": "lock"})
     assert status == 403
     assert await api.count("SELECT count(*) FROM commands") == 0
 
@@ -228,17 +223,8 @@ async def test_times_show_in_the_browsers_zone_with_utc_on_hover(browser, api, f
 
 @pytest.mark.parametrize("width", [1280, 390])
 async def test_every_screen_fits_the_width_without_sideways_scrolling(browser, api, fleet, width):
-    await browser.run(browser.driver.set_window_size, width, 900)
-    try:
-        await browser.log_in(ADMIN, ADMIN_PASSWORD)
-        for path in ("/console/", "/console/devices", "/console/devices/dev-015"):
-            await browser.get(path)
-            overflow = await browser.script(
-                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-            )
-            assert overflow <= 0, f"{path} is {overflow}px wider than {width}px"
-    finally:
-        await browser.run(browser.driver.set_window_size, 1280, 900)
+    await browser.log_in(ADMIN, ADMIN_PASSWORD)
+    await browser.assert_fits(width, ("/console/", "/console/devices", "/console/devices/dev-015"))
 
 
 async def test_the_overview_refreshes_itself(browser, api, fleet):

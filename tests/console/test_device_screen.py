@@ -107,12 +107,7 @@ async def test_a_viewer_sees_no_revoke_button_and_a_forged_revoke_is_refused(bro
     await browser.log_in(VIEWER, VIEWER_PASSWORD)
     await browser.get("/console/devices/phone-1")
     assert await browser.count("#revoke, #reinstate, main form[method=post]") == 0
-    status = await browser.async_script(
-        "const done = arguments[arguments.length - 1];"
-        "const csrf = document.querySelector('input[name=csrf]').value;"
-        "fetch('/console/devices/phone-1/revoke', {method: 'POST', body: new URLSearchParams({csrf})})"
-        ".then(r => done(r.status));"
-    )
+    status = await browser.post_with_page_csrf("/console/devices/phone-1/revoke", {})
     assert status == 403
     state = await api_json(api, "/v1/devices/phone-1")
     assert (state["credential_revoked"], state["banned"]) == (False, False)

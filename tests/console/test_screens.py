@@ -99,11 +99,8 @@ async def test_the_commands_screen_filters_and_highlights_the_stuck_ones(browser
     assert await browser.texts("#commands td.action") == [XSS_IMG]
     assert await browser.script("return window.__xss === undefined")
     assert await browser.count("#dispatch-form, main form[method=post]") == 0
-    status = await browser.async_script(
-        "const done = arguments[arguments.length - 1];"
-        "const csrf = document.querySelector('input[name=csrf]').value;"
-        "const body = new URLSearchParams({device_id: 'd-1', action: 'wipe', csrf});"
-        "fetch('/console/commands/dispatch', {method: 'POST', body}).then(r => done(r.status));"
+    status = await browser.post_with_page_csrf(
+        "/console/commands/dispatch", {"device_id": "d-1", "action": "wipe"}
     )
     assert status == 403
     assert await api.count("SELECT count(*) FROM commands WHERE command = 'wipe'") == 0
@@ -178,14 +175,7 @@ async def test_the_overview_follows_the_event_stream(browser, api, seeded):
 
 @pytest.mark.parametrize("width", [1280, 390])
 async def test_the_new_screens_fit_the_width(browser, api, seeded, width):
-    await browser.run(browser.driver.set_window_size, width, 900)
-    try:
-        await browser.log_in(ADMIN, ADMIN_PASSWORD)
-        for path in ("/console/commands", "/console/rollouts", "/console/", "/console/devices/d-0"):
-            await browser.get(path)
-            overflow = await browser.script(
-                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
-            )
-            assert overflow <= 0, f"{path} is {overflow}px wider than {width}px"
-    finally:
-        await browser.run(browser.driver.set_window_size, 1280, 900)
+    await browser.log_in(ADMIN, ADMIN_PASSWORD)
+    await browser.assert_fits(
+        width, ("/console/commands", "/console/rollouts", "/console/", "/console/devices/d-0")
+    )
