@@ -32,8 +32,10 @@ from service.api.schemas import (
 )
 from service.api.state import services
 from service.api.validation import decode
+from service.audit.log import Actor
 from service.bulk.dispatches import (
     BulkConflict,
+    BulkCreated,
     Selection,
     UnknownDevices,
     bulk_by_id,
@@ -73,21 +75,23 @@ def selection_of(selector: BulkSelector) -> tuple[Selection, dict[str, object]]:
 
 
 async def create_bulk_dispatch(request: web.Request) -> web.Response:
-    svc = services(request)
     operator = await require_operator(request)
     body = await decode(request, BulkDispatchRequest)
+    created = await submit_bulk(request, body, operator.user_id, actor(request, operator))
+    return json_response(created.bulk, status=202 if created.created else 200)
+
+
+async def submit_bulk(
+    request: web.Request, body: BulkDispatchRequest, user_id: int, by: Actor
+) -> BulkCreated:
+    """A checked bulk, its targets fixed and its audit row committed: the one path of the API's
+    and the console's. 422 naming the selector's field, 409 naming `request_id`; a new bulk
+    wakes this instance's expander."""
     selection, selector = selection_of(body.selector)
-    async with svc.pool.acquire() as conn, conn.transaction():
+    async with services(request).pool.acquire() as conn, conn.transaction():
         try:
             created = await create_bulk(
-                conn,
-                body.request_id,
-                body.action,
-                body.payload,
-                selection,
-                selector,
-                operator.user_id,
-                actor(request, operator),
+                conn, body.request_id, body.action, body.payload, selection, selector, user_id, by
             )
         except BulkConflict:
             raise ApiError(
@@ -101,7 +105,7 @@ async def create_bulk_dispatch(request: web.Request) -> web.Response:
             raise unprocessable(message, field="selector.device_ids", code="unknown_devices") from None
     if created.created and (expander := request.app.get(BULK_EXPANDER)) is not None:
         expander.wake()
-    return json_response(created.bulk, status=202 if created.created else 200)
+    return created
 
 
 async def get_bulk_dispatch(request: web.Request, params: BulkQuery) -> web.Response:

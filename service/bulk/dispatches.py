@@ -114,12 +114,12 @@ class UnknownDevices(Exception):
         self.device_ids = tuple(device_ids)
 
 
-_SELECT_BULK = """
+_BULKS = """
 SELECT b.id, b.request_id, b.action, b.payload, b.selector, b.target_count, b.created_at,
        b.expanded_at, b.cancelled_at, u.username AS created_by_name
 FROM bulk_dispatches b LEFT JOIN users u ON u.id = b.created_by
-WHERE b.{key} = $1
 """
+_SELECT_BULK = _BULKS + "WHERE b.{key} = $1"
 _INSERT_BULK = """
 INSERT INTO bulk_dispatches (request_id, action, payload, selector, target_count, created_by)
 VALUES ($1, $2, $3, $4, 0, $5)
@@ -187,6 +187,12 @@ async def create_bulk(
     await record(conn, by, AuditAction.BULK_CREATE, f"bulk:{bulk_id}", details)
     stored = BulkState.from_row(await conn.fetchrow(_SELECT_BULK.format(key="id"), bulk_id))
     return BulkCreated(True, stored)
+
+
+async def recent_bulks(conn: asyncpg.Connection, limit: int) -> list[BulkState]:
+    """The newest bulks, newest first."""
+    rows = await conn.fetch(_BULKS + "ORDER BY b.id DESC LIMIT $1", limit)
+    return [BulkState.from_row(r) for r in rows]
 
 
 async def bulk_by_id(conn: asyncpg.Connection, bulk_id: int) -> BulkState | None:

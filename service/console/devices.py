@@ -146,7 +146,7 @@ async def post_reinstate(request: web.Request, session: ConsoleSession) -> web.S
     return render(request, "device.html", context)
 
 
-def _payload(text: str) -> dict[str, Any] | None:
+def payload_of(text: str) -> dict[str, Any] | None:
     if not text.strip():
         return None
     if len(text) > PAYLOAD_MAX_CHARS:
@@ -175,7 +175,7 @@ async def dispatch(request: web.Request, session: ConsoleSession, device_id: str
         "request_id": f"console-{uuid.uuid4()}",
         "device_id": device_id,
         "action": form_text(form, "action"),
-        "payload": _payload(form_text(form, "payload") or ""),
+        "payload": payload_of(form_text(form, "payload") or ""),
     }
     # The API's own checks, field names included: what the database cannot store (U+0000,
     # integers past int8, nesting), then the dispatch's types and bounds.

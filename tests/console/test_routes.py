@@ -31,17 +31,16 @@ async def test_every_page_needs_a_session_and_every_write_refuses_a_viewer(api, 
     status, _ = await log_in(api.client, VIEWER, VIEWER_PASSWORD)
     assert status == 303
     csrf = csrf_of(await (await api.client.get("/console/")).text())
-    before = await api.count(
+    written = (
         "SELECT (SELECT count(*) FROM commands) + (SELECT count(*) FROM enrollment_tokens)"
         " + (SELECT count(*) FROM devices WHERE banned_at IS NOT NULL)"
+        " + (SELECT count(*) FROM bulk_dispatches)"
     )
+    before = await api.count(written)
     for path in writes:
-        form = {"csrf": csrf, "action": "lock", "device_id": "phone-1"}
+        form = {"csrf": csrf, "action": "lock", "device_id": "phone-1", "all": "on"}
         r = await api.client.post(path, data=form, allow_redirects=False)
         assert r.status == 403, path
         assert "can only read" in await r.text()
-    after = await api.count(
-        "SELECT (SELECT count(*) FROM commands) + (SELECT count(*) FROM enrollment_tokens)"
-        " + (SELECT count(*) FROM devices WHERE banned_at IS NOT NULL)"
-    )
+    after = await api.count(written)
     assert after == before

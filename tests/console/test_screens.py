@@ -126,6 +126,39 @@ async def test_a_dispatch_from_the_commands_screen_appears_in_the_api(browser, a
     assert await browser.text("#error-field") == "device_id"
 
 
+async def test_a_bulk_from_the_commands_screen_shows_its_progress_as_the_api_counts_it(browser, api, seeded):
+    await browser.log_in(ADMIN, ADMIN_PASSWORD)
+    await browser.get("/console/commands")
+    assert await browser.count("#no-bulks") == 1
+    await browser.fill("#b-action", "ring")
+    await browser.fill("#b-q", "d-")
+    await browser.click("#b-send")
+    path = await browser.path()
+    bulk_id = int(path.rsplit("/", 1)[1])
+    assert path == f"/console/commands/bulk/{bulk_id}"
+    # The page refreshes itself while the commands are being created.
+    await browser.wait_for(lambda: browser.driver.find_element("id", "bulk-status").text == "created", 15)
+    view = await api_json(api, f"/v1/dispatches/bulk/{bulk_id}")
+    assert view["bulk"]["target_count"] == 4 and view["bulk"]["selector"] == {"filter": {"q": "d-"}}
+    assert await browser.text("#bulk-targets") == "4"
+    assert await browser.text("#bulk-created") == str(view["counts"]["created"]) == "4"
+    shown = dict(
+        zip(await browser.texts("#bulk-by-status th"), await browser.texts("#bulk-by-status td"), strict=True)
+    )
+    assert shown == {k: str(v) for k, v in view["counts"]["by_status"].items()} == {"pending": "4"}
+    await browser.click("#bulk-cancel")
+    assert await browser.text("#bulk-cancelled") == "Cancelled 4 open commands."
+    assert await browser.text("#bulk-status") == "cancelled"
+    view = await api_json(api, f"/v1/dispatches/bulk/{bulk_id}")
+    assert view["counts"]["by_status"] == {"cancelled": 4}
+    await browser.get("/console/commands")
+    assert await browser.text(f"#bulks tr[data-bulk-id='{bulk_id}'] td.status") == "cancelled"
+    # An empty selection: the API's 422, naming the field.
+    await browser.fill("#b-action", "ring")
+    await browser.click("#b-send")
+    assert await browser.text("#error-field") == "selector.filter"
+
+
 async def test_the_rollouts_screen_shows_the_apis_funnel(browser, api, seeded):
     await browser.log_in(VIEWER, VIEWER_PASSWORD)
     await browser.get("/console/rollouts")
