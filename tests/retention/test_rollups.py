@@ -196,7 +196,9 @@ async def test_rollup_values_equal_brute_force_aggregates_of_the_raw_rows(
     # The fleet's history is the rollups alone: up to the hourly watermark, the days the daily
     # rollup has not closed from fleet_daily_recent once the maintenance task computed them.
     recent = await refresh_recent_days(conn, mechanism)
-    assert recent.covered_until == hourly_wm and recent.days >= 1
+    # Between 01:00 and 02:00 UTC the hourly watermark is midnight, where the daily one is: then
+    # no day is open and the recent table holds none.
+    assert recent.covered_until == hourly_wm and recent.days >= (1 if hourly_wm > daily_wm else 0)
     materialized = [b for b in beats if b.ts < hourly_wm]
     for size, name in ((HOUR, "1h"), (DAY, "1d")):
         fleet = await fleet_history(conn, now - 3 * DAY, now, name)
@@ -412,7 +414,12 @@ async def test_a_maintenance_round_keeps_the_days_the_daily_rollup_has_not_close
     mechanism = await read_mechanism(conn)
     hourly_wm = await watermark(conn, mechanism, HOURLY)
     daily_wm = await watermark(conn, mechanism, FLEET_DAILY)
-    assert hourly_wm is not None and daily_wm is not None and daily_wm < hourly_wm
+    assert hourly_wm is not None and daily_wm is not None and daily_wm <= hourly_wm
+    if daily_wm == hourly_wm:
+        # The server's clock decides the watermarks: between 01:00 and 02:00 UTC both are midnight.
+        pytest.skip(
+            "no day is open between the daily and the hourly watermark at this hour (01:00-02:00 UTC)"
+        )
 
     pool = await asyncpg.create_pool(db_url, min_size=1, max_size=2)
     try:
