@@ -4,6 +4,7 @@ changes, and nothing of it is listed."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.support.app import Api
@@ -100,3 +101,34 @@ async def test_operator_tokens_are_refused_on_device_command_endpoints_and_devic
         assert r.status == 403, path
     r = await api.client.get("/v1/device/commands")
     assert r.status == 401
+
+
+async def test_a_bulk_commands_belong_to_their_own_devices_and_devices_cannot_reach_bulks(api: Api) -> None:
+    owner, stranger = await setup(api)
+    body = {"request_id": "fleet-wipe", "action": "wipe", "selector": {"device_ids": ["owner"]}}
+    r = await api.client.post("/v1/dispatches/bulk", json=body, headers=dev(stranger))
+    assert r.status == 403
+    r = await api.client.post("/v1/dispatches/bulk", json=body, headers=api.op())
+    assert r.status == 202
+    bulk_id = (await r.json())["id"]
+    for method, path in (
+        ("GET", f"/v1/dispatches/bulk/{bulk_id}"),
+        ("POST", f"/v1/dispatches/bulk/{bulk_id}/cancel"),
+    ):
+        r = await api.client.request(method, path, headers=dev(owner))
+        assert r.status == 403, path
+    for _ in range(200):  # until the expander created the owner's command
+        r = await api.client.get("/v1/device/commands", headers=dev(owner))
+        if "fleet-wipe:owner" in [c["request_id"] for c in (await r.json())["commands"]]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the bulk's command was not created")
+    r = await api.client.get("/v1/device/commands", headers=dev(stranger))
+    assert (await r.json())["commands"] == []
+    r = await api.client.post(
+        "/v1/dispatches/fleet-wipe:owner/ack", json={"status": "executed"}, headers=dev(stranger)
+    )
+    assert r.status == 404
+    r = await api.client.get("/v1/commands/fleet-wipe:owner", headers=api.op())
+    assert (await r.json())["status"] == "pending"
