@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column("payload", postgresql.JSONB(), nullable=True),
         sa.Column("selector", postgresql.JSONB(), nullable=False),
         sa.Column("target_count", sa.Integer(), nullable=False),
-        sa.Column("created_by", sa.Integer(), nullable=True),
+        sa.Column("created_by", sa.BigInteger(), nullable=True),
         sa.Column("created_at", TZ, server_default=sa.text("now()"), nullable=False),
         sa.Column("expanded_through", sa.String(128), nullable=True),
         sa.Column("expanded_at", TZ, nullable=True),

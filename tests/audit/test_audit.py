@@ -96,6 +96,18 @@ async def test_every_operator_write_of_the_endpoint_table_records_who_did_what(a
             AuditAction.DISPATCH_CREATE,
             "command:cmd-d",
         ),
+        ("POST", "/v1/dispatches/bulk"): (
+            "/v1/dispatches/bulk",
+            {"request_id": "bulk-a", "action": "lock", "selector": {"device_ids": ["dev-a"]}},
+            AuditAction.BULK_CREATE,
+            "bulk:1",
+        ),
+        ("POST", "/v1/dispatches/bulk/{bulk_id}/cancel"): (
+            "/v1/dispatches/bulk/1/cancel",
+            None,
+            AuditAction.BULK_CANCEL,
+            "bulk:1",
+        ),
         ("POST", "/v1/commands/{request_id}/cancel"): (
             "/v1/commands/cmd-c/cancel",
             None,
