@@ -12,7 +12,7 @@ Guarantees:
   concurrent creates of one `request_id` serialize on its unique index: one creates it, the
   other reads it.
 * **One command per target, never two.** Each target's command has the request id
-  `derived_request_id(bulk, device)`: `{bulk request_id}:{device_id}`, or, when that would pass
+  `DERIVED_REQUEST_ID`: `{bulk request_id}:{device_id}`, or, when that would pass
   128 characters, `{bulk request_id}:{sha256 of the device id, hex}`. Commands are created by
   `expand_chunk`, `CHUNK` targets at a time in `device_id` order, through the dispatches' own
   statement (`MERGE_DISPATCHES`, pushes queued with them when FCM is configured), in the same
@@ -27,7 +27,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,7 +36,7 @@ import asyncpg
 import msgspec
 
 from service.audit.log import Actor, AuditAction, record
-from service.commands import acks, dispatches
+from service.commands import dispatches
 from service.commands.acks import AckResult, AckRow, merge_acks
 from service.commands.lifecycle import OPEN, CommandStatus
 from service.commands.reads import SELECT_COMMAND_WITH_PUSH, command_with_push
@@ -56,14 +55,6 @@ DERIVED_REQUEST_ID = (
     " THEN b.request_id || ':' || t.device_id"
     " ELSE b.request_id || ':' || encode(sha256(convert_to(t.device_id, 'UTF8')), 'hex') END"
 )
-
-
-def derived_request_id(bulk_request_id: str, device_id: str) -> str:
-    """What `DERIVED_REQUEST_ID` computes, for readers in Python (tests, the README's example)."""
-    plain = f"{bulk_request_id}:{device_id}"
-    if len(plain) <= REQUEST_ID_MAX:
-        return plain
-    return f"{bulk_request_id}:{hashlib.sha256(device_id.encode()).hexdigest()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,13 +232,13 @@ async def expand_chunk(
     conn: asyncpg.Connection, *, push_ttl: timedelta | None, chunk: int = CHUNK
 ) -> Chunk | None:
     """Create the commands of the next `chunk` targets of one bulk still creating, in one
-    transaction with its mark; None when no bulk is left to expand (or all are being expanded
+    transaction with its mark (on a connection with the dispatches' staging table, as the
+    service's pool prepares every connection); None when no bulk is left to expand (or all are being expanded
     by other instances)."""
     async with conn.transaction():
         bulk_id = await conn.fetchval(_CLAIM)
         if bulk_id is None:
             return None
-        await conn.execute(dispatches.STAGE.ddl)
         staged = await conn.fetchrow(_STAGE_CHUNK, bulk_id, chunk)
         if staged["n"]:
             if push_ttl is None:
@@ -345,7 +336,6 @@ async def cancel_bulk(
     """Stop creating the bulk's commands and cancel its open ones (None: no such bulk); the
     audit row is committed with the mark, before the commands are cancelled."""
     async with pool.acquire() as conn:
-        await conn.execute(acks.STAGE.ddl)
         name = by.operator
         async with conn.transaction():
             if await conn.fetchval(_LOCK, bulk_id) is None:  # waits for a chunk being created

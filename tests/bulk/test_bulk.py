@@ -5,21 +5,22 @@ request id, retries that change nothing, progress by status, cancel, and every b
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import asyncpg
 import pytest
 
 from service.api.bulk import BULK_EXPANDER
+from service.app import ROW_STAGES
 from service.audit.log import Actor
 from service.bulk.dispatches import (
     MAX_DEVICE_IDS,
     Selection,
     create_bulk,
-    derived_request_id,
     expand_chunk,
 )
-from service.ingest.connection import set_json_codecs
+from service.ingest.connection import prepare_connection
 from tests.api.test_commands import ack, dev
 from tests.api.test_operators import bearer, new_operator
 from tests.support.app import Api
@@ -183,7 +184,7 @@ async def test_a_bulk_cancelled_half_way_creates_no_more_commands(api: Api) -> N
     created twice or after the cancel."""
     await api.app[BULK_EXPANDER].stop()  # this test creates the chunks itself
     conn = await asyncpg.connect(api.db_url)
-    await set_json_codecs(conn)
+    await prepare_connection(conn, stages=ROW_STAGES)  # as the service's pool does
     try:
         await add_devices(conn, [f"h{i:02}" for i in range(10)])
         async with conn.transaction():
@@ -239,7 +240,7 @@ async def test_a_long_device_id_gets_a_digest_request_id_within_128_characters(a
     _, bulk = await post_bulk(api, bulk_body("long-bulk", device_ids=[device]))
     body = await until_created(api, bulk["id"])
     request_id = body["targets"][0]["command"]["request_id"]
-    assert request_id == derived_request_id("long-bulk", device) and len(request_id) <= 128
+    assert request_id == f"long-bulk:{hashlib.sha256(device.encode()).hexdigest()}" and len(request_id) <= 128
     r = await api.client.get(f"/v1/commands/{request_id}", headers=api.op())
     assert r.status == 200 and (await r.json())["device_id"] == device
 
