@@ -31,8 +31,7 @@ from service.events.hub import EventHub
 from service.fleet import presence
 from service.ingest import heartbeats
 from service.ingest.connection import prepare_connection
-from service.ingest.merges import Merge
-from service.ingest.writer import GroupCommitWriter
+from service.ingest.writer import GroupCommitWriter, Merge
 from service.metrics import Metrics
 from service.push.fcm import configured_sender
 from service.push.worker import PushWorker

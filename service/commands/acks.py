@@ -25,7 +25,7 @@ from service.commands.lifecycle import (
     created_by_sql,
     rank_sql,
 )
-from service.ingest.merges import Merge, RowMerge, Stage
+from service.ingest.writer import Merge, RowMerge, Stage
 
 
 class AckRow(NamedTuple):

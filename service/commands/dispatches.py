@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 
 from service.commands.lifecycle import CommandStatus
-from service.ingest.merges import Merge, RowMerge, Stage
+from service.ingest.writer import Merge, RowMerge, Stage
 
 
 class DispatchRow(NamedTuple):

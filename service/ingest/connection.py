@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
-from service.ingest.merges import Stage
+from service.ingest.writer import Stage
 
 
 async def prepare_connection(conn: asyncpg.Connection, stages: Sequence[Stage] = ()) -> None:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, NamedTuple
 
 import asyncpg
 
-from service.ingest.merges import Merge, RowMerge, Stage
+from service.ingest.writer import Merge, RowMerge, Stage
 
 
 class HeartbeatRow(NamedTuple):

@@ -9,7 +9,7 @@ from typing import NamedTuple
 
 import asyncpg
 
-from service.ingest.merges import Merge, RowMerge, Stage
+from service.ingest.writer import Merge, RowMerge, Stage
 from service.rollout.counts import hour_of
 
 
