@@ -82,6 +82,11 @@ def _refuse(status: int, code: str, message: str, field: str | None = None) -> A
     return ApiError(status, code, message, field=field, close=True)
 
 
+def _check_size(body: bytes | bytearray, rules: BodyRules) -> None:
+    if len(body) > rules.limit:
+        raise _refuse(413, "body_too_large", f"the body must be at most {rules.limit} bytes")
+
+
 def check_declared(request: web.Request, rules: BodyRules) -> int:
     """Refuse what the headers already show is too much; the bytes to reserve for the read."""
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
@@ -103,14 +108,19 @@ async def read(request: web.Request, rules: BodyRules) -> bytes:
     body = bytearray()
     content = request.content
     try:
+        if content.is_eof():
+            # The whole body came with the headers (a small body usually does): nothing is left
+            # to wait for, so no timer is armed. The buffer holds it already; only the limit applies.
+            whole = content.read_nowait(-1)
+            _check_size(whole, rules)
+            return whole
         async with asyncio.timeout(rules.timeout):
             while True:
                 chunk = await content.readany()
                 if not chunk:
                     break
                 body += chunk
-                if len(body) > rules.limit:
-                    raise _refuse(413, "body_too_large", f"the body must be at most {rules.limit} bytes")
+                _check_size(body, rules)
     except TimeoutError:
         raise _refuse(
             408, "body_timeout", f"the body did not arrive within {rules.timeout:g} seconds"

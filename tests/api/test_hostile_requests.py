@@ -284,6 +284,36 @@ async def test_enroll_takes_at_most_4_kb_declared_or_streamed(pg_db: str) -> Non
         assert (await r.json())["error"]["code"] == "body_too_large"
 
 
+async def test_a_whole_undeclared_body_past_the_limit_in_one_write_is_413(pg_db: str) -> None:
+    """A chunked body that arrives whole with its headers is read without waiting (no timer),
+    and the limit still holds; one within the limit is stored."""
+    async with serve(pg_db, max_body_bytes=1024) as s:
+        device = await s.enroll("whole-1")
+
+        async def post_whole(body: bytes) -> tuple[int, dict[str, Any]]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+            writer.write(
+                b"POST /v1/heartbeats HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer "
+                + device.encode()
+                + b"\r\n\r\n%x\r\n" % len(body)
+                + body
+                + b"\r\n0\r\n\r\n"
+            )
+            status, _, answer = parse_response(await closed_within(reader, 5))
+            writer.close()
+            return status, answer
+
+        status, answer = await post_whole(
+            b'{"status": "ok", "battery_pct": 5, "network": "%s"}' % (b" " * 1200)
+        )
+        assert status == 413
+        assert answer["error"]["code"] == "body_too_large"
+        status, answer = await post_whole(b'{"status": "ok", "battery_pct": 5}')
+        assert status == 200, answer
+        assert answer["results"][0]["stored"] is True
+
+
 async def test_an_authenticated_compressed_body_is_413_once_it_inflates_past_the_limit(pg_db: str) -> None:
     async with serve(pg_db) as s, aiohttp.ClientSession(s.base_url) as client:
         device = await s.enroll("zip-1")
